@@ -1,0 +1,1 @@
+"""Classifiers on stored vectors. (Arrives with issue 4.)"""

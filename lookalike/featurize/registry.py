@@ -1,0 +1,140 @@
+"""Named models: one frozen ``ModelSpec`` per entry, in the spirit of torchvision's ``Weights``
+and timm's ``PretrainedCfg``.
+
+A spec says where the weights come from, the preprocessing contract, the graph node whose
+output is the embedding (the input of the final classifier), and its dimension. Building
+the network is ``backbone.py``'s job; this module imports no model code, so listing is fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from ..errors import UnknownModelError
+from .preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
+
+DEFAULT_MODEL = "efficientnet_lite0"
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model lookalike knows by name.
+
+    Attributes:
+        name: the registry name (``timm:<name>`` for timm models).
+        source: ``"bundled"`` (weights shipped in a Python package), ``"torchvision"`` or ``"timm"``.
+        arch: the architecture's name in its source library.
+        preprocessing: the input contract of the pretrained weights.
+        feature_node: the graph node (torchvision feature-extraction naming) giving the
+            embedding; ``None`` where the library's own headless mode is used (timm).
+        dim: the embedding dimension at ``feature_node``; ``None`` if known only once built.
+    """
+
+    name: str
+    source: str
+    arch: str
+    preprocessing: Preprocessing
+    feature_node: str | None
+    dim: int | None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a spec to the registry; registering a name twice is a bug and raises ``ValueError``."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[ModelSpec]:
+    """Every registered model, the default first."""
+    return sorted(_REGISTRY.values(), key=lambda s: (s.name != DEFAULT_MODEL, s.name))
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a model up by name.
+
+    Args:
+        name: a registered name, or ``timm:<name>`` for any timm model (needs the ``timm`` extra).
+
+    Raises:
+        UnknownModelError: the name is unknown; the message suggests close names.
+        MissingDependencyError: a ``timm:`` name without timm installed.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name[len(TIMM_PREFIX) :])
+    close = difflib.get_close_matches(name, _REGISTRY, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}.{hint} Run `lookalike models` for the list, or use timm:<name> for a timm model."
+    )
+
+
+def _timm_spec(arch: str) -> ModelSpec:
+    from .backbone import import_timm
+
+    timm = import_timm()
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise UnknownModelError(f"timm has no model {arch!r}.{hint}")
+    cfg = timm.data.resolve_data_config({}, pretrained_cfg=timm.models.get_pretrained_cfg(arch).to_dict())
+    crop = cfg["input_size"][-1]
+    crop_mode = cfg.get("crop_mode", "center")
+    if crop_mode not in ("center", "squash"):
+        crop_mode = "center"  # "border" crops are for training-time evaluation tweaks; centre is the standard
+    preprocessing = Preprocessing(
+        resize_size=int(crop / cfg["crop_pct"]),  # timm's own rounding: math.floor
+        crop_size=crop,
+        interpolation=cfg["interpolation"],
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        crop_mode=crop_mode,
+    )
+    return ModelSpec(TIMM_PREFIX + arch, "timm", arch, preprocessing, None, None)
+
+
+def _torchvision(name: str, dim: int, resize: int, crop: int, interpolation: str = "bilinear", node: str = "flatten"):
+    register_model(ModelSpec(name, "torchvision", name, Preprocessing(resize, crop, interpolation), node, dim))
+
+
+register_model(
+    ModelSpec(
+        DEFAULT_MODEL,
+        "bundled",
+        "efficientnet_lite0",
+        Preprocessing(256, 224, "bicubic", INCEPTION_MEAN, INCEPTION_STD),
+        "flatten",
+        1280,
+    )
+)
+
+# Preprocessing as in each model's DEFAULT torchvision weights (tests check it against
+# ``weights.transforms()``); the node is the input of the last Linear layer.
+_torchvision("resnet18", 512, 256, 224)
+_torchvision("resnet34", 512, 256, 224)
+_torchvision("resnet50", 2048, 232, 224)
+_torchvision("resnet101", 2048, 232, 224)
+_torchvision("resnet152", 2048, 232, 224)
+_torchvision("efficientnet_b0", 1280, 256, 224, "bicubic")
+_torchvision("efficientnet_b1", 1280, 255, 240)
+_torchvision("efficientnet_b2", 1408, 288, 288, "bicubic")
+_torchvision("efficientnet_b3", 1536, 320, 300, "bicubic")
+_torchvision("efficientnet_b4", 1792, 384, 380, "bicubic")
+_torchvision("efficientnet_v2_s", 1280, 384, 384)
+_torchvision("mobilenet_v3_large", 1280, 232, 224, node="classifier.1")
+_torchvision("convnext_tiny", 768, 236, 224, node="classifier.1")
+_torchvision("convnext_small", 768, 230, 224, node="classifier.1")
+_torchvision("convnext_base", 1024, 232, 224, node="classifier.1")
+_torchvision("regnet_y_800mf", 784, 232, 224)
+_torchvision("regnet_y_1_6gf", 888, 232, 224)
+_torchvision("regnet_y_3_2gf", 1512, 232, 224)
+_torchvision("densenet121", 1024, 256, 224)
+_torchvision("vgg16", 4096, 256, 224, node="classifier.4")  # fc7 after ReLU, the classic recipe
