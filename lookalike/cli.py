@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def embed(paths, output, model, layer, weights, batch_size, workers, device, pre
     keys, vectors, failures = [], [], []
     start = time.perf_counter()
     with click.progressbar(length=len(files), label=f"Embedding with {model}", show_eta=True, show_pos=True,
-                           file=click.get_text_stream("stderr")) as bar:
+                           file=sys.stderr) as bar:
         for batch in extractor.embed_paths(files):
             keys += batch.keys
             vectors.append(batch.vectors)

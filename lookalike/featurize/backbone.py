@@ -138,12 +138,18 @@ def _tap(spec: ModelSpec, model: nn.Module, node: str) -> nn.Module:
 
 
 def _node_names(spec: ModelSpec, model: nn.Module) -> list[str]:
+    """Graph nodes and the modules holding them (a module's output is its last node), input to output."""
     if spec.source == "timm":
         from timm.models import get_graph_node_names
     else:
         from torchvision.models.feature_extraction import get_graph_node_names
     _, eval_nodes = get_graph_node_names(model)
-    return [n for n in eval_nodes if n != "x"]
+    last_use = {}
+    for i, node in enumerate(n for n in eval_nodes if n != "x"):
+        parts = node.split(".")
+        for depth in range(1, len(parts) + 1):
+            last_use[".".join(parts[:depth])] = i
+    return sorted(last_use, key=lambda name: (last_use[name], -name.count(".")))
 
 
 @torch.inference_mode()

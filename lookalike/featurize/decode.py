@@ -7,6 +7,7 @@ record it and carry on.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -18,11 +19,12 @@ from ..errors import ImageLoadError
 # Well under PIL's decompression-bomb limit (about 89.5 MP), above a 48 MP phone photo.
 DEFAULT_MAX_PIXELS = 50_000_000
 
-# Only formats people keep photos in: no EPS/PDF (Ghostscript) or other exotic parsers.
-FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
+# Only formats people keep photos in: no EPS (Ghostscript) or other exotic parsers.
+# JPEG covers MPO (multi-picture camera JPEGs); AVIF is used where this Pillow reads it.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "AVIF")
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".avif"}
 )
 
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -50,7 +52,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageLoadError(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(path, formats=FORMATS) as image:
+            with Image.open(path, formats=_readable_formats()) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
@@ -69,11 +71,17 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except IsADirectoryError:
         raise ImageLoadError(path, "is a directory") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, f"not an image in a supported format ({', '.join(FORMATS)})") from None
+        raise ImageLoadError(path, f"not an image in a supported format ({', '.join(_readable_formats())})") from None
     except Image.DecompressionBombError as e:
         raise ImageLoadError(path, f"refused as a decompression bomb: {e}") from None
     except Exception as e:  # noqa: BLE001 - a bad file must cost one line, never the run
         raise ImageLoadError(path, f"cannot decode: {e}" if str(e) else f"cannot decode: {type(e).__name__}") from None
+
+
+@functools.cache
+def _readable_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

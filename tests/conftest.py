@@ -1,0 +1,137 @@
+"""Shared fixtures: real photos from scikit-image, a bad-file corpus, and no network, ever."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+skimage_data = pytest.importorskip("skimage.data")
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def photo(name: str) -> Image.Image:
+    """A real photo shipped inside scikit-image's wheel, as an RGB PIL image."""
+    return Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    return {name: photo(name) for name in PHOTOS}
+
+
+@pytest.fixture(autouse=True)
+def no_network(tmp_path, monkeypatch):
+    """Tests never download: an empty hub cache per test, and downloads that fail like a machine offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+
+    def offline(url, *args, **kwargs):
+        raise URLError("network is disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The bundled default model on the CPU, built once."""
+    from lookalike import create_extractor
+
+    return create_extractor(device="cpu", batch_size=8, num_workers=0)
+
+
+def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, **kwargs)
+    return buffer.getvalue()
+
+
+def _exif_rotated(image: Image.Image) -> bytes:
+    """The photo stored on its side with EXIF orientation 6 (rotate 90 degrees clockwise to view)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _jpeg_bytes(image.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+
+
+def _animated_gif(path: Path) -> None:
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def _palette_with_transparency(path: Path) -> None:
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([0, 0, 0] + [200, 30, 30] + [0] * 762)
+    image.paste(1, (0, 0, 32, 64))  # left half red, right half palette index 0, transparent
+    image.save(path, transparency=0)
+
+
+def _sixteen_bit_gray(path: Path, base: Image.Image) -> None:
+    gray = np.asarray(base.convert("L"), dtype=np.uint16) * 257  # full 16-bit range
+    Image.fromarray(gray).save(path)  # PNG keeps 16 bits (mode I;16)
+
+
+def make_corpus(root: Path) -> dict[str, str | None]:
+    """Write good and bad files into ``root``; returns file name -> None (good) or a reason keyword (bad)."""
+    root.mkdir(parents=True, exist_ok=True)
+    chelsea, coffee = photo("chelsea"), photo("coffee")
+    expected: dict[str, str | None] = {}
+
+    def good(name, write):
+        write(root / name)
+        expected[name] = None
+
+    def bad(name, write, keyword):
+        write(root / name)
+        expected[name] = keyword
+
+    jpeg = _jpeg_bytes(chelsea)
+    good("01_chelsea.jpg", lambda p: p.write_bytes(jpeg))
+    bad("02_truncated.jpg", lambda p: p.write_bytes(jpeg[: len(jpeg) // 2]), "truncated")
+    good("03_coffee.png", lambda p: coffee.save(p))
+    bad("04_empty.jpg", lambda p: p.write_bytes(b""), "empty")
+    good("05_coffee.webp", lambda p: coffee.save(p, "WEBP"))
+    bad("06_text.jpg", lambda p: p.write_text("this is not an image\n"), "not an image")
+    good("07_cmyk.jpg", lambda p: p.write_bytes(_jpeg_bytes(chelsea.convert("CMYK"))))
+    bad("08_huge.png", lambda p: Image.new("L", (7200, 7200)).save(p), "over the limit")
+    good("09_gray16.png", lambda p: _sixteen_bit_gray(p, coffee))
+    good("10_palette_transparent.png", _palette_with_transparency)
+    good("11_animated.gif", _animated_gif)
+    good("12_exif_rotated.jpg", lambda p: p.write_bytes(_exif_rotated(chelsea)))
+    bad("13_unreadable.jpg", lambda p: (p.write_bytes(jpeg), os.chmod(p, 0)), "permission denied")
+    good("14_rgba.png", lambda p: coffee.convert("RGBA").save(p))
+    good("15_chelsea.bmp", lambda p: chelsea.save(p))
+    good("16_chelsea.tiff", lambda p: chelsea.save(p))
+    good("17_gray.png", lambda p: chelsea.convert("L").save(p))
+    bad("18_folder.jpg", lambda p: p.mkdir(), "directory")
+    return expected
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    root = tmp_path_factory.mktemp("corpus")
+    return root, make_corpus(root)
+
+
+@pytest.fixture
+def unreadable_as_root(monkeypatch):
+    """chmod 000 stops everyone but root; as root (CI), make opening that file fail as it would for a user."""
+    if os.geteuid() != 0:
+        return
+    import builtins
+
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).endswith("unreadable.jpg"):
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)

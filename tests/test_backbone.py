@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from lookalike import create_extractor, list_layers
+from lookalike.errors import UnknownLayerError
+from lookalike.featurize import get_model_spec
+from lookalike.featurize.efficientnet_lite import efficientnet_lite0
+from lookalike.featurize.weights import load_state_dict
+
+
+def test_an_earlier_layer_is_global_average_pooled(photos):
+    extractor = create_extractor(layer="_blocks.5", device="cpu")
+    assert extractor.dim == 80
+    assert extractor.spec.layer == "_blocks.5"
+
+    model = efficientnet_lite0()
+    model.load_state_dict(load_state_dict(get_model_spec("efficientnet_lite0")))
+    model.eval()
+    seen = {}
+    model._blocks[5].register_forward_hook(lambda m, args, out: seen.setdefault("map", out))
+    preprocessing = extractor.model_spec.preprocessing
+    with torch.inference_mode():
+        model(preprocessing.normalize(preprocessing(photos["rocket"])[None]))
+    expected = torch.nn.functional.normalize(seen["map"].mean(dim=(2, 3)), dim=1).numpy()
+    np.testing.assert_allclose(extractor.embed_images([photos["rocket"]]), expected, atol=1e-5)
+
+
+def test_layers_are_listed_from_input_to_output():
+    names = list_layers(get_model_spec("efficientnet_lite0"))
+    assert names.index("_blocks.5") < names.index("flatten") < names.index("_fc")
+
+
+def test_an_unknown_layer_suggests_close_names_and_how_to_list_them():
+    with pytest.raises(UnknownLayerError) as info:
+        create_extractor(layer="_blocks.55", device="cpu")
+    assert "_blocks.5" in str(info.value)
+    assert "lookalike layers efficientnet_lite0" in str(info.value)

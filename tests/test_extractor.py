@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from lookalike import create_extractor
+from lookalike.errors import LookalikeError
+from lookalike.featurize import EmbeddingSpec, load_image, resolve_device
+
+
+def _run(extractor, paths, **kwargs):
+    keys, vectors, failures = [], [], []
+    for batch in extractor.embed_paths(paths, **kwargs):
+        assert len(batch.keys) == len(batch.vectors)
+        keys += batch.keys
+        vectors.append(batch.vectors)
+        failures += batch.failures
+    return keys, np.concatenate(vectors), failures
+
+
+@pytest.fixture(scope="module")
+def corpus_paths(corpus_dir):
+    root, expected = corpus_dir
+    return [str(root / name) for name in sorted(expected)], expected
+
+
+@pytest.mark.usefixtures("unreadable_as_root")
+def test_every_good_file_gets_its_own_vector_and_every_bad_file_a_reason(lite0, corpus_paths):
+    paths, expected = corpus_paths
+    keys, vectors, failures = _run(lite0, paths)
+
+    good = [p for p in paths if expected[p.rsplit("/", 1)[1]] is None]
+    assert keys == good
+    assert [f.key for f in failures] == [p for p in paths if p not in good]
+    for failure in failures:
+        assert expected[failure.key.rsplit("/", 1)[1]] in failure.reason
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+    # Keys never shift: each row is the embedding of the file its key names, embedded alone.
+    alone = lite0.embed_images([load_image(k) for k in keys])
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)
+    assert len({tuple(np.round(v, 4)) for v in vectors[:3]}) == 3  # distinct photos, distinct vectors
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("unreadable_as_root")
+def test_batch_size_and_worker_count_do_not_change_vectors(corpus_paths):
+    paths, _ = corpus_paths
+    runs = [
+        _run(create_extractor(device="cpu", batch_size=batch_size), paths, num_workers=workers)
+        for batch_size, workers in ((1, 0), (32, 0), (32, 2), (3, 2))
+    ]
+    keys, vectors, failures = runs[0]
+    for other_keys, other_vectors, other_failures in runs[1:]:
+        assert other_keys == keys
+        assert other_failures == failures
+        np.testing.assert_allclose(other_vectors, vectors, atol=1e-5)
+
+
+def test_a_batch_of_only_bad_files_yields_failures_and_an_empty_array(lite0, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    (batch,) = list(lite0.embed_paths([bad]))
+    assert batch.keys == [] and batch.vectors.shape == (0, 1280)
+    assert batch.failures[0].key == str(bad)
+    assert list(lite0.embed_paths([])) == []
+    assert lite0.embed_images([]).shape == (0, 1280)
+
+
+def test_embed_images_accepts_any_mode(lite0, photos):
+    chelsea = photos["chelsea"]
+    rgb, rgba, gray = lite0.embed_images([chelsea, chelsea.convert("RGBA"), chelsea.convert("L")])
+    np.testing.assert_allclose(rgba, rgb, atol=1e-5)  # opaque alpha changes nothing
+    assert rgb @ gray > 0.8  # same photo without colour: still close
+
+
+def test_spec_records_what_made_the_vectors(lite0):
+    spec = lite0.spec
+    assert (spec.model, spec.layer, spec.dim) == ("efficientnet_lite0", "flatten", 1280)
+    assert len(spec.weights_sha256) == 64
+    assert spec.preprocessing.crop_size == 224
+    assert {"torch", "torchvision"} <= spec.versions.keys()
+    again = EmbeddingSpec.from_dict(spec.to_dict())
+    assert again == spec
+    other = EmbeddingSpec.from_dict({**spec.to_dict(), "layer": "_blocks.5", "versions": {}})
+    assert other != spec
+    assert spec.differences(other) == ["layer: flatten vs _blocks.5"]
+
+
+def test_device_auto_falls_back_to_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(LookalikeError, match="no CUDA"):
+        resolve_device("cuda")
+    with pytest.raises(LookalikeError, match="unknown device"):
+        resolve_device("tpu9")
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(LookalikeError, match="precision"):
+        create_extractor(device="cpu", precision="int4")
+    with pytest.raises(LookalikeError, match="batch_size"):
+        create_extractor(device="cpu", batch_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_vectors_match_cpu_vectors(lite0, photos):
+    gpu = create_extractor(device="cuda")
+    images = list(photos.values())
+    cosine = (gpu.embed_images(images) * lite0.embed_images(images)).sum(1)
+    assert cosine.min() >= 0.999

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from conftest import photo
+from lookalike.featurize import Preprocessing, get_model_spec, list_models
+
+TORCHVISION = [spec.name for spec in list_models() if spec.source == "torchvision"]
+
+
+def _ours(spec, image) -> torch.Tensor:
+    pixels = spec.preprocessing(image)
+    assert pixels.dtype == torch.uint8
+    return spec.preprocessing.normalize(pixels.unsqueeze(0))[0]
+
+
+def _test_images():
+    """Landscape and portrait real photos, one of them grayscale expanded to RGB."""
+    chelsea = photo("chelsea")
+    return [chelsea, photo("astronaut").crop((0, 0, 300, 512)), photo("coffee").convert("L").convert("RGB")]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_matches_torchvision_weights_transforms(name):
+    from torchvision.models import get_model_weights
+
+    reference = get_model_weights(name).DEFAULT.transforms()
+    spec = get_model_spec(name)
+    for image in _test_images():
+        expected = reference(image)
+        ours = _ours(spec, image)
+        assert ours.shape == expected.shape
+        assert (ours - expected).abs().max() <= 1e-5
+
+
+def _timm_transform(arch: str):
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, pretrained_cfg=timm.models.get_pretrained_cfg(arch).to_dict())
+    return create_transform(**cfg, is_training=False)
+
+
+@pytest.mark.parametrize(
+    "name, arch",
+    [
+        ("efficientnet_lite0", "tf_efficientnet_lite0"),  # the bundled model keeps timm's eval contract
+        ("timm:resnet18", "resnet18"),
+        ("timm:convnext_tiny", "convnext_tiny"),
+        ("timm:vit_small_patch16_224", "vit_small_patch16_224"),
+    ],
+)
+def test_matches_timm_eval_transform(name, arch):
+    reference = _timm_transform(arch)
+    spec = get_model_spec(name)
+    for image in _test_images():
+        expected = reference(image)
+        ours = _ours(spec, image)
+        assert ours.shape == expected.shape
+        assert (ours - expected).abs().max() <= 1e-5
+
+
+def test_roundtrips_through_a_dict():
+    preprocessing = get_model_spec("efficientnet_b3").preprocessing
+    assert Preprocessing.from_dict(preprocessing.to_dict()) == preprocessing
+
+
+def test_rejects_an_unknown_interpolation_or_crop_mode():
+    with pytest.raises(ValueError):
+        Preprocessing(256, 224, interpolation="sinc")
+    with pytest.raises(ValueError, match="crop_mode"):
+        Preprocessing(256, 224, crop_mode="border")
