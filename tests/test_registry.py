@@ -55,3 +55,29 @@ def test_feature_node_is_the_input_of_the_last_linear_layer(name):
         tapped = _tap(spec, model, spec.feature_node)(x)["features"]
     assert tapped.shape == (2, spec.dim)
     torch.testing.assert_close(tapped, seen["input"])
+
+
+def _tiny_cnn():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2)
+    )
+
+
+def test_a_model_of_your_own_registers_and_needs_a_weights_file(monkeypatch, tmp_path, photos):
+    from lookalike import create_extractor
+    from lookalike.errors import WeightsNotFoundError
+    from lookalike.featurize import Preprocessing, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_model(ModelSpec("tiny", "mine", "tiny", Preprocessing(40, 32), "3", 8, _tiny_cnn))
+    with pytest.raises(WeightsNotFoundError, match="weights=PATH"):
+        create_extractor("tiny", device="cpu")
+
+    torch.manual_seed(0)
+    model = _tiny_cnn().eval()
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
+    extractor = create_extractor("tiny", device="cpu", weights=tmp_path / "tiny.pth")
+    x = extractor.model_spec.preprocessing.normalize(extractor.model_spec.preprocessing(photos["coffee"])[None])
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(model[:4](x), dim=1).numpy()
+    assert extractor.embed_images([photos["coffee"]]) == pytest.approx(expected, abs=1e-6)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import InvalidWeightsError, MissingDependencyError, UnknownLayerError, WeightsNotFoundError
+from ..errors import InvalidWeightsError, LookalikeError, MissingDependencyError, UnknownLayerError, WeightsNotFoundError
 from .registry import ModelSpec
 from .weights import load_state_dict, state_dict_sha256
 
@@ -94,13 +94,9 @@ def import_timm():
 
 def _classifier(spec: ModelSpec) -> nn.Module:
     """The full network with its classification head and random weights."""
-    if spec.source == "bundled":
-        from .efficientnet_lite import efficientnet_lite0
-
-        return efficientnet_lite0()
-    from torchvision.models import get_model
-
-    return get_model(spec.arch, weights=None)
+    if spec.builder is None:
+        raise LookalikeError(f"model {spec.name} has no builder: register it with ModelSpec(builder=...)")
+    return spec.builder()
 
 
 def _timm_model(spec: ModelSpec, weights, headless: bool, pretrained: bool = True) -> nn.Module:

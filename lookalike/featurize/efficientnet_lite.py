@@ -41,14 +41,21 @@ torch.fx.wrap("_same_pad")
 
 
 class Conv2dSame(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow "same" padding computed from the input size."""
+    """``nn.Conv2d`` with TensorFlow "same" padding.
+
+    With stride 1 and an odd kernel that is plain symmetric padding, which the convolution
+    does itself (fast, and keeps channels_last); only strided convolutions pad on the fly.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(in_ch, out_ch, kernel, stride=stride, groups=groups, bias=False)
+        static = stride == 1 and kernel % 2 == 1
+        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2 if static else 0, groups=groups, bias=False)
+        self.pad_on_the_fly = not static
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _same_pad(x, self.kernel_size[0], self.stride[0])
-        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+        if self.pad_on_the_fly:
+            x = _same_pad(x, self.kernel_size[0], self.stride[0])
+        return super().forward(x)
 
 
 class MBConvBlock(nn.Module):

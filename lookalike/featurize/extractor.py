@@ -61,8 +61,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. ``auto`` is bf16 (else fp16) on CUDA, fp32 elsewhere."""
+def _check_arguments(batch_size: int, precision: str, device: torch.device) -> torch.dtype | None:
+    """Validate before any model is built; returns the autocast dtype, or None for plain fp32.
+
+    ``precision="auto"`` is bf16 (fp16 where unsupported) on CUDA, fp32 elsewhere.
+    """
+    if batch_size < 1:
+        raise LookalikeError(f"batch_size must be at least 1, not {batch_size}")
     if precision not in PRECISIONS:
         raise LookalikeError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
@@ -86,14 +91,12 @@ class Extractor:
         precision: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        if batch_size < 1:
-            raise LookalikeError(f"batch_size must be at least 1, not {batch_size}")
+        self.autocast_dtype = _check_arguments(batch_size, precision, device)
         self.model_spec = model_spec
         self.device = device
         self.batch_size = batch_size
         self.num_workers = default_num_workers(device) if num_workers is None else num_workers
         self.max_pixels = max_pixels
-        self.autocast_dtype = _resolve_precision(precision, device)
         self.module = backbone.module.to(device, memory_format=torch.channels_last).eval()
         self.spec = EmbeddingSpec(
             model=model_spec.name,
@@ -188,6 +191,7 @@ def create_extractor(
     """
     spec = get_model_spec(name)
     resolved = resolve_device(device)
+    _check_arguments(batch_size, precision, resolved)  # fail fast, before loading weights
     backbone = build_backbone(spec, layer=layer, weights=weights)
     return Extractor(
         spec, backbone, device=resolved, batch_size=batch_size, num_workers=num_workers, precision=precision, max_pixels=max_pixels

@@ -9,7 +9,9 @@ the network is ``backbone.py``'s job; this module imports no model code, so list
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 from ..errors import UnknownModelError
 from .preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
@@ -24,12 +26,16 @@ class ModelSpec:
 
     Attributes:
         name: the registry name (``timm:<name>`` for timm models).
-        source: ``"bundled"`` (weights shipped in a Python package), ``"torchvision"`` or ``"timm"``.
+        source: where pretrained weights come from: ``"bundled"`` (a Python package),
+            ``"torchvision"`` (its weights API), ``"timm"`` (timm's), or anything else for a
+            model of your own, which then needs ``weights=PATH``.
         arch: the architecture's name in its source library.
         preprocessing: the input contract of the pretrained weights.
         feature_node: the graph node (torchvision feature-extraction naming) giving the
             embedding; ``None`` where the library's own headless mode is used (timm).
         dim: the embedding dimension at ``feature_node``; ``None`` if known only once built.
+        builder: makes the full network (with its classifier) with random weights;
+            ``None`` for timm, which builds its own models headless.
     """
 
     name: str
@@ -38,6 +44,7 @@ class ModelSpec:
     preprocessing: Preprocessing
     feature_node: str | None
     dim: int | None
+    builder: Callable[[], "torch.nn.Module"] | None = field(default=None, compare=False, repr=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -85,7 +92,11 @@ def _timm_spec(arch: str) -> ModelSpec:
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
         raise UnknownModelError(f"timm has no model {arch!r}.{hint}")
-    cfg = timm.data.resolve_data_config({}, pretrained_cfg=timm.models.get_pretrained_cfg(arch).to_dict())
+    pretrained_cfg = timm.models.get_pretrained_cfg(arch)
+    if pretrained_cfg is not None:
+        cfg = timm.data.resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict())
+    else:  # no pretrained weights: timm's defaults
+        cfg = timm.data.resolve_data_config({"input_size": (3, 224, 224)})
     crop = cfg["input_size"][-1]
     crop_mode = cfg.get("crop_mode", "center")
     if crop_mode not in ("center", "squash"):
@@ -101,8 +112,21 @@ def _timm_spec(arch: str) -> ModelSpec:
     return ModelSpec(TIMM_PREFIX + arch, "timm", arch, preprocessing, None, None)
 
 
+def _build_efficientnet_lite0():
+    from .efficientnet_lite import efficientnet_lite0
+
+    return efficientnet_lite0()
+
+
+def _build_torchvision(arch: str):
+    from torchvision.models import get_model
+
+    return get_model(arch, weights=None)
+
+
 def _torchvision(name: str, dim: int, resize: int, crop: int, interpolation: str = "bilinear", node: str = "flatten"):
-    register_model(ModelSpec(name, "torchvision", name, Preprocessing(resize, crop, interpolation), node, dim))
+    preprocessing = Preprocessing(resize, crop, interpolation)
+    register_model(ModelSpec(name, "torchvision", name, preprocessing, node, dim, partial(_build_torchvision, name)))
 
 
 register_model(
@@ -113,6 +137,7 @@ register_model(
         Preprocessing(256, 224, "bicubic", INCEPTION_MEAN, INCEPTION_STD),
         "flatten",
         1280,
+        _build_efficientnet_lite0,
     )
 )
 

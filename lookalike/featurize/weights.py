@@ -62,6 +62,8 @@ def load_state_dict(spec: ModelSpec, weights: str | os.PathLike | None = None) -
     if weights is not None:
         return read_weights_file(weights)
     location = weights_location(spec)
+    if location is None:
+        raise WeightsNotFoundError(f"{spec.name} has no pretrained weights source: pass weights=PATH to a state dict")
     if location.is_file():
         return read_weights_file(location)
     if spec.source == "bundled":
