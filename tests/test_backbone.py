@@ -28,7 +28,7 @@ def test_an_earlier_layer_is_global_average_pooled(photos):
 
 def test_layers_are_listed_from_input_to_output():
     names = list_layers(get_model_spec("efficientnet_lite0"))
-    assert names.index("_blocks.5") < names.index("flatten") < names.index("_fc")
+    assert names.index("_blocks.5") < names.index("_avg_pooling") < names.index("_fc")
 
 
 def test_an_unknown_layer_suggests_close_names_and_how_to_list_them():
@@ -36,3 +36,10 @@ def test_an_unknown_layer_suggests_close_names_and_how_to_list_them():
         create_extractor(layer="_blocks.55", device="cpu")
     assert "_blocks.5" in str(info.value)
     assert "lookalike layers efficientnet_lite0" in str(info.value)
+
+
+def test_a_node_that_is_not_an_activation_is_refused():
+    # FX lists weights as nodes too; tapping one would give rows that are not images.
+    with pytest.raises(UnknownLayerError, match="not a per-image activation"):
+        create_extractor(layer="_conv_stem._conv_stem_weight", device="cpu")
+    assert "_conv_stem._conv_stem_weight" not in list_layers(get_model_spec("efficientnet_lite0"))

@@ -73,14 +73,18 @@ def build_backbone(spec: ModelSpec, layer: str | None = None, weights: str | os.
     node = layer or spec.feature_node
     body = model if node is None else _tap(spec, model, node)
     module = GlobalPool(body).eval()
-    dim = spec.dim if layer is None and spec.dim else _probe_dim(module, spec.preprocessing.crop_size)
+    dim = spec.dim if layer is None and spec.dim else _probe_dim(module, spec, node)
     return Backbone(module, dim, node or "pre_logits", sha)
 
 
 def list_layers(spec: ModelSpec) -> list[str]:
-    """The graph nodes ``layer=`` accepts for a model, input to output (builds it without weights)."""
+    """The modules of a model, input to output, whose outputs ``layer=`` can tap (built without weights).
+
+    ``layer=`` also takes any graph node torchvision's ``get_graph_node_names`` reports.
+    """
     model = _timm_model(spec, None, headless=False, pretrained=False) if spec.source == "timm" else _classifier(spec)
-    return _node_names(spec, model.eval())
+    modules = {name for name, _ in model.named_modules() if name}
+    return [name for name in _node_names(spec, model.eval()) if name in modules]
 
 
 def import_timm():
@@ -149,8 +153,16 @@ def _node_names(spec: ModelSpec, model: nn.Module) -> list[str]:
 
 
 @torch.inference_mode()
-def _probe_dim(module: nn.Module, size: int) -> int:
-    return module(torch.zeros(1, 3, size, size)).shape[1]
+def _probe_dim(module: nn.Module, spec: ModelSpec, node: str | None) -> int:
+    """Run two blank images through; a node whose output isn't one row per image (a weight) is refused."""
+    size = spec.preprocessing.crop_size
+    out = module(torch.zeros(2, 3, size, size))
+    if out.ndim != 2 or out.shape[0] != 2:
+        raise UnknownLayerError(
+            f"layer {node!r} of {spec.name} is not a per-image activation (it gives shape {tuple(out.shape)} "
+            f"for 2 images); pick a module output from `lookalike layers {spec.name}`"
+        )
+    return out.shape[1]
 
 
 def _first_key_error(e: RuntimeError) -> str:
