@@ -112,3 +112,14 @@ def test_gpu_vectors_match_cpu_vectors(lite0, photos):
     images = list(photos.values())
     cosine = (gpu.embed_images(images) * lite0.embed_images(images)).sum(1)
     assert cosine.min() >= 0.999
+
+
+@pytest.mark.slow
+def test_autocast_path_runs_on_cpu_and_stays_close_to_fp32(lite0, photos):
+    # The GPU's bf16 autocast code path, exercised where CI can run it (bf16 is slow on this CPU).
+    bf16 = create_extractor(device="cpu", precision="bf16")
+    assert bf16.autocast_dtype == torch.bfloat16
+    images = [photos["chelsea"]]
+    low, full = bf16.embed_images(images), lite0.embed_images(images)
+    assert low.dtype == np.float32
+    assert (low * full).sum(1).min() > 0.98
