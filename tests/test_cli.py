@@ -96,3 +96,18 @@ def test_installed_entry_point_runs_end_to_end(tmp_path, photos):
     vectors = np.load(out)["vectors"]
     assert vectors.shape == (2, 1280)
     assert vectors[0] @ vectors[1] < 0.5  # a cat and a coffee cup are not alike
+
+
+def test_an_unwritable_output_fails_before_any_embedding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not be built when the output can't be written")
+
+    monkeypatch.setattr("lookalike.featurize.create_extractor", never)
+    result = CliRunner().invoke(main, ["embed", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "v.npz")])
+    assert result.exit_code == 1
+    assert "cannot write" in result.stderr

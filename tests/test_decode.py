@@ -90,3 +90,29 @@ def test_draft_decodes_large_jpegs_small_but_never_below_the_asked_size(tmp_path
 def test_missing_file_is_a_failure_not_a_crash(tmp_path):
     with pytest.raises(ImageLoadError, match="not found"):
         load_image(tmp_path / "gone.jpg")
+
+
+def test_rgb_colour_key_transparency_is_composited_on_white(tmp_path):
+    path = tmp_path / "key.png"
+    image = Image.new("RGB", (4, 4), (0, 0, 0))
+    image.putpixel((0, 0), (10, 200, 30))
+    image.save(path, transparency=(0, 0, 0))
+    decoded = load_image(path)
+    assert decoded.getpixel((0, 0)) == (10, 200, 30)
+    assert decoded.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_values_beyond_any_known_range_are_stretched_not_clipped():
+    wide_int = Image.fromarray(np.array([[0, 35000, 70000]], dtype=np.int32))
+    assert _pixels(to_rgb(wide_int))[0, :, 0].tolist() == [0, 128, 255]
+    wide_float = Image.fromarray(np.array([[0.0, 500.0, 1000.0]], dtype=np.float32))
+    assert _pixels(to_rgb(wide_float))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_exif_orientation_is_applied_to_images_opened_by_the_caller(corpus_dir):
+    from lookalike.featurize.decode import upright_rgb
+
+    root, _ = corpus_dir
+    with Image.open(root / "12_exif_rotated.jpg") as opened:
+        assert opened.size == (300, 451)  # stored on its side
+        assert upright_rgb(opened).size == (451, 300)

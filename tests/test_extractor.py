@@ -123,3 +123,20 @@ def test_autocast_path_runs_on_cpu_and_stays_close_to_fp32(lite0, photos):
     low, full = bf16.embed_images(images), lite0.embed_images(images)
     assert low.dtype == np.float32
     assert (low * full).sum(1).min() > 0.98
+
+
+def test_a_thin_strip_is_one_failure(lite0, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (10_000, 1)).save(tmp_path / "strip.png")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(photo)
+    (batch,) = list(lite0.embed_paths([tmp_path / "strip.png", photo]))
+    assert batch.keys == [str(photo)]
+    assert "aspect ratio" in batch.failures[0].reason
+
+
+@pytest.mark.parametrize("device", ["xpu", "meta", "cuda:7"])
+def test_unsupported_or_missing_devices_are_refused(device):
+    with pytest.raises(LookalikeError, match="not supported|no CUDA|only cuda"):
+        resolve_device(device)

@@ -69,3 +69,12 @@ def test_rejects_an_unknown_interpolation_or_crop_mode():
         Preprocessing(256, 224, interpolation="sinc")
     with pytest.raises(ValueError, match="crop_mode"):
         Preprocessing(256, 224, crop_mode="border")
+
+
+def test_absurdly_thin_images_are_refused_instead_of_resized_to_gigabytes():
+    from PIL import Image
+
+    spec = get_model_spec("efficientnet_lite0")
+    with pytest.raises(ValueError, match="aspect ratio"):
+        spec.preprocessing(Image.new("RGB", (10_000, 1)))
+    assert spec.preprocessing(Image.new("RGB", (1000, 10))).shape == (3, 224, 224)

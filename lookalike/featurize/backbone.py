@@ -31,21 +31,18 @@ class Backbone:
 
 
 class GlobalPool(nn.Module):
-    """Wraps a feature extractor: the tapped output, average-pooled over space (or tokens)."""
+    """Wraps a feature extractor: its tapped output averaged over ``pool_dims`` (space, or tokens)."""
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, pool_dims: tuple[int, ...] = ()):
         super().__init__()
         self.body = body
+        self.pool_dims = pool_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        if isinstance(out, dict):
-            (out,) = out.values()
-        if out.ndim == 4:
-            out = out.mean(dim=(2, 3))
-        elif out.ndim == 3:  # (N, tokens, C) from transformer layers
-            out = out.mean(dim=1)
-        return out.flatten(1)
+        out = _output(self.body(x))
+        if self.pool_dims:
+            out = out.mean(dim=self.pool_dims)
+        return out.reshape(out.shape[0], -1)
 
 
 def build_backbone(spec: ModelSpec, layer: str | None = None, weights: str | os.PathLike | None = None) -> Backbone:
@@ -72,19 +69,16 @@ def build_backbone(spec: ModelSpec, layer: str | None = None, weights: str | os.
     sha = state_dict_sha256(model.state_dict())
     node = layer or spec.feature_node
     body = model if node is None else _tap(spec, model, node)
-    module = GlobalPool(body).eval()
-    dim = spec.dim if layer is None and spec.dim else _probe_dim(module, spec, node)
-    return Backbone(module, dim, node or "pre_logits", sha)
+    if layer is None and spec.dim:
+        return Backbone(GlobalPool(body).eval(), spec.dim, node, sha)
+    pool_dims, dim = _probe(body, spec, node or "pre_logits")
+    return Backbone(GlobalPool(body, pool_dims).eval(), dim, node or "pre_logits", sha)
 
 
 def list_layers(spec: ModelSpec) -> list[str]:
-    """The modules of a model, input to output, whose outputs ``layer=`` can tap (built without weights).
-
-    ``layer=`` also takes any graph node torchvision's ``get_graph_node_names`` reports.
-    """
+    """The graph nodes and modules ``layer=`` can tap, input to output (the model is built without weights)."""
     model = _timm_model(spec, None, headless=False, pretrained=False) if spec.source == "timm" else _classifier(spec)
-    modules = {name for name, _ in model.named_modules() if name}
-    return [name for name in _node_names(spec, model.eval()) if name in modules]
+    return _node_names(spec, model.eval())
 
 
 def import_timm():
@@ -145,24 +139,68 @@ def _node_names(spec: ModelSpec, model: nn.Module) -> list[str]:
         from torchvision.models.feature_extraction import get_graph_node_names
     _, eval_nodes = get_graph_node_names(model)
     last_use = {}
-    for i, node in enumerate(n for n in eval_nodes if n != "x"):
+    for i, node in enumerate(n for n in eval_nodes if n != "x" and not _is_parameter(model, n)):
         parts = node.split(".")
         for depth in range(1, len(parts) + 1):
             last_use[".".join(parts[:depth])] = i
     return sorted(last_use, key=lambda name: (last_use[name], -name.count(".")))
 
 
+def _is_parameter(model: nn.Module, node: str) -> bool:
+    """FX names a weight read ``a.b.a_b_weight``: a graph node, but no activation to tap."""
+    parent, _, leaf = node.rpartition(".")
+    try:
+        module = model.get_submodule(parent)
+    except AttributeError:
+        return False
+    prefix = parent.replace(".", "_") + "_"
+    names = [n for n, _ in module.named_parameters(recurse=False)] + [n for n, _ in module.named_buffers(recurse=False)]
+    return any(leaf == prefix + name for name in names)
+
+
+def _output(out) -> torch.Tensor:
+    if isinstance(out, dict):
+        (out,) = out.values()
+    return out
+
+
 @torch.inference_mode()
-def _probe_dim(module: nn.Module, spec: ModelSpec, node: str | None) -> int:
-    """Run two blank images through; a node whose output isn't one row per image (a weight) is refused."""
+def _probe(body: nn.Module, spec: ModelSpec, node: str) -> tuple[tuple[int, ...], int]:
+    """Which output dims to average over, and the vector size left.
+
+    Two input sizes tell spatial dims (they change) from channels, whatever the layout:
+    NCHW, NHWC (ConvNeXt blocks, Swin) or tokens. Models of one fixed input size fall back
+    to NCHW / (N, tokens, C).
+    """
     size = spec.preprocessing.crop_size
-    out = module(torch.zeros(2, 3, size, size))
-    if out.ndim != 2 or out.shape[0] != 2:
+    try:
+        out = _output(body(torch.zeros(2, 3, size, size)))
+    except Exception as e:  # noqa: BLE001 - whatever breaks, the answer is "pick another layer"
+        raise UnknownLayerError(f"layer {node!r} of {spec.name} cannot be tapped: {e}") from e
+    if out.ndim < 2 or out.shape[0] != 2:
         raise UnknownLayerError(
             f"layer {node!r} of {spec.name} is not a per-image activation (it gives shape {tuple(out.shape)} "
-            f"for 2 images); pick a module output from `lookalike layers {spec.name}`"
+            f"for 2 images); pick another from `lookalike layers {spec.name}`"
         )
-    return out.shape[1]
+    try:
+        larger = _output(body(torch.zeros(2, 3, size + 32, size + 32)))
+        pool_dims = tuple(d for d in range(1, out.ndim) if larger.shape[d] != out.shape[d])
+    except Exception:  # noqa: BLE001 - fixed-size models refuse other sizes
+        pool_dims = _guess_spatial_dims(out.shape)
+    kept = [out.shape[d] for d in range(1, out.ndim) if d not in pool_dims]
+    if len(kept) != 1:
+        raise UnknownLayerError(
+            f"layer {node!r} of {spec.name} gives shape {tuple(out.shape)}, which doesn't average to one "
+            f"vector per image; pick another from `lookalike layers {spec.name}`"
+        )
+    return pool_dims, kept[0]
+
+
+def _guess_spatial_dims(shape: torch.Size) -> tuple[int, ...]:
+    """For a square input, the two spatial sides are equal: that tells NCHW from NHWC."""
+    if len(shape) == 4:
+        return (1, 2) if shape[1] == shape[2] and shape[2] != shape[3] else (2, 3)
+    return (1,) if len(shape) == 3 else ()
 
 
 def _first_key_error(e: RuntimeError) -> str:

@@ -27,7 +27,9 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".avif"}
 )
 
-_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_ORIENTATION = 0x0112
+_BITS_PER_SAMPLE = 258
 _BACKGROUND = (255, 255, 255)
 
 
@@ -36,7 +38,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     Args:
         path: the file.
-        max_pixels: images with more pixels are refused before decoding.
+        max_pixels: images with more pixels are refused before decoding. Pillow's own
+            decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) still applies above it.
         draft_size: if set, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
             that keeps both sides at least this large, which is several times faster.
 
@@ -61,7 +64,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 if draft_size and image.format in ("JPEG", "MPO"):
                     image.draft("RGB", (draft_size, draft_size))
                 image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
+                return upright_rgb(image)
     except ImageLoadError:
         raise
     except PermissionError:
@@ -84,26 +87,47 @@ def _readable_formats() -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation (as a camera meant the photo to be seen), then ``to_rgb``."""
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: alpha over white, 16-bit and float scaled, not clipped."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+    """Convert any PIL mode to 8-bit RGB: alpha over white, high bit depths scaled, not clipped."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES or image.mode == "F":
         return _gray_to_rgb(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, _BACKGROUND)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _gray_to_rgb(image: Image.Image) -> Image.Image:
-    """PIL's own convert clips 16-bit values at 255, turning most photos white; scale instead."""
-    pixels = np.asarray(image, dtype=np.float64)
+    """PIL's own convert clips high bit depths at 255, turning most photos white; scale instead.
+
+    Integer images are scaled by their bit depth (TIFF's BitsPerSample, else 16);
+    float images in [0, 1] or [0, 255] are taken as such, others stretched to their range.
+    """
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    top = pixels.max() if pixels.size else 0.0
     if image.mode == "F":
-        scale = 255.0 if pixels.size and np.nanmax(pixels) <= 1.0 else 1.0
+        full = 1.0 if top <= 1.0 else 255.0
     else:
-        scale = 255.0 / 65535.0
-    gray = np.clip(np.nan_to_num(pixels * scale), 0, 255).round().astype(np.uint8)
+        full = 2.0 ** _bits_per_sample(image) - 1
+    low = 0.0
+    if pixels.size and (pixels.min() < 0 or top > full):  # outside any range we know: use its own
+        low, full = pixels.min(), max(top, pixels.min() + 1e-12)
+    gray = np.clip((pixels - low) * (255.0 / (full - low)), 0, 255).round().astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
+
+
+def _bits_per_sample(image: Image.Image) -> int:
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(_BITS_PER_SAMPLE) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if isinstance(bits, int) and 1 <= bits <= 32 else 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from importlib import metadata
 from typing import NamedTuple
 
@@ -19,7 +20,7 @@ from PIL import Image
 
 from ..errors import LookalikeError
 from .backbone import Backbone, build_backbone
-from .decode import DEFAULT_MAX_PIXELS, to_rgb
+from .decode import DEFAULT_MAX_PIXELS, upright_rgb
 from .reader import Failure, default_num_workers, make_loader
 from .registry import DEFAULT_MODEL, ModelSpec, get_model_spec
 from .spec import EmbeddingSpec
@@ -54,10 +55,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as e:
         raise LookalikeError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LookalikeError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise LookalikeError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LookalikeError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise LookalikeError(f"device {device!r} asked for, but only cuda:0..cuda:{count - 1} exist")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise LookalikeError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    elif resolved.type != "cpu":
+        raise LookalikeError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return resolved
 
 
@@ -97,7 +105,7 @@ class Extractor:
         self.batch_size = batch_size
         self.num_workers = default_num_workers(device) if num_workers is None else num_workers
         self.max_pixels = max_pixels
-        self.module = backbone.module.to(device, memory_format=torch.channels_last).eval()
+        self.module = _to_device(backbone.module, device)
         self.spec = EmbeddingSpec(
             model=model_spec.name,
             weights_sha256=backbone.weights_sha256,
@@ -112,9 +120,17 @@ class Extractor:
         return self.spec.dim
 
     def embed_images(self, images: Iterable[Image.Image]) -> np.ndarray:
-        """Embed in-memory PIL images (any mode). Returns float32 (N, dim), L2-normalised, in input order."""
+        """Embed in-memory PIL images (any mode; EXIF orientation applied).
+
+        Returns float32 (N, dim), L2-normalised, in input order. Large JPEGs embedded through
+        ``embed_paths`` decode in draft mode and differ slightly (cosine ~0.995) from the same
+        file fully decoded and passed here; ``embed_paths`` is the consistent route for files.
+
+        Raises:
+            ValueError: an image is thinner than 1:100.
+        """
         preprocess = self.model_spec.preprocessing
-        pixels = [preprocess(to_rgb(image)) for image in images]
+        pixels = [preprocess(upright_rgb(image)) for image in images]
         if not pixels:
             return np.zeros((0, self.dim), dtype=np.float32)
         chunks = [self._forward(torch.stack(pixels[i : i + self.batch_size])) for i in range(0, len(pixels), self.batch_size)]
@@ -153,7 +169,9 @@ class Extractor:
     def _forward(self, pixels: torch.Tensor) -> np.ndarray:
         x = pixels.to(self.device, non_blocking=True)
         x = self.model_spec.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+        # No autocast context at all in fp32: older torch refuses one for MPS even when disabled.
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with autocast:
             out = self.module(x)
         return F.normalize(out.float(), dim=1).cpu().numpy()
 
@@ -196,6 +214,14 @@ def create_extractor(
     return Extractor(
         spec, backbone, device=resolved, batch_size=batch_size, num_workers=num_workers, precision=precision, max_pixels=max_pixels
     )
+
+
+def _to_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to the device in channels_last, which convolutions run faster in; some graphs (5-D) refuse it."""
+    try:
+        return module.to(device, memory_format=torch.channels_last).eval()
+    except RuntimeError:
+        return module.to(device).eval()
 
 
 def _versions() -> dict[str, str]:

@@ -20,6 +20,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
+# Resizing the short side of a 10000x1 strip to 256 px would need gigabytes; nothing that
+# thin is a photo a CNN can read anyway.
+MAX_ASPECT_RATIO = 100
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -49,7 +53,14 @@ class Preprocessing:
             raise ValueError(f"crop_mode must be 'center' or 'squash', not {self.crop_mode!r}")
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Resize and crop an RGB image; returns a uint8 tensor of shape (3, crop, crop)."""
+        """Resize and crop an RGB image; returns a uint8 tensor of shape (3, crop, crop).
+
+        Raises:
+            ValueError: the image is thinner than 1:``MAX_ASPECT_RATIO``.
+        """
+        width, height = image.size
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ValueError(f"{width}x{height} is thinner than the 1:{MAX_ASPECT_RATIO} aspect ratio allowed")
         mode = InterpolationMode(self.interpolation)
         size = [self.resize_size, self.resize_size] if self.crop_mode == "squash" else [self.resize_size]
         image = F.resize(image, size, interpolation=mode, antialias=self.antialias)

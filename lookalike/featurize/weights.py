@@ -87,7 +87,10 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise InvalidWeightsError(f"cannot read weights from {path}: {e}") from e
+        raise InvalidWeightsError(
+            f"cannot read weights from {path}: not a PyTorch state dict (.pth/.pt, read with weights_only "
+            f"so that no code in it runs) or a .safetensors file ({type(e).__name__})"
+        ) from e
     for key in ("state_dict", "model"):  # training checkpoints wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
