@@ -13,6 +13,14 @@ def _ours(spec, image) -> torch.Tensor:
     return spec.preprocessing.normalize(pixels.unsqueeze(0))[0]
 
 
+def _assert_same_output(spec, reference) -> None:
+    for image in _test_images():
+        expected = reference(image)
+        ours = _ours(spec, image)
+        assert ours.shape == expected.shape
+        assert (ours - expected).abs().max() <= 1e-5
+
+
 def _test_images():
     """Landscape and portrait real photos, one of them grayscale expanded to RGB."""
     chelsea = photo("chelsea")
@@ -24,12 +32,7 @@ def test_matches_torchvision_weights_transforms(name):
     from torchvision.models import get_model_weights
 
     reference = get_model_weights(name).DEFAULT.transforms()
-    spec = get_model_spec(name)
-    for image in _test_images():
-        expected = reference(image)
-        ours = _ours(spec, image)
-        assert ours.shape == expected.shape
-        assert (ours - expected).abs().max() <= 1e-5
+    _assert_same_output(get_model_spec(name), reference)
 
 
 def _timm_transform(arch: str):
@@ -51,12 +54,7 @@ def _timm_transform(arch: str):
 )
 def test_matches_timm_eval_transform(name, arch):
     reference = _timm_transform(arch)
-    spec = get_model_spec(name)
-    for image in _test_images():
-        expected = reference(image)
-        ours = _ours(spec, image)
-        assert ours.shape == expected.shape
-        assert (ours - expected).abs().max() <= 1e-5
+    _assert_same_output(get_model_spec(name), reference)
 
 
 def test_roundtrips_through_a_dict():
