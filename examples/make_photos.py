@@ -22,8 +22,8 @@ def main() -> None:
         image.save(OUT / f"{name}.jpg", quality=85)
     chelsea = Image.fromarray(data.chelsea())
     w, h = chelsea.size
-    copy = chelsea.crop((20, 15, w - 10, h - 5)).resize((300, 192), Image.Resampling.LANCZOS)
-    copy.save(OUT / "chelsea-copy.jpg", quality=60)
+    copy = chelsea.crop((8, 6, w - 4, h - 2)).resize((352, 232), Image.Resampling.LANCZOS)
+    copy.save(OUT / "chelsea-copy.jpg", quality=70)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _FEATURIZE = ("EmbeddingSpec", "Extractor", "create_extractor", "list_layers", "list_models")
 
-__all__ = ["LookalikeError", "__version__", *_FEATURIZE]
+__all__ = ["LookalikeError", "__version__", "open_store", *_FEATURIZE]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from . import featurize
 
         return getattr(featurize, name)
+    if name == "open_store":
+        from .indexing import open_store
+
+        return open_store
     raise AttributeError(f"module 'lookalike' has no attribute {name!r}")

@@ -34,3 +34,46 @@ class ImageLoadError(LookalikeError, OSError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class StoreError(LookalikeError):
+    """A store is missing, damaged, locked or used in a way it can't serve."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store where one was looked for; the message says how to make one."""
+
+
+class StoreMismatchError(StoreError):
+    """Vectors made one way were about to be mixed with vectors made another way."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing to the store."""
+
+
+# The FAISS edge (lookalike.index.faiss_index) and near-duplicate grouping (lookalike.index.dupes).
+
+
+class InvalidFactoryError(LookalikeError, ValueError):
+    """A factory string FAISS can't parse, whose index can't take ids or removals, or that nothing fits."""
+
+
+class DimensionMismatchError(LookalikeError, ValueError):
+    """Vectors, ids or queries whose shapes don't fit each other or the index."""
+
+
+class InvalidIdsError(LookalikeError, ValueError):
+    """Ids that are not integers, or are negative (``-1`` means "no neighbour" in results)."""
+
+
+class IndexStateError(LookalikeError, RuntimeError):
+    """The index can't do this as it is: mapped read-only from its file, or not trained."""
+
+
+class IndexFileError(LookalikeError, OSError):
+    """An index file that is missing, unreadable, corrupt or can't be written."""
+
+
+class DuplicateGroupsError(LookalikeError, ValueError):
+    """``duplicate_groups`` was given arguments it cannot work with; the message says which."""

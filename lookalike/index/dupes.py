@@ -30,15 +30,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import LookalikeError
+from ..errors import DuplicateGroupsError
 
 log = logging.getLogger(__name__)
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-
-
-class DuplicateGroupsError(LookalikeError, ValueError):
-    """``duplicate_groups`` was given arguments it cannot work with; the message says which."""
 
 
 class DuplicateGroup(NamedTuple):

@@ -1,0 +1,153 @@
+"""The catalog: one SQLite row per file, the store's source of truth.
+
+A file keeps its id for life (``AUTOINCREMENT`` never reuses one), so FAISS ids and
+paths can't drift apart. Every write happens in one transaction that also advances the
+store's generation and its count of committed vector rows, so a crash loses at most the
+batch in flight. WAL mode lets readers query while an indexer writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    reason TEXT,
+    row INTEGER,
+    generation INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_generation ON files (generation);
+CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('rows', 0), ('index_generation', -1);
+"""
+
+
+class FileRecord(NamedTuple):
+    """A catalog row. ``row`` is the file's row in the vectors file (None when it failed)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    reason: str | None
+    row: int | None
+    generation: int
+
+
+class Entry(NamedTuple):
+    """What the indexer writes for one file: a vector row, or a failure reason."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    row: int | None = None
+    reason: str | None = None
+
+
+class Catalog:
+    """The SQLite catalog of a store. Use as a context manager, or call ``close``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def meta(self, key: str, default=None):
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, **values) -> None:
+        for key, value in values.items():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def snapshot(self) -> "Catalog":
+        """Begin a read transaction: until ``end_snapshot``, reads see one committed state."""
+        self._db.execute("BEGIN")
+        return self
+
+    def end_snapshot(self) -> None:
+        self._db.execute("COMMIT")
+
+    def records(self, status: str | None = None) -> Iterator[FileRecord]:
+        query = "SELECT * FROM files" + (" WHERE status = ?" if status else "") + " ORDER BY path"
+        for row in self._db.execute(query, (status,) if status else ()):
+            yield FileRecord(*row)
+
+    def by_paths(self, paths: Iterable[str]) -> dict[str, FileRecord]:
+        found = {}
+        for path in paths:
+            row = self._db.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+            if row:
+                found[path] = FileRecord(*row)
+        return found
+
+    def by_ids(self, ids: Iterable[int]) -> dict[int, FileRecord]:
+        found = {}
+        for id_ in ids:
+            row = self._db.execute("SELECT * FROM files WHERE id = ?", (int(id_),)).fetchone()
+            if row:
+                found[id_] = FileRecord(*row)
+        return found
+
+    def count(self, status: str | None = None) -> int:
+        query = "SELECT COUNT(*) FROM files" + (" WHERE status = ?" if status else "")
+        return self._db.execute(query, (status,) if status else ()).fetchone()[0]
+
+    def changed_since(self, generation: int) -> tuple[list[FileRecord], list[int]]:
+        """Files written after ``generation``, and ids removed after it."""
+        changed = [FileRecord(*r) for r in self._db.execute("SELECT * FROM files WHERE generation > ?", (generation,))]
+        removed = [r[0] for r in self._db.execute("SELECT id FROM removed WHERE generation > ?", (generation,))]
+        return changed, removed
+
+    def commit(self, entries: list[Entry], rows: int, removed_paths: Iterable[str] = ()) -> int:
+        """Write entries and removals and the new committed row count in one transaction.
+
+        Returns:
+            The new generation.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            generation = self.meta("generation") + 1
+            for e in entries:
+                status = "ok" if e.row is not None else "failed"
+                db.execute(
+                    "INSERT INTO files (path, size, mtime_ns, status, reason, row, generation) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
+                    " status=excluded.status, reason=excluded.reason, row=excluded.row, generation=excluded.generation",
+                    (e.path, e.size, e.mtime_ns, status, e.reason, e.row, generation),
+                )
+            for path in removed_paths:
+                row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+                if row:
+                    db.execute("DELETE FROM files WHERE id = ?", row)
+                    db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?)", (row[0], generation))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (generation,))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (rows,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return generation
+

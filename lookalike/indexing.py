@@ -1,0 +1,204 @@
+"""Where featurize meets index: index a folder incrementally, and open a store that can
+embed new query images with its own spec."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StoreError, StoreMismatchError
+from .index.discover import FoundFile, discover
+from .index.manifest import describe_spec
+from .index.store import MANIFEST, STORE_DIRNAME, Store, find_store
+
+
+@dataclass
+class IndexSummary:
+    """What one ``index_folder`` run did."""
+
+    store: Path
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    embedded: int = 0  # images the CNN ran on
+    seconds: float = 0.0
+
+
+def index_folder(
+    root: str | os.PathLike,
+    *,
+    store: str | os.PathLike | None = None,
+    model: str | None = None,
+    layer: str | None = None,
+    weights: str | os.PathLike | None = None,
+    reset: bool = False,
+    index_factory: str | None = None,
+    extractor_options: dict | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> IndexSummary:
+    """Index the images under ``root``: embed new and changed files, drop deleted ones.
+
+    Args:
+        root: the folder.
+        store: the store folder (default ``root/.lookalike``).
+        model, layer, weights: the featurizer; default the store's, else ``efficientnet_lite0``.
+        reset: delete the store first and start over.
+        index_factory: force a FAISS index type (factory string) instead of choosing by size.
+        extractor_options: passed to ``create_extractor`` (device, batch_size, num_workers, precision...).
+        on_start: told how many files will be embedded; on_batch: how many more are done.
+
+    Raises:
+        StoreMismatchError: the store was built with another model, layer or preprocessing.
+        StoreLockedError: another process is indexing into the store.
+    """
+    from .featurize import IMAGE_EXTENSIONS
+
+    started = time.perf_counter()
+    root = Path(root).resolve()
+    store_dir = Path(store) if store is not None else root / STORE_DIRNAME
+    if reset:
+        _remove_store(store_dir)
+    existing = Store.open(store_dir) if (store_dir / MANIFEST).exists() else None
+    if existing is not None:
+        model, layer, weights = _same_featurizer(existing, model, layer, weights)
+        if index_factory and index_factory != existing.manifest.index_factory:
+            existing.manifest.index_factory = index_factory  # the next index sync rebuilds with it
+            existing.manifest.write(store_dir / MANIFEST)
+    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
+    todo, removed, summary = _plan(existing, files, store_dir)
+    if on_start:
+        on_start(len(todo))
+    if not todo and not removed and existing is not None:
+        with existing.writer():  # nothing to embed; still bring the index up to date after a crash
+            pass
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    extractor = _extractor(model, layer, weights, extractor_options)
+    if index_factory:
+        from .index.faiss_index import check_factory
+
+        check_factory(index_factory, extractor.dim)
+    spec = extractor.spec.to_dict()
+    if existing is None:
+        existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
+    else:
+        existing.manifest.check_spec(spec)
+    by_path = {f.path: f for f in todo}
+    with existing.writer() as writer:
+        writer.remove(removed)
+        for batch in extractor.embed_paths(list(by_path)):
+            embedded = [(f.key, f.size, f.mtime_ns) for f in map(by_path.get, batch.keys)]
+            failed = [(by_path[f.key].key, by_path[f.key].size, by_path[f.key].mtime_ns, f.reason) for f in batch.failures]
+            writer.write(embedded, batch.vectors, failed)
+            summary.embedded += len(batch.keys)
+            summary.failed += len(batch.failures)
+            if on_batch:
+                on_batch(len(batch.keys) + len(batch.failures))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _plan(store: Store | None, files: list[FoundFile], store_dir: Path) -> tuple[list[FoundFile], list[str], IndexSummary]:
+    """Which files to embed (new or changed by size or mtime) and which keys to remove."""
+    summary = IndexSummary(store=store_dir)
+    if store is None:
+        summary.added = len(files)
+        return files, [], summary
+    with store.catalog() as catalog:
+        known = {r.path: r for r in catalog.records()}
+    todo = []
+    for f in files:
+        record = known.get(f.key)
+        if record is None:
+            summary.added += 1
+            todo.append(f)
+        elif (record.size, record.mtime_ns) != (f.size, f.mtime_ns):
+            summary.updated += 1
+            todo.append(f)
+        else:
+            summary.unchanged += 1
+    present = {f.key for f in files}
+    removed = [key for key in known if key not in present]
+    summary.removed = len(removed)
+    return todo, removed, summary
+
+
+def _same_featurizer(store: Store, model, layer, weights):
+    """Default to the store's featurizer; refuse another one by name before loading anything."""
+    spec = store.manifest.spec
+    stored_layer = None if spec["layer"] == _default_layer(spec["model"]) else spec["layer"]
+    model = model or spec["model"]
+    if model != spec["model"] or (layer is not None and layer != spec["layer"] and layer != stored_layer):
+        raise StoreMismatchError(
+            f"this store holds vectors from {describe_spec(spec)}, not {model} (layer {layer or 'default'}). "
+            f"Use the store's model, or --reset to start over with the new one."
+        )
+    return model, layer if layer is not None else stored_layer, weights or store.manifest.weights
+
+
+def _default_layer(model: str) -> str:
+    from .featurize import get_model_spec
+
+    return get_model_spec(model).feature_node or "pre_logits"
+
+
+def _extractor(model, layer, weights, options):
+    from .featurize import DEFAULT_MODEL, create_extractor
+
+    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, **(options or {}))
+
+
+def _remove_store(store_dir: Path) -> None:
+    if not store_dir.exists():
+        return
+    if not (store_dir / MANIFEST).exists() and any(store_dir.iterdir()):
+        raise StoreError(f"{store_dir} is not a lookalike store; not deleting it")
+    shutil.rmtree(store_dir)
+
+
+def open_store(path: str | os.PathLike | None = None, **extractor_options) -> Store:
+    """Open a store for searching; images outside it are embedded with the store's own spec.
+
+    Args:
+        path: the store folder, or a folder inside an indexed tree (searched upward like git);
+            default ``$LOOKALIKE_STORE`` or the current folder.
+        extractor_options: for embedding query images (device, batch_size...).
+
+    Raises:
+        StoreNotFoundError: no store there.
+    """
+    if path is not None and (Path(path) / MANIFEST).is_file():
+        store = Store.open(path)
+    else:
+        store = Store.open(find_store(path if path is not None else "."))
+    store.embedder = _lazy_embedder(store, extractor_options)
+    return store
+
+
+def _lazy_embedder(store: Store, options: dict):
+    """Builds the extractor on first use only: queries of indexed paths never load the model."""
+    state = {}
+
+    def embed(paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
+        if "extractor" not in state:
+            model, layer, weights = _same_featurizer(store, None, None, None)
+            state["extractor"] = _extractor(model, layer, weights, {"num_workers": 0, **options})
+            store.manifest.check_spec(state["extractor"].spec.to_dict())
+        keys, vectors, failed = [], [], {}
+        for batch in state["extractor"].embed_paths(paths):
+            keys += batch.keys
+            vectors.append(batch.vectors)
+            failed.update({f.key: f.reason for f in batch.failures})
+        return keys, np.concatenate(vectors) if vectors else np.zeros((0, store.dim), np.float32), failed
+
+    return embed

@@ -1,0 +1,462 @@
+"""The FAISS edge against references: numpy brute force, exact ``IndexFlatIP``, plain ``faiss.read_index``."""
+
+from __future__ import annotations
+
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+from lookalike.errors import LookalikeError, MissingDependencyError
+from lookalike.index import faiss_index as fi
+from lookalike.index.faiss_index import (
+    DimensionMismatchError,
+    IndexFileError,
+    IndexStateError,
+    InvalidFactoryError,
+    InvalidIdsError,
+)
+
+DIM = 32
+
+
+def normalised(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+
+def clustered(n: int, dim: int, n_clusters: int = 1000, noise: float = 1.5, seed: int = 0) -> np.ndarray:
+    """Unit vectors in Gaussian clusters whose centres group into 50 families, like image embeddings.
+
+    With noise 1.5 in 128 dims a vector's 10th neighbour has cosine ~0.4: nearby clusters overlap.
+    """
+    rng = np.random.default_rng(seed)
+    families = rng.standard_normal((50, dim))
+    centres = normalised(families[rng.integers(0, 50, n_clusters)] + 0.8 * rng.standard_normal((n_clusters, dim)))
+    labels = rng.integers(0, n_clusters, n)
+    return normalised(centres[labels] + noise / np.sqrt(dim) * rng.standard_normal((n, dim)))
+
+
+def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner products in float64 numpy: the reference for exact search."""
+    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def n_lists(factory: str) -> int:
+    """The list count of an ``IVF{nlist},...`` factory string."""
+    return int(factory.split(",")[0].removeprefix("IVF"))
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true neighbours found, over all queries."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.fixture(scope="module")
+def small():
+    """2000 clustered unit vectors with scattered, non-positional ids, and 50 held-out queries."""
+    x = clustered(2050, DIM, n_clusters=40, noise=1.0, seed=1)
+    ids = np.random.default_rng(2).choice(10**12, size=2000, replace=False).astype("int64")
+    return x[:2000], ids, x[2000:]
+
+
+@pytest.fixture(scope="module")
+def small_ivf(small):
+    vectors, ids, _ = small
+    return fi.build_index(vectors, ids, "IVF16,Flat")
+
+
+# --- exact search --------------------------------------------------------------------
+
+
+def test_exact_index_equals_numpy_brute_force(small):
+    vectors, ids, queries = small
+    index = fi.build_index(vectors, ids)
+    assert fi.describe(index)["factory"] == "IDMap2,Flat"
+
+    scores, found = fi.search(index, queries, 10)
+
+    ref_scores, ref_ids = brute_force(vectors, ids, queries, 10)
+    np.testing.assert_array_equal(found, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_added_vectors_come_back_under_their_ids(small):
+    vectors, ids, queries = small
+    index = fi.build_index(vectors[:1000], ids[:1000])
+
+    fi.add(index, vectors[1000:], ids[1000:])
+    fi.add(index, queries[0], [7])  # one (dim,) vector
+
+    _, found = fi.search(index, queries, 5)
+    _, expected = brute_force(np.vstack([vectors, queries[:1]]), np.append(ids, 7), queries, 5)
+    np.testing.assert_array_equal(found, expected)
+    assert found[0, 0] == 7
+    _, self_hits = fi.search(index, vectors, 1)
+    np.testing.assert_array_equal(self_hits[:, 0], ids)
+
+
+def test_ivf_keeps_ids_not_positions(small, small_ivf):
+    vectors, ids, _ = small
+    _, found = fi.search(small_ivf, vectors, 1)
+    np.testing.assert_array_equal(found[:, 0], ids)  # a unit vector's best match is itself, in its own list
+
+
+# --- approximate search ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def large():
+    """100k clustered 128-d unit vectors with ids, 500 held-out queries, and their exact top 10 by IndexFlatIP."""
+    n, dim = 100_000, 128
+    x = clustered(n + 500, dim)
+    vectors, queries = x[:n], x[n:]
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(vectors)
+    ids = np.arange(n, dtype="int64") * 3 + 11
+    return vectors, ids, queries, ids[exact.search(queries, 10)[1]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [None, 30 * 2**20], ids=["default-budget", "30MiB"])
+def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
+    vectors, ids, queries, truth = large
+    factory = fi.choose_factory(*vectors.shape, memory_budget_bytes=budget)
+
+    index = fi.build_index(vectors, ids, factory)
+
+    info = fi.describe(index)
+    assert info["factory"] == factory and info["ntotal"] == len(ids)
+    assert info["type"] == ("IndexIVFFlat" if budget is None else "IndexIVFScalarQuantizer")
+    recall = recall_at(fi.search(index, queries, 10)[1], truth)
+    print(f"\nrecall@10 {recall:.4f} with {factory}, nprobe {info['nprobe']}")
+    assert recall >= 0.95
+
+
+def test_compressed_codes_rank_like_exact_search():
+    n, dim, k = 20_000, 64, 10
+    x = clustered(n + 200, dim, n_clusters=200, noise=1.0, seed=3)
+    vectors, queries = x[:n], x[n:]
+    ids = np.arange(n, dtype="int64")
+    _, truth = brute_force(vectors, ids, queries, k)
+
+    sq8 = fi.build_index(vectors, ids, "IVF64,SQ8")
+    pq = fi.build_index(vectors, ids, "IVF64,PQ8")  # 8 dims a sub-quantizer train fast
+
+    assert recall_at(fi.search(sq8, queries, k)[1], truth) >= 0.9
+    assert recall_at(fi.search(pq, queries, k)[1], truth) >= 0.3  # 8 bytes a vector: coarse, but not noise
+
+
+# --- choosing a factory ---------------------------------------------------------------
+
+
+def test_small_stores_get_an_exact_index():
+    assert fi.choose_factory(0, 128) == "IDMap2,Flat"
+    assert fi.choose_factory(fi.EXACT_THRESHOLD - 1, 512) == "IDMap2,Flat"
+
+
+@pytest.mark.parametrize("n", [fi.EXACT_THRESHOLD, 1_000_000, 30_000_000, 2_000_000_000])
+def test_large_stores_get_ivf_with_about_4_sqrt_n_lists(n):
+    factory = fi.choose_factory(n, 128, memory_budget_bytes=2**50)
+
+    assert factory.startswith("IVF") and factory.endswith(",Flat")
+    nlist = n_lists(factory)
+    assert nlist & (nlist - 1) == 0, "a power of two"
+    assert 4 * np.sqrt(n) / 2 <= nlist <= 4 * np.sqrt(n) * 2
+    assert n / nlist >= 39
+
+
+def test_ivf_lists_keep_39_training_points_when_the_threshold_is_low(monkeypatch):
+    monkeypatch.setattr(fi, "EXACT_THRESHOLD", 100)
+    factory = fi.choose_factory(1000, 16)
+    assert n_lists(factory) <= 1000 / 39
+
+
+def test_codes_shrink_to_fit_the_memory_budget():
+    n, dim = 1_000_000, 128  # float32 codes: 512 MB; SQ8: 128 MB; PQ64: 64 MB (+ 8 MB of ids each)
+    assert fi.choose_factory(n, dim, 600 * 10**6) == "IVF4096,Flat"
+    assert fi.choose_factory(n, dim, 300 * 10**6) == "IVF4096,SQ8"
+    assert fi.choose_factory(n, dim, 100 * 10**6) == "IVF4096,PQ64"
+    assert fi.choose_factory(n, dim, 30 * 10**6) == "IVF4096,PQ16"
+    with pytest.raises(InvalidFactoryError, match="memory_budget_bytes"):
+        fi.choose_factory(n, dim, 10 * 10**6)
+
+
+def test_default_budget_is_half_the_ram_or_4_gib():
+    budget = fi.default_memory_budget()
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        assert budget == 4 * 2**30
+    else:
+        assert budget == ram // 2
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat", "IVF16,SQ8", "IVF16,PQ4"])
+def test_factories_chosen_here_take_ids_and_removals(small, factory):
+    vectors, ids, _ = small
+    index = fi.build_index(vectors, ids, factory)
+    assert index.ntotal == len(ids)
+    assert fi.remove(index, ids[:10]) == 10
+
+
+# --- removing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
+def test_removed_ids_never_come_back(small, factory):
+    vectors, ids, queries = small
+    index = fi.build_index(vectors, ids, factory)
+    gone = np.random.default_rng(5).choice(len(ids), size=700, replace=False)
+
+    assert fi.remove(index, ids[gone]) == 700
+    assert fi.remove(index, ids[gone]) == 0
+    assert fi.remove(index, [10**13, 10**13 + 1]) == 0
+    assert index.ntotal == len(ids) - 700
+
+    _, found = fi.search(index, np.vstack([queries, vectors[gone]]), 50)
+    assert not np.isin(found, ids[gone]).any()
+    if factory == "IDMap2,Flat":
+        kept = np.setdiff1d(np.arange(len(ids)), gone)
+        _, expected = brute_force(vectors[kept], ids[kept], queries, 10)
+        np.testing.assert_array_equal(fi.search(index, queries, 10)[1], expected)
+
+
+# --- k, shapes, errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF4,Flat"])
+def test_k_beyond_ntotal_pads_with_minus_one(factory):
+    x = clustered(300, DIM, n_clusters=4, seed=7)
+    index = fi.build_index(x, np.arange(300) + 1000, factory)
+    fi.remove(index, np.arange(5, 300) + 1000)
+
+    scores, found = fi.search(index, x[0], 8)  # one (dim,) query
+
+    assert found.shape == scores.shape == (1, 8)
+    assert set(found[0, :5]) == {1000, 1001, 1002, 1003, 1004}  # IVF4 probes all 4 lists
+    assert (found[0, 5:] == -1).all()
+    assert (scores[0, found[0] == -1] < -1e38).all()
+
+
+def test_an_empty_exact_index_answers_with_minus_ones():
+    index = fi.build_index(np.empty((0, DIM)), np.empty(0, dtype="int64"))
+    scores, found = fi.search(index, np.ones((3, DIM)), 4)
+    assert found.shape == (3, 4) and (found == -1).all()
+
+
+def test_inputs_are_coerced_to_float32_and_int64(small):
+    vectors, ids, queries = small
+    index = fi.build_index(np.asfortranarray(vectors, dtype=np.float64), ids.astype(np.uint64))
+    _, found = fi.search(index, queries.astype(np.float64).tolist(), 3)
+    np.testing.assert_array_equal(found, brute_force(vectors, ids, queries, 3)[1])
+
+
+@pytest.mark.parametrize(
+    ("vectors", "ids"),
+    [
+        (np.zeros(DIM), np.arange(1)),  # one vector must be a row in build_index
+        (np.zeros((2, 3, DIM)), np.arange(2)),
+        (np.zeros((4, DIM)), np.arange(3)),
+        (np.zeros((4, DIM)), np.arange(4).reshape(2, 2)),
+        (np.zeros((4, 0)), np.arange(4)),
+    ],
+)
+def test_bad_shapes_raise_dimension_mismatch(vectors, ids):
+    with pytest.raises(DimensionMismatchError):
+        fi.build_index(vectors, ids)
+
+
+def test_wrong_dimension_for_the_index_raises(small_ivf):
+    with pytest.raises(DimensionMismatchError, match="dimension 31"):
+        fi.search(small_ivf, np.zeros((2, DIM - 1)), 3)
+    with pytest.raises(DimensionMismatchError):
+        fi.search(small_ivf, np.zeros(DIM + 1), 3)
+    with pytest.raises(DimensionMismatchError):
+        fi.add(small_ivf, np.zeros((2, DIM + 1)), [1, 2])
+    with pytest.raises(DimensionMismatchError):
+        fi.add(small_ivf, np.zeros((2, DIM)), [1, 2, 3])
+
+
+def test_bad_ids_and_k_raise(small_ivf):
+    with pytest.raises(InvalidIdsError, match="non-negative"):
+        fi.build_index(np.ones((2, DIM)), [3, -1])
+    with pytest.raises(InvalidIdsError, match="integers"):
+        fi.build_index(np.ones((2, DIM)), [0.5, 1.5])
+    with pytest.raises(InvalidIdsError):
+        fi.remove(small_ivf, ["a"])
+    with pytest.raises(ValueError, match="k must be"):
+        fi.search(small_ivf, np.ones(DIM), 0)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("IVF16,Nonsense", "FAISS can't build"),
+        ("Flat", "prefix it with 'IDMap2,'"),
+        ("HNSW32", "prefix it with 'IDMap2,'"),
+        ("IDMap2,HNSW32", "can't remove"),
+        ("IVF4096,Flat", "at least 4096 training vectors"),
+    ],
+)
+def test_unusable_factories_raise_a_clear_error(small, factory, message):
+    vectors, ids, _ = small
+    with pytest.raises(InvalidFactoryError, match=message) as caught:
+        fi.build_index(vectors, ids, factory)
+    assert isinstance(caught.value, LookalikeError)
+    assert "Error in" not in str(caught.value), "no C++ signatures in messages"
+
+
+def test_train_size_caps_the_training_sample(small):
+    vectors, ids, queries = small
+    with pytest.raises(InvalidFactoryError, match="got 10"):
+        fi.build_index(vectors, ids, "IVF16,Flat", train_size=10)
+    index = fi.build_index(vectors, ids, "IVF16,Flat", train_size=16 * 39)
+    assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.9
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat", "IVF16,SQ8"])
+def test_write_read_round_trip_mapped_or_not(small, tmp_path, factory):
+    vectors, ids, queries = small
+    index = fi.build_index(vectors, ids, factory)
+    expected = fi.search(index, queries, 10)
+    path = tmp_path / "vectors.faiss"
+
+    fi.write_index(index, path)
+
+    assert os.listdir(tmp_path) == ["vectors.faiss"], "no temporary file left behind"
+    for reopened in (fi.read_index(path), fi.read_index(path, mmap=False), faiss.read_index(str(path))):
+        got = fi.search(reopened, queries, 10)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    assert fi.is_mapped(fi.read_index(path)) and not fi.is_mapped(fi.read_index(path, mmap=False))
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
+def test_mapped_index_refuses_changes_instead_of_crashing(small, tmp_path, factory):
+    vectors, ids, _ = small
+    path = tmp_path / "vectors.faiss"
+    fi.write_index(fi.build_index(vectors, ids, factory), path)
+    mapped = fi.read_index(path)
+
+    with pytest.raises(IndexStateError, match="mmap=False"):
+        fi.remove(mapped, ids[:3])
+    with pytest.raises(IndexStateError, match="mmap=False"):
+        fi.add(mapped, vectors[:3], [1, 2, 3])
+
+    editable = fi.read_index(path, mmap=False)
+    assert fi.remove(editable, ids[:3]) == 3
+
+
+def test_nprobe_survives_the_file(small, small_ivf, tmp_path):
+    path = tmp_path / "ivf.faiss"
+    fi.write_index(small_ivf, path)
+    assert faiss.extract_index_ivf(faiss.read_index(str(path))).nprobe == faiss.extract_index_ivf(small_ivf).nprobe > 1
+
+
+def test_replacing_the_file_leaves_a_mapped_reader_on_the_old_one(small, tmp_path):
+    vectors, ids, queries = small
+    path = tmp_path / "vectors.faiss"
+    fi.write_index(fi.build_index(vectors, ids), path)
+    mapped = fi.read_index(path)
+
+    fi.write_index(fi.build_index(vectors[:10], ids[:10]), path)
+
+    np.testing.assert_array_equal(fi.search(mapped, queries, 5)[1], brute_force(vectors, ids, queries, 5)[1])
+    assert fi.read_index(path).ntotal == 10
+
+
+def test_missing_and_corrupt_files_raise_index_file_error(small_ivf, tmp_path):
+    good = tmp_path / "good.faiss"
+    fi.write_index(small_ivf, good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.faiss").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.faiss").write_bytes(b"")
+    (tmp_path / "noise.faiss").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "folder.faiss").mkdir()
+
+    for name in ("missing.faiss", "truncated.faiss", "empty.faiss", "noise.faiss", "folder.faiss"):
+        for mmap in (True, False):
+            with pytest.raises(IndexFileError, match=name):
+                fi.read_index(tmp_path / name, mmap=mmap)
+
+
+def test_unwritable_place_raises_index_file_error_and_leaves_nothing(small_ivf, tmp_path):
+    with pytest.raises(IndexFileError, match="can't write"):
+        fi.write_index(small_ivf, tmp_path / "no_such_folder" / "x.faiss")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IndexFileError):
+        fi.write_index(small_ivf, tmp_path / "taken")
+    assert os.listdir(tmp_path) == ["taken"]
+
+
+# --- description ----------------------------------------------------------------------
+
+
+def test_describe_reports_what_info_needs(small, small_ivf):
+    vectors, ids, _ = small
+    info = fi.describe(small_ivf)
+    assert info["type"] == "IndexIVFFlat" and info["factory"] == "IVF16,Flat"
+    assert (info["ntotal"], info["dim"], info["nlist"], info["metric"]) == (len(ids), DIM, 16, "inner_product")
+    assert info["nprobe"] == faiss.extract_index_ivf(small_ivf).nprobe
+    assert info["bytes_per_vector"] == 4 * DIM
+    assert fi.describe(fi.build_index(vectors, ids, "IVF16,SQ8"))["bytes_per_vector"] == DIM
+    exact = fi.describe(fi.build_index(vectors, ids))
+    assert "nlist" not in exact and exact["factory"] == "IDMap2,Flat" and not exact["mapped"]
+
+
+# --- GPU ------------------------------------------------------------------------------
+
+
+def test_gpu_path_gives_the_cpu_result(small, monkeypatch):
+    """The GPU plumbing (k-means and list assignment on a copied flat index) with a CPU stand-in for the GPU."""
+    vectors, ids, queries = small
+    monkeypatch.setattr(fi, "gpu_available", lambda: True)
+    monkeypatch.setattr(fi, "_to_gpu", faiss.clone_index)
+
+    on_gpu = fi.build_index(vectors, ids, "IVF16,SQ8", use_gpu=True)
+    on_cpu = fi.build_index(vectors, ids, "IVF16,SQ8", use_gpu=False)
+
+    ivf = faiss.extract_index_ivf(on_gpu)
+    assert ivf.clustering_index is None and ivf.quantizer.ntotal == 16, "the index's own quantizer is back"
+    np.testing.assert_array_equal(fi.search(on_gpu, queries, 10)[1], fi.search(on_cpu, queries, 10)[1])
+
+
+@pytest.mark.skipif(fi.gpu_available(), reason="this faiss has a GPU")
+def test_asking_for_a_gpu_without_one_says_how_to_get_it(small):
+    vectors, ids, _ = small
+    with pytest.raises(MissingDependencyError, match="faiss-gpu"):
+        fi.build_index(vectors, ids, "IVF16,Flat", use_gpu=True)
+    assert fi.build_index(vectors, ids, "IVF16,Flat").ntotal == len(ids)  # use_gpu=None falls back quietly
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not fi.gpu_available(), reason="needs a CUDA-enabled faiss and a GPU")
+def test_gpu_build_returns_a_writable_cpu_index_with_good_recall(tmp_path):
+    n, dim, k = 50_000, 64, 10
+    x = clustered(n + 200, dim, n_clusters=500, noise=1.2, seed=9)
+    vectors, queries = x[:n], x[n:]
+    ids = np.arange(n, dtype="int64") + 5
+    _, truth = brute_force(vectors, ids, queries, k)
+
+    for factory in ("IDMap2,Flat", "IVF256,Flat", "IVF256,SQ8"):
+        index = fi.build_index(vectors, ids, factory, use_gpu=True)
+        assert not isinstance(index, faiss.GpuIndex)
+        fi.write_index(index, tmp_path / "gpu.faiss")
+        assert recall_at(fi.search(fi.read_index(tmp_path / "gpu.faiss"), queries, k)[1], truth) >= 0.95
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
+def test_ids_lists_every_id_an_index_holds(factory):
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = 5 + 3 * np.arange(2000, dtype=np.int64)
+    index = fi.build_index(vectors, ids, factory)
+    fi.remove(index, ids[:10])
+    assert sorted(fi.ids(index).tolist()) == ids[10:].tolist()

@@ -1,0 +1,140 @@
+"""Indexing real photos: incremental by (path, size, mtime), model mismatch refused, plain-tool files."""
+
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import photo
+from lookalike.errors import StoreMismatchError
+from lookalike.featurize import Extractor
+from lookalike.index.store import CATALOG, INDEX, VECTORS
+from lookalike.indexing import index_folder, open_store
+
+NAMES = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "coins")
+
+
+def make_photo_folder(root):
+    """Six real photos (one in a subfolder), a hidden folder to skip and a broken file."""
+    (root / "sub").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    for i, name in enumerate(NAMES):
+        image = photo(name)
+        image.thumbnail((400, 400))
+        image.save(root / ("sub" if i == 2 else "") / f"{name}.{'png' if i % 2 else 'jpg'}")
+    photo("camera").save(root / ".hidden" / "camera.jpg")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_photo_folder(tmp_path / "photos")
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """The paths the CNN is run on, across calls."""
+    seen = []
+    original = Extractor.embed_paths
+
+    def recording(self, paths, **kwargs):
+        paths = list(paths)
+        seen.extend(os.path.basename(p) for p in paths)
+        return original(self, paths, **kwargs)
+
+    monkeypatch.setattr(Extractor, "embed_paths", recording)
+    return seen
+
+
+def _options():
+    return {"device": "cpu", "num_workers": 0}
+
+
+def test_an_edited_copy_finds_its_original(folder, tmp_path):
+    summary = index_folder(folder, extractor_options=_options())
+    assert (summary.added, summary.embedded, summary.failed) == (7, 6, 1)
+    copy = photo("chelsea")
+    w, h = copy.size
+    copy = copy.crop((25, 20, w - 15, h - 10)).resize((240, 160))
+    copy.save(tmp_path / "copy.jpg", quality=55)
+
+    store = open_store(folder)
+    (hits,) = store.search([tmp_path / "copy.jpg"], k=3)
+    assert os.path.basename(hits[0].path) == "chelsea.jpg"
+    assert hits[0].score > 0.8 > hits[1].score
+    assert [r.reason for r in store.failures()] and store.failures()[0].path == "broken.jpg"
+
+
+def test_reindexing_runs_the_cnn_on_exactly_what_changed(folder, recorded):
+    index_folder(folder, extractor_options=_options())
+    assert len(recorded) == 7
+    recorded.clear()
+
+    again = index_folder(folder, extractor_options=_options())
+    assert recorded == []
+    assert (again.unchanged, again.embedded, again.added) == (7, 0, 0)
+
+    photo("rocket").save(folder / "new.jpg")
+    (folder / "coffee.png").unlink()
+    changed = photo("astronaut").rotate(90)
+    changed.thumbnail((400, 400))
+    changed.save(folder / "sub" / "astronaut.jpg")
+    summary = index_folder(folder, extractor_options=_options())
+    assert sorted(recorded) == ["astronaut.jpg", "new.jpg"]
+    assert (summary.added, summary.updated, summary.removed, summary.unchanged) == (1, 1, 1, 5)
+
+    store = open_store(folder)
+    paths = [p for p, _ in store]
+    assert str(folder / "coffee.png") not in paths and str(folder / "new.jpg") in paths
+    (hits,) = store.search([folder / "new.jpg"], k=len(store))
+    assert all(not h.path.endswith("coffee.png") for h in hits)
+
+
+def test_another_model_is_refused_naming_both(folder):
+    index_folder(folder, extractor_options=_options())
+    with pytest.raises(StoreMismatchError) as info:
+        index_folder(folder, model="resnet18", extractor_options=_options())
+    assert "efficientnet_lite0" in str(info.value) and "resnet18" in str(info.value)
+    assert "--reset" in str(info.value)
+
+
+def test_store_files_open_with_plain_tools(folder):
+    faiss = pytest.importorskip("faiss")
+    index_folder(folder, extractor_options=_options())
+    store_dir = folder / ".lookalike"
+    store = open_store(folder)
+    index = faiss.read_index(str(store_dir / INDEX))
+    assert index.ntotal == 6
+    with sqlite3.connect(store_dir / CATALOG) as db:
+        rows = db.execute("SELECT path, row FROM files WHERE status = 'ok' ORDER BY path").fetchall()
+    vectors = np.fromfile(store_dir / VECTORS, dtype=np.float32).reshape(-1, 1280)
+    for path, row in rows:
+        np.testing.assert_array_equal(vectors[row], store.get_vectors([folder / path])[0])
+        # The index answers with the catalog's ids: each vector finds itself first.
+        _, ids = index.search(vectors[row : row + 1], 1)
+        assert db_id(store_dir, path) == ids[0, 0]
+
+
+def db_id(store_dir, path):
+    with sqlite3.connect(store_dir / CATALOG) as db:
+        return db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()[0]
+
+
+def test_a_bad_index_factory_is_refused_before_any_embedding(folder, recorded):
+    from lookalike.errors import InvalidFactoryError
+
+    with pytest.raises(InvalidFactoryError, match="HNSW"):
+        index_folder(folder, index_factory="IDMap2,HNSW32", extractor_options=_options())
+    assert recorded == []
+
+
+def test_a_forced_index_factory_is_used(folder):
+    faiss = pytest.importorskip("faiss")
+    index_folder(folder, index_factory="IVF2,Flat", extractor_options=_options())
+    index = faiss.read_index(str(folder / ".lookalike" / INDEX))
+    assert faiss.extract_index_ivf(index).nlist == 2
+    (hits,) = open_store(folder).search([folder / "chelsea.jpg"], k=1)
+    assert hits[0].path.endswith("chelsea.jpg")

@@ -1,0 +1,121 @@
+"""The store on synthetic vectors: search against brute force, crash leftovers, locking, repair."""
+
+import numpy as np
+import pytest
+
+from lookalike.errors import StoreError, StoreLockedError, StoreMismatchError
+from lookalike.index.store import INDEX, VECTORS, Store
+from lookalike.index.vectors import VectorFile
+
+DIM = 16
+SPEC = {"model": "fake", "layer": "x", "dim": DIM, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {"a": "1"}}
+
+
+def _unit(rng, n):
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _write(writer, keys, vectors, failed=()):
+    writer.write([(k, 1, 1) for k in keys], vectors, [(k, 1, 1, "bad") for k in failed])
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store.create(tmp_path / ".lookalike", tmp_path, SPEC)
+
+
+def _brute(truth: dict[str, np.ndarray], queries: np.ndarray, k: int) -> list[list[str]]:
+    keys = sorted(truth)
+    matrix = np.stack([truth[key] for key in keys])
+    scores = queries @ matrix.T
+    return [[keys[i] for i in np.argsort(-row, kind="stable")[:k]] for row in scores]
+
+
+def test_search_matches_brute_force_with_an_index_and_uncommitted_index_changes(store, tmp_path):
+    rng = np.random.default_rng(0)
+    truth = {}
+    with store.writer() as writer:
+        first = _unit(rng, 50)
+        _write(writer, [f"a{i}.jpg" for i in range(50)], first, failed=["broken.jpg"])
+        truth.update({f"a{i}.jpg": v for i, v in enumerate(first)})
+    assert (store.directory / INDEX).exists()
+
+    # A second writer commits batches but dies before it updates the index (no __exit__).
+    writer = store.writer().__enter__()
+    second = _unit(rng, 20)
+    _write(writer, [f"b{i}.jpg" for i in range(20)], second)
+    changed = _unit(rng, 1)
+    _write(writer, ["a3.jpg"], changed)  # a changed file keeps its id, gets a new vector
+    writer.remove(["a4.jpg", "a5.jpg"])
+    writer.vectors.close(), writer.catalog.close()
+    truth.update({f"b{i}.jpg": v for i, v in enumerate(second)})
+    truth["a3.jpg"] = changed[0]
+    del truth["a4.jpg"], truth["a5.jpg"]
+
+    queries = _unit(rng, 30)
+    hits = store.search(queries, k=10)
+    expected = _brute(truth, queries, 10)
+    for got, want in zip(hits, expected):
+        assert [h.path for h in got] == [str(tmp_path / key) for key in want]
+        assert [h.rank for h in got] == list(range(1, 11))
+    assert len(store) == 68
+    assert [r.path for r in store.failures()] == ["broken.jpg"]
+
+
+def test_a_half_written_batch_is_cut_off_by_the_next_writer(store):
+    rng = np.random.default_rng(1)
+    with store.writer() as writer:
+        _write(writer, ["a.jpg", "b.jpg"], _unit(rng, 2))
+    # A process killed after appending vectors but before the catalog commit leaves a tail.
+    with open(store.directory / VECTORS, "ab") as f:
+        f.write(_unit(rng, 3).tobytes())
+    assert store.check() == []
+    with store.writer() as writer:
+        _write(writer, ["c.jpg"], _unit(rng, 1))
+    assert (store.directory / VECTORS).stat().st_size == 3 * DIM * 4
+    assert store.check() == []
+    np.testing.assert_array_equal(store.get_vectors([store.root / "c.jpg"]), VectorFile(store.directory / VECTORS, DIM).view(3)[2:])
+
+
+def test_only_one_writer_at_a_time(store):
+    with store.writer():
+        with pytest.raises(StoreLockedError, match="another lookalike process"):
+            store.writer().__enter__()
+
+
+def test_check_finds_a_missing_index_and_repair_rebuilds_it(store):
+    rng = np.random.default_rng(2)
+    with store.writer() as writer:
+        _write(writer, [f"{i}.jpg" for i in range(10)], _unit(rng, 10))
+    (store.directory / INDEX).unlink()
+    assert store.check() == ["index.faiss is missing"]
+    store.repair()
+    assert store.check() == []
+
+
+def test_errors_say_what_to_do(store):
+    with pytest.raises(StoreError, match="no vectors yet"):
+        store.search(np.zeros((1, DIM), np.float32), k=1)
+    with store.writer() as writer:
+        _write(writer, ["a.jpg"], _unit(np.random.default_rng(3), 1))
+    with pytest.raises(StoreError, match="k=5 is more than the 1 images"):
+        store.search(np.zeros((1, DIM), np.float32), k=5)
+    with pytest.raises(StoreError, match="8-d"):
+        store.search(np.zeros((1, 8), np.float32), k=1)
+    with pytest.raises(StoreError, match="open_store"):
+        store.search(["elsewhere.jpg"], k=1)
+    with pytest.raises(StoreMismatchError, match="resnet50"):
+        store.manifest.check_spec({**SPEC, "model": "resnet50"})
+    store.manifest.check_spec({**SPEC, "versions": {"a": "2"}})  # versions don't matter
+
+
+def test_iteration_and_get_vectors_agree(store):
+    rng = np.random.default_rng(4)
+    vectors = _unit(rng, 5)
+    with store.writer() as writer:
+        _write(writer, [f"{i}.jpg" for i in range(5)], vectors)
+    pairs = list(store)
+    assert [p for p, _ in pairs] == [str(store.root / f"{i}.jpg") for i in range(5)]
+    np.testing.assert_array_equal(np.stack([v for _, v in pairs]), vectors)
+    np.testing.assert_array_equal(store.get_vectors([p for p, _ in pairs[::-1]]), vectors[::-1])
