@@ -194,3 +194,28 @@ def test_a_query_during_indexing_answers_from_a_consistent_state(tmp_path):
     final = open_store(store_dir)
     for hit in answers:  # every answer names a stored file with the score of its committed vector
         np.testing.assert_allclose(hit.score, float(final.get_vectors([hit.path])[0] @ query[0]), atol=1e-5)
+
+
+@pytest.mark.slow
+@needs_entry_point
+def test_ctrl_c_keeps_what_was_done_and_says_how_to_resume(tmp_path):
+    folder = tmp_path / "many"
+    _make_many(folder, 16)
+    store_dir = tmp_path / "store"
+    command = [LOOKALIKE, "index", folder, "--store", store_dir, "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _generation(store_dir) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the indexer finished before the interrupt arrived")
+    assert process.returncode == 1
+    assert "interrupted: what was indexed is saved" in stderr and "Traceback" not in stderr
+    interrupted = open_store(store_dir)
+    assert interrupted.check() == []  # the index was brought up to what was committed
+    kept = len(interrupted)
+    assert 0 < kept < 16
+    summary = index_folder(folder, store=store_dir, extractor_options={"device": "cpu", "num_workers": 0})
+    assert (summary.unchanged, summary.added, len(open_store(store_dir))) == (kept, 16 - kept, 16)
