@@ -468,3 +468,13 @@ def export(output, fmt, store):
         del out
         _write_text(output.with_name(output.name + ".paths.json"), json.dumps(paths))
     click.echo(f"{len(paths)} vectors -> {output}")
+
+
+def _register_classifier_commands() -> None:
+    from .cli_classify import evaluate, predict, train
+
+    for command in (train, predict, evaluate):
+        main.add_command(command)
+
+
+_register_classifier_commands()

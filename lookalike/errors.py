@@ -44,8 +44,12 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """No store where one was looked for; the message says how to make one."""
 
 
-class StoreMismatchError(StoreError):
+class SpecMismatchError(LookalikeError):
     """Vectors made one way were about to be mixed with vectors made another way."""
+
+
+class StoreMismatchError(StoreError, SpecMismatchError):
+    """A store's vectors were made another way than those offered to it."""
 
 
 class StoreLockedError(StoreError):
@@ -77,3 +81,15 @@ class IndexFileError(LookalikeError, OSError):
 
 class DuplicateGroupsError(LookalikeError, ValueError):
     """``duplicate_groups`` was given arguments it cannot work with; the message says which."""
+
+
+class DatasetError(LookalikeError, ValueError):
+    """A labelled image set that can't train a classifier: no images, one class, an unreadable CSV."""
+
+
+class ModelFileError(LookalikeError, OSError):
+    """A model file that is missing, unreadable, damaged, of another format or unsafe to load."""
+
+
+class ModelMismatchError(SpecMismatchError, ValueError):
+    """The model was trained on vectors made one way and is asked about vectors made another way."""

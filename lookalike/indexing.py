@@ -191,9 +191,10 @@ def _lazy_embedder(store: Store, options: dict):
 
     def embed(paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
         if "extractor" not in state:
-            model, layer, weights = _same_featurizer(store, None, None, None)
-            state["extractor"] = _extractor(model, layer, weights, {"num_workers": 0, **options})
-            store.manifest.check_spec(state["extractor"].spec.to_dict())
+            from .featurize import extractor_for_spec
+
+            state["extractor"] = extractor_for_spec(store.manifest.spec, weights=store.manifest.weights,
+                                                    **{"num_workers": 0, **options})
         keys, vectors, failed = [], [], {}
         for batch in state["extractor"].embed_paths(paths):
             keys += batch.keys

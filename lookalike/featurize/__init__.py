@@ -2,7 +2,7 @@
 
 from .backbone import list_layers
 from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, load_image
-from .extractor import Batch, Extractor, create_extractor, resolve_device
+from .extractor import Batch, Extractor, create_extractor, extractor_for_spec, resolve_device
 from .preprocess import Preprocessing
 from .reader import Failure
 from .registry import DEFAULT_MODEL, ModelSpec, get_model_spec, list_models, register_model
@@ -20,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "Preprocessing",
     "create_extractor",
+    "extractor_for_spec",
     "get_model_spec",
     "list_layers",
     "list_models",

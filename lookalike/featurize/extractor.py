@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import LookalikeError
+from ..errors import LookalikeError, SpecMismatchError
 from .backbone import Backbone, build_backbone
 from .decode import DEFAULT_MAX_PIXELS, upright_rgb
 from .reader import Failure, default_num_workers, make_loader
@@ -214,6 +214,30 @@ def create_extractor(
     return Extractor(
         spec, backbone, device=resolved, batch_size=batch_size, num_workers=num_workers, precision=precision, max_pixels=max_pixels
     )
+
+
+def extractor_for_spec(spec: dict, *, weights: str | os.PathLike | None = None, **options) -> Extractor:
+    """An extractor that makes vectors the way a stored spec (``EmbeddingSpec.to_dict()``) says.
+
+    Args:
+        spec: the stored record; its model and layer are rebuilt.
+        weights: the weights file it was made with, if not the pretrained weights.
+        options: for ``create_extractor`` (device, batch_size, num_workers...).
+
+    Raises:
+        SpecMismatchError: the model built here makes different vectors (other weights or preprocessing).
+    """
+    stored = EmbeddingSpec.from_dict(spec)
+    default_layer = get_model_spec(stored.model).feature_node or "pre_logits"
+    layer = None if stored.layer == default_layer else stored.layer
+    extractor = create_extractor(stored.model, layer=layer, weights=weights, **options)
+    differences = extractor.spec.differences(stored)
+    if differences:
+        raise SpecMismatchError(
+            f"{stored.model} here makes different vectors than the ones stored ({'; '.join(differences)}): "
+            f"install the same weights, or re-embed with --reset / retrain"
+        )
+    return extractor
 
 
 def _to_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -1,0 +1,160 @@
+"""Where featurize, index and classify meet: train a classifier on a labelled folder's stored
+embeddings, predict with a saved model, evaluate it on a held-out folder.
+
+The labelled folder is indexed into a store once (incrementally), so trying five
+classifiers, or five values of C, runs the CNN once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .classify.labels import check_trainable, read_labelled
+from .errors import DatasetError
+
+
+class Prediction(NamedTuple):
+    """The ``top`` labels of one image, most probable first, with their probabilities."""
+
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+
+@dataclass
+class TrainResult:
+    report: dict
+    model_path: Path
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): images without a vector
+    best_params: dict | None = None
+
+
+def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None, extractor_options=None,
+                     on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None):
+    """Embed a labelled set through a store (only new or changed images run the CNN).
+
+    Returns:
+        (X, y, spec, skipped): vectors and labels of the images that could be read, the
+        embedding spec, and (path, reason) for the ones that could not.
+    """
+    from .featurize import IMAGE_EXTENSIONS
+    from .index.store import Store
+    from .indexing import index_folder
+
+    images = read_labelled(source, IMAGE_EXTENSIONS)
+    check_trainable(images.labels, 2, source)  # one class: say so before any embedding
+    summary = index_folder(images.root, store=store, model=model, layer=layer, weights=weights,
+                           extractor_options=extractor_options, on_start=on_start, on_batch=on_batch)
+    opened = Store.open(summary.store)
+    with opened.catalog() as catalog:
+        records = catalog.by_paths(opened.relative(p) for p in images.paths)
+    kept, labels, skipped = [], [], []
+    for path, label in zip(images.paths, images.labels):
+        record = records.get(opened.relative(path))
+        if record is not None and record.row is not None:
+            kept.append(path)
+            labels.append(label)
+        else:
+            skipped.append((path, record.reason if record else "not found among the indexed images"))
+    X = opened.get_vectors(kept) if kept else np.zeros((0, opened.dim), np.float32)
+    return X, np.array(labels, dtype=str), opened.manifest.spec, skipped
+
+
+def train(source, output, *, classifier: str = "svm", C: float | None = None, k: int | None = None,
+          search: bool = False, folds: int = 5, **embed_options) -> TrainResult:
+    """Cross-validate a classifier on a labelled folder (or CSV), then fit it on everything and save it.
+
+    Writes ``output`` (the model, no pickle), ``output.report.json`` and ``output.confusion.png``.
+
+    Raises:
+        DatasetError: fewer than two classes, or no readable images.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from .classify.estimators import GRIDS, make_classifier, with_probabilities
+    from .classify.persist import SavedModel, save_model
+    from .classify.report import confusion_png, cross_validated_report
+
+    estimator = make_classifier(classifier, C=C, k=k)  # bad options fail before any embedding
+    X, y, spec, skipped = labelled_vectors(source, **embed_options)
+    warnings = check_trainable(y.tolist(), folds, source)
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    best = None
+    if search and GRIDS[classifier] and smallest >= 2:
+        grid = GridSearchCV(estimator, GRIDS[classifier], cv=StratifiedKFold(min(folds, smallest)), scoring="f1_macro")
+        best = grid.fit(X, y).best_params_
+        estimator = clone(estimator).set_params(**best)
+    report = cross_validated_report(estimator, X, y, folds) if smallest >= 2 else {}
+    final = with_probabilities(clone(estimator), smallest).fit(X, y)
+    report = {**report, "classifier": classifier, "best_params": best, "skipped": len(skipped)}
+    output = Path(output)
+    save_model(SavedModel(final, spec, sorted(set(y)), report, classifier), output)
+    (output.parent / (output.name + ".report.json")).write_text(json.dumps(report, indent=2) + "\n")
+    if "confusion_matrix" in report:
+        confusion_png(report, output.parent / (output.name + ".confusion.png"))
+    return TrainResult(report, output, warnings, skipped, best)
+
+
+def probabilities(estimator, X: np.ndarray) -> np.ndarray:
+    """Class probabilities in ``estimator.classes_`` order; a softmax of decision scores where there are none."""
+    if hasattr(estimator, "predict_proba"):
+        return estimator.predict_proba(X)
+    scores = estimator.decision_function(X)
+    if scores.ndim == 1:
+        scores = np.stack([-scores, scores], axis=1)
+    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def predict(model_path, inputs: Sequence[str | os.PathLike], *, top: int = 3, **extractor_options):
+    """Label images (files, or folders searched recursively) with a saved model.
+
+    Returns:
+        (predictions, failures): a ``Prediction`` per readable image, (path, reason) for the rest.
+    """
+    from .classify.persist import load_model
+    from .featurize import IMAGE_EXTENSIONS, extractor_for_spec
+    from .index.discover import discover
+
+    saved = load_model(model_path)
+    paths = []
+    for item in map(Path, inputs):
+        paths += [f.path for f in discover(item, IMAGE_EXTENSIONS)] if item.is_dir() else [str(item)]
+    if not paths:
+        raise DatasetError(f"no images in {', '.join(map(str, inputs))}")
+    extractor = extractor_for_spec(saved.spec, **extractor_options)
+    classes = np.asarray(saved.estimator.classes_, dtype=str)
+    predictions, failures = [], []
+    for batch in extractor.embed_paths(paths):
+        failures += [(f.key, f.reason) for f in batch.failures]
+        if not batch.keys:
+            continue
+        probs = probabilities(saved.estimator, batch.vectors)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+        for key, row, best in zip(batch.keys, probs, order):
+            predictions.append(Prediction(key, classes[best].tolist(), row[best].round(6).tolist()))
+    return predictions, failures
+
+
+def evaluate(model_path, source, **extractor_options) -> tuple[dict, list[tuple[str, str]]]:
+    """Score a saved model on a held-out labelled folder or CSV: the training report's fields."""
+    from .classify.persist import load_model
+    from .classify.report import score
+    from .featurize import IMAGE_EXTENSIONS
+
+    saved = load_model(model_path)
+    images = read_labelled(source, IMAGE_EXTENSIONS)
+    predictions, failures = predict(model_path, images.paths, top=1, **extractor_options)
+    truth = dict(zip(images.paths, images.labels))
+    report = score([truth[p.path] for p in predictions], [p.labels[0] for p in predictions],
+                   sorted(set(saved.classes) | set(images.labels)))
+    return {"kind": "held-out evaluation", **report, "skipped": len(failures)}, failures
