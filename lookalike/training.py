@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +94,10 @@ def train(source, output, *, classifier: str = "svm", C: float | None = None, k:
         grid = GridSearchCV(estimator, GRIDS[classifier], cv=StratifiedKFold(min(folds, smallest)), scoring="f1_macro")
         best = grid.fit(X, y).best_params_
         estimator = clone(estimator).set_params(**best)
-    report = cross_validated_report(estimator, X, y, folds) if smallest >= 2 else {}
-    final = with_probabilities(clone(estimator), smallest).fit(X, y)
+    with warnings.catch_warnings():  # NearestCentroid notes features that are constant within a class: harmless
+        warnings.filterwarnings("ignore", message=".*within_class_std_dev_.*")
+        report = cross_validated_report(estimator, X, y, folds) if smallest >= 2 else {}
+        final = with_probabilities(clone(estimator), smallest).fit(X, y)
     report = {**report, "classifier": classifier, "best_params": best, "skipped": len(skipped)}
     output = Path(output)
     save_model(SavedModel(final, spec, sorted(set(y)), report, classifier), output)

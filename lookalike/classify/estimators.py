@@ -44,7 +44,7 @@ def make_classifier(name: str = DEFAULT_CLASSIFIER, *, C: float | None = None, k
     if name == "svm":
         return LinearSVC(C=C or 1.0)
     if name == "rbf-svm":
-        return SVC(kernel="rbf", C=C or 10.0, gamma="scale", probability=False)
+        return SVC(kernel="rbf", C=C or 10.0, gamma="scale")
     if name == "logreg":
         return LogisticRegression(C=C or 10.0, max_iter=5000)
     if name == "knn":
