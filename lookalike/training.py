@@ -87,7 +87,7 @@ def train(source, output, *, classifier: str = "svm", C: float | None = None, k:
 
     estimator = make_classifier(classifier, C=C, k=k)  # bad options fail before any embedding
     X, y, spec, skipped = labelled_vectors(source, **embed_options)
-    warnings = check_trainable(y.tolist(), folds, source)
+    notes = check_trainable(y.tolist(), folds, source)
     smallest = int(np.unique(y, return_counts=True)[1].min())
     best = None
     if search and GRIDS[classifier] and smallest >= 2:
@@ -104,7 +104,7 @@ def train(source, output, *, classifier: str = "svm", C: float | None = None, k:
     (output.parent / (output.name + ".report.json")).write_text(json.dumps(report, indent=2) + "\n")
     if "confusion_matrix" in report:
         confusion_png(report, output.parent / (output.name + ".confusion.png"))
-    return TrainResult(report, output, warnings, skipped, best)
+    return TrainResult(report, output, notes, skipped, best)
 
 
 def probabilities(estimator, X: np.ndarray) -> np.ndarray:
