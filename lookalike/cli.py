@@ -306,11 +306,11 @@ def _echo_csv(header, rows) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
+    from .atomic import write_atomically
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, text.encode("utf-8"))
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from e
 

@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import fsync_folder
 from ..errors import ModelFileError, ModelMismatchError
 from ..index.manifest import describe_spec, spec_differences
 
@@ -297,21 +298,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise ModelFileError(f"can't write the model to {path}: {error.strerror or error}") from None
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable; folders can't be opened for fsync on Windows, where it's skipped."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _other_sklearn(meta: dict) -> str:

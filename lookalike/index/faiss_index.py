@@ -20,6 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ..atomic import fsync_folder
 from ..errors import (
     DimensionMismatchError,
     IndexFileError,
@@ -429,7 +430,7 @@ def write_index(index: faiss.Index, path: str | os.PathLike) -> None:
         faiss.write_index(_to_cpu(index), str(tmp))
         _fsync(tmp)
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except (RuntimeError, OSError) as error:
         tmp.unlink(missing_ok=True)
         raise IndexFileError(f"can't write the index to {path}: {_first_line(error)}") from None
@@ -509,17 +510,6 @@ def _check_writable(index: faiss.Index, action: str) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:  # Windows fsyncs only handles open for writing
         os.fsync(handle.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable; folders can't be opened for fsync on Windows, where it's skipped."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_line(error: BaseException) -> str:

@@ -7,11 +7,11 @@ vectors made another way are refused instead of silently mixed.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..atomic import write_atomically
 from ..errors import StoreError, StoreMismatchError
 
 FORMAT_VERSION = 1
@@ -52,9 +52,7 @@ class Manifest:
             )
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
