@@ -321,7 +321,7 @@ def _open(store, near=()):
     from .indexing import open_store
 
     if store is not None:
-        return open_store(store)
+        return open_store(store, exact=True)
     try:
         return open_store()
     except StoreNotFoundError:
@@ -421,7 +421,8 @@ def failures(fmt, store):
 def check(store):
     """Verify that catalog, vectors and index agree; rebuild the index from the vectors if not."""
     opened = _open(store)
-    problems = opened.check()
+    with opened.writer(sync=False):  # no writer may change the store while it is checked
+        problems = opened.check()
     if not problems:
         click.echo(f"consistent: {len(opened)} vectors, catalog, vectors and index agree")
         return

@@ -70,7 +70,9 @@ def train(source, output, classifier, C, k, search, folds, store, model, layer, 
 @click.option("--json", "fmt", flag_value="json", help="Print JSON.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def predict(model_file, images, top, fmt, device):
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The weights file the model's images were embedded with, if not the pretrained ones.")
+def predict(model_file, images, top, fmt, device, weights):
     """Label IMAGES (files or folders) with a model from `lookalike train`.
 
     Images are embedded the way the model's training images were. Unreadable
@@ -78,7 +80,7 @@ def predict(model_file, images, top, fmt, device):
     """
     from .training import predict as run
 
-    predictions, failures = run(model_file, images, top=top, device=device)
+    predictions, failures = run(model_file, images, top=top, device=device, weights=weights)
     if fmt == "json":
         click.echo(json.dumps([{"path": _shown(p.path), "labels": p.labels, "probabilities": p.probabilities}
                                for p in predictions], indent=2))
@@ -99,12 +101,14 @@ def predict(model_file, images, top, fmt, device):
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def evaluate(model_file, source, as_json, device):
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The weights file the model's images were embedded with, if not the pretrained ones.")
+def evaluate(model_file, source, as_json, device, weights):
     """Score a model on a held-out labelled folder (one subfolder per class) or CSV."""
     from .classify.report import format_report
     from .training import evaluate as run
 
-    report, failures = run(model_file, source, device=device)
+    report, failures = run(model_file, source, device=device, weights=weights)
     for path, reason in failures:
         click.echo(f"skipped {_shown(path)}: {reason}", err=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -3,8 +3,8 @@ embed new query images with its own spec."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ import numpy as np
 from .errors import StoreError, StoreMismatchError
 from .index.discover import FoundFile, discover
 from .index.manifest import describe_spec
-from .index.store import MANIFEST, STORE_DIRNAME, Store, find_store
+from .index.store import LOCK, MANIFEST, STORE_DIRNAME, STORE_FILES, Store, find_store
 
 
 @dataclass
@@ -44,6 +44,7 @@ def index_folder(
     extractor_options: dict | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    only: list[str] | None = None,
 ) -> IndexSummary:
     """Index the images under ``root``: embed new and changed files, drop deleted ones.
 
@@ -55,6 +56,7 @@ def index_folder(
         index_factory: force a FAISS index type (factory string) instead of choosing by size.
         extractor_options: passed to ``create_extractor`` (device, batch_size, num_workers, precision...).
         on_start: told how many files will be embedded; on_batch: how many more are done.
+        only: index just these files under ``root`` (a CSV's list), removing nothing else.
 
     Raises:
         StoreMismatchError: the store was built with another model, layer or preprocessing.
@@ -68,18 +70,31 @@ def index_folder(
     if reset:
         _remove_store(store_dir)
     existing = Store.open(store_dir) if (store_dir / MANIFEST).exists() else None
+    if existing is not None and existing.root != root:
+        raise StoreError(
+            f"the store {store_dir} indexes {existing.root}, not {root}: give this folder its own --store, "
+            f"or --reset to replace what the store holds"
+        )
     if existing is not None:
         model, layer, weights = _same_featurizer(existing, model, layer, weights)
         if index_factory and index_factory != existing.manifest.index_factory:
+            from .index.faiss_index import check_factory
+
+            check_factory(index_factory, existing.dim)
             existing.manifest.index_factory = index_factory  # the next index sync rebuilds with it
             existing.manifest.write(store_dir / MANIFEST)
     files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
+    if only is not None:
+        wanted = {os.path.abspath(p) for p in only}
+        files = [f for f in files if os.path.abspath(f.path) in wanted]
     todo, removed, summary = _plan(existing, files, store_dir)
+    if only is not None:
+        removed, summary.removed = [], 0
     if on_start:
         on_start(len(todo))
-    if not todo and not removed and existing is not None:
-        with existing.writer():  # nothing to embed; still bring the index up to date after a crash
-            pass
+    if not todo and existing is not None:
+        with existing.writer() as writer:  # nothing to embed: no CNN; the index still catches up
+            writer.remove(removed)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -159,25 +174,32 @@ def _extractor(model, layer, weights, options):
 
 
 def _remove_store(store_dir: Path) -> None:
-    if not store_dir.exists():
+    """Delete a store's own files (never anything else that shares its folder), under its lock."""
+    if not (store_dir / MANIFEST).exists():
         return
-    if not (store_dir / MANIFEST).exists() and any(store_dir.iterdir()):
-        raise StoreError(f"{store_dir} is not a lookalike store; not deleting it")
-    shutil.rmtree(store_dir)
+    with Store.open(store_dir).writer(sync=False):
+        for name in STORE_FILES:
+            for path in store_dir.glob(name + "*"):  # with SQLite's -wal/-shm and temporary files
+                if path.name != LOCK:
+                    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (store_dir / LOCK).unlink()
+        store_dir.rmdir()  # only if nothing else is in it
 
 
-def open_store(path: str | os.PathLike | None = None, **extractor_options) -> Store:
+def open_store(path: str | os.PathLike | None = None, *, exact: bool = False, **extractor_options) -> Store:
     """Open a store for searching; images outside it are embedded with the store's own spec.
 
     Args:
         path: the store folder, or a folder inside an indexed tree (searched upward like git);
             default ``$LOOKALIKE_STORE`` or the current folder.
+        exact: ``path`` must be the store folder itself (not searched upward).
         extractor_options: for embedding query images (device, batch_size...).
 
     Raises:
         StoreNotFoundError: no store there.
     """
-    if path is not None and (Path(path) / MANIFEST).is_file():
+    if path is not None and (exact or (Path(path) / MANIFEST).is_file()):
         store = Store.open(path)
     else:
         store = Store.open(find_store(path if path is not None else "."))

@@ -53,7 +53,8 @@ def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None
     images = read_labelled(source, IMAGE_EXTENSIONS)
     check_trainable(images.labels, 2, source)  # one class: say so before any embedding
     summary = index_folder(images.root, store=store, model=model, layer=layer, weights=weights,
-                           extractor_options=extractor_options, on_start=on_start, on_batch=on_batch)
+                           extractor_options=extractor_options, on_start=on_start, on_batch=on_batch,
+                           only=images.paths)
     opened = Store.open(summary.store)
     with opened.catalog() as catalog:
         records = catalog.by_paths(opened.relative(p) for p in images.paths)
@@ -86,9 +87,16 @@ def train(source, output, *, classifier: str = "svm", C: float | None = None, k:
     from .classify.report import confusion_png, cross_validated_report
 
     estimator = make_classifier(classifier, C=C, k=k)  # bad options fail before any embedding
+    output = Path(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot write the model to {output}: {e.strerror or e}") from e
     X, y, spec, skipped = labelled_vectors(source, **embed_options)
     notes = check_trainable(y.tolist(), folds, source)
     smallest = int(np.unique(y, return_counts=True)[1].min())
+    if classifier == "knn":
+        _check_neighbours(k or 5, len(y), max(2, min(folds, smallest)))
     best = None
     if search and GRIDS[classifier] and smallest >= 2:
         grid = GridSearchCV(estimator, GRIDS[classifier], cv=StratifiedKFold(min(folds, smallest)), scoring="f1_macro")
@@ -99,12 +107,18 @@ def train(source, output, *, classifier: str = "svm", C: float | None = None, k:
         report = cross_validated_report(estimator, X, y, folds) if smallest >= 2 else {}
         final = with_probabilities(clone(estimator), smallest).fit(X, y)
     report = {**report, "classifier": classifier, "best_params": best, "skipped": len(skipped)}
-    output = Path(output)
     save_model(SavedModel(final, spec, sorted(set(y)), report, classifier), output)
     (output.parent / (output.name + ".report.json")).write_text(json.dumps(report, indent=2) + "\n")
     if "confusion_matrix" in report:
         confusion_png(report, output.parent / (output.name + ".confusion.png"))
     return TrainResult(report, output, notes, skipped, best)
+
+
+def _check_neighbours(k: int, n: int, folds: int) -> None:
+    """kNN can't ask for more neighbours than a cross-validation fold trains on."""
+    fewest = n - -(-n // folds)  # images each fold trains on
+    if k > fewest:
+        raise DatasetError(f"--k {k} is more than the {fewest} images each of the {folds} folds trains on: use --k {fewest} or less")
 
 
 def probabilities(estimator, X: np.ndarray) -> np.ndarray:

@@ -138,3 +138,32 @@ def test_a_forced_index_factory_is_used(folder):
     assert faiss.extract_index_ivf(index).nlist == 2
     (hits,) = open_store(folder).search([folder / "chelsea.jpg"], k=1)
     assert hits[0].path.endswith("chelsea.jpg")
+
+
+def test_reset_deletes_the_store_and_nothing_else(tmp_path):
+    folder = make_photo_folder(tmp_path / "victim")
+    photos = [p for p in folder.rglob("*") if p.is_file()]
+    index_folder(folder, store=folder, extractor_options=_options())  # the store shares the photos' folder
+    index_folder(folder, store=folder, reset=True, extractor_options=_options())
+    assert all(p.exists() for p in photos)
+    assert len(open_store(folder)) == 6
+
+
+def test_a_store_refuses_a_second_folder(folder, tmp_path):
+    from lookalike.errors import StoreError
+
+    other = tmp_path / "other"
+    other.mkdir()
+    photo("coins").save(other / "coins.jpg")
+    index_folder(folder, store=tmp_path / "store", extractor_options=_options())
+    with pytest.raises(StoreError, match="give this folder its own --store"):
+        index_folder(other, store=tmp_path / "store", extractor_options=_options())
+
+
+def test_a_delete_only_run_does_not_load_the_cnn(folder, monkeypatch):
+    import lookalike.featurize
+
+    index_folder(folder, extractor_options=_options())
+    (folder / "coffee.png").unlink()
+    monkeypatch.setattr(lookalike.featurize, "create_extractor", lambda *a, **k: pytest.fail("the CNN was loaded"))
+    assert index_folder(folder, extractor_options=_options()).removed == 1

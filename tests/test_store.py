@@ -119,3 +119,49 @@ def test_iteration_and_get_vectors_agree(store):
     assert [p for p, _ in pairs] == [str(store.root / f"{i}.jpg") for i in range(5)]
     np.testing.assert_array_equal(np.stack([v for _, v in pairs]), vectors)
     np.testing.assert_array_equal(store.get_vectors([p for p, _ in pairs[::-1]]), vectors[::-1])
+
+
+def test_a_short_vector_file_is_refused_not_padded_with_zeros(store):
+    with store.writer() as writer:
+        _write(writer, ["a.jpg", "b.jpg"], _unit(np.random.default_rng(5), 2))
+    with open(store.directory / VECTORS, "r+b") as f:
+        f.truncate(DIM * 4)  # lost the second vector
+    assert any("holds 1 rows" in p for p in store.check())
+    with pytest.raises(StoreError, match="damaged"):
+        store.writer().__enter__()
+    assert (store.directory / VECTORS).stat().st_size == DIM * 4
+
+
+def test_a_reader_never_mixes_an_index_file_with_another_snapshot(store, monkeypatch):
+    """The writer swaps index.faiss between the reader's generation check and its file read."""
+    from lookalike.index import faiss_index
+
+    rng = np.random.default_rng(6)
+    with store.writer() as writer:
+        _write(writer, [f"a{i}.jpg" for i in range(5)], _unit(rng, 5))
+    real_read = faiss_index.read_index
+    swapped = {}
+
+    def read_during_a_write(path, *args, **kwargs):
+        if not swapped:
+            swapped["done"] = True
+            with store.writer() as writer:  # commits, removes a file and replaces the index meanwhile
+                _write(writer, ["new.jpg"], _unit(rng, 1))
+                writer.remove(["a0.jpg"])
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(faiss_index, "read_index", read_during_a_write)
+    (hits,) = store.search(_unit(rng, 1), k=5)
+    assert len(hits) == 5 and all(not h.path.endswith("a0.jpg") for h in hits)
+
+
+def test_the_store_moves_with_its_folder(tmp_path):
+    import shutil
+
+    root = tmp_path / "photos"
+    store = Store.create(root / ".lookalike", root, SPEC)
+    with store.writer() as writer:
+        _write(writer, ["a.jpg"], _unit(np.random.default_rng(8), 1))
+    shutil.move(root, tmp_path / "moved")
+    moved = Store.open(tmp_path / "moved" / ".lookalike")
+    assert [p for p, _ in moved] == [str(tmp_path / "moved" / "a.jpg")]

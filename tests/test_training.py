@@ -189,3 +189,16 @@ def test_classifier_options_are_checked_before_any_embedding(textures):
     with pytest.raises(LookalikeError, match="--k applies to knn only"):
         train(textures, textures.parent / "m.skops", classifier="svm", k=3, **OPTIONS)
     assert not (textures / ".lookalike").exists()
+
+
+def test_knn_with_more_neighbours_than_a_fold_trains_on_is_one_clear_error(textures, tmp_path):
+    result = CliRunner().invoke(main, ["train", str(textures), "-o", str(tmp_path / "m.skops"), "--classifier", "knn",
+                                       "--k", "50", "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 1 and "--k 50 is more than the 28 images" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_csv_row_without_a_label_is_refused(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\na.png,cat\nb.png,\n")
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "labels.csv"), "-o", str(tmp_path / "m.skops")])
+    assert result.exit_code == 1 and "line 3 has a path but no label" in result.stderr

@@ -60,6 +60,8 @@ def with_probabilities(estimator: ClassifierMixin, smallest_class: int) -> Class
     Needs two images in every class; with fewer, the classifier stays as it is and
     ``probabilities`` falls back to a softmax of its decision scores.
     """
-    if hasattr(estimator, "predict_proba") or smallest_class < 2:  # SVC(probability=False) has none
+    # SVC(probability=False) has none; NearestCentroid's saturate at 0 and 1 on embeddings.
+    own = hasattr(estimator, "predict_proba") and not isinstance(estimator, NearestCentroid)
+    if own or smallest_class < 2:
         return estimator
     return CalibratedClassifierCV(estimator, cv=min(3, smallest_class), method="sigmoid")

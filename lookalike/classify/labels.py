@@ -75,7 +75,11 @@ def _read_csv(path: Path) -> LabelledImages:
         raise DatasetError(f"cannot read {path}: {e}") from e
     if rows and not {"path", "label"} <= set(rows[0]):
         raise DatasetError(f"{path} needs a header with path and label columns, found {', '.join(rows[0])}")
+    unlabelled = [i + 2 for i, row in enumerate(rows) if row.get("path") and not (row.get("label") or "").strip()]
+    if unlabelled:
+        raise DatasetError(f"{path}: line {unlabelled[0]} has a path but no label ({len(unlabelled)} such lines)")
     base = path.parent
     paths = [str(base / row["path"]) for row in rows if row.get("path")]
-    labels = [row["label"] for row in rows if row.get("path")]
-    return LabelledImages(paths, labels, base)
+    labels = [row["label"].strip() for row in rows if row.get("path")]
+    root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])) if paths else base
+    return LabelledImages(paths, labels, root)

@@ -25,7 +25,7 @@ class Manifest:
 
     Attributes:
         spec: the embedding spec (``EmbeddingSpec.to_dict()``): model, weights, layer, dim, preprocessing.
-        root: the indexed folder, absolute.
+        root: the indexed folder, relative to the store's folder (so both can move together).
         index_factory: a FAISS factory string the user forced, or None to choose by size.
         weights: the weights file the vectors were made with, when not the model's pretrained ones.
     """

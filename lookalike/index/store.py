@@ -16,6 +16,7 @@ leaves a state in which catalog, vectors and index agree, losing at most one bat
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,15 +24,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import StoreError, StoreLockedError, StoreNotFoundError
+from ..errors import InvalidFactoryError, StoreError, StoreLockedError, StoreNotFoundError
 from . import faiss_index
 from .catalog import Catalog, Entry, FileRecord
 from .manifest import Manifest
 from .vectors import RowView, VectorFile
 
+logger = logging.getLogger(__name__)
+
 STORE_DIRNAME = ".lookalike"
 STORE_ENV = "LOOKALIKE_STORE"
 MANIFEST, CATALOG, VECTORS, INDEX, LOCK = "manifest.json", "catalog.sqlite", "vectors.f32", "index.faiss", "lock"
+STORE_FILES = (MANIFEST, CATALOG, VECTORS, INDEX)
 
 # Paths -> (vectors row-aligned with the paths that worked, {path: failure reason}).
 Embedder = Callable[[list[str]], tuple[list[str], np.ndarray, dict[str, str]]]
@@ -76,7 +80,8 @@ class Store:
     def create(cls, directory, root, spec: dict, index_factory: str | None = None, weights: str | None = None) -> "Store":
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(spec=spec, root=str(Path(root).resolve()), index_factory=index_factory, weights=weights)
+        root = os.path.relpath(Path(root).resolve(), directory.resolve())
+        manifest = Manifest(spec=spec, root=root, index_factory=index_factory, weights=weights)
         manifest.write(directory / MANIFEST)
         Catalog(directory / CATALOG).close()
         return cls(directory, manifest)
@@ -86,11 +91,14 @@ class Store:
         directory = Path(directory)
         if not (directory / MANIFEST).is_file():
             raise StoreNotFoundError(f"{directory} is not a lookalike store (no {MANIFEST}): run `lookalike index DIR` first")
+        if not (directory / CATALOG).is_file():
+            raise StoreError(f"{directory} has lost its {CATALOG}: the store is damaged; index again with --reset")
         return cls(directory, Manifest.read(directory / MANIFEST))
 
     @property
     def root(self) -> Path:
-        return Path(self.manifest.root)
+        """The indexed folder; kept relative to the store when inside it, so the two can move together."""
+        return (self.directory / self.manifest.root).resolve()
 
     @property
     def dim(self) -> int:
@@ -101,11 +109,13 @@ class Store:
 
     def relative(self, path: str | os.PathLike) -> str:
         """The catalog key of a path: relative to the root, with forward slashes."""
-        absolute = Path(os.path.abspath(path))
-        try:
-            return absolute.relative_to(self.root).as_posix()
-        except ValueError:
-            return absolute.as_posix()
+        root = self.root
+        for candidate in (Path(os.path.abspath(path)), Path(os.path.realpath(path))):  # a symlinked way in, too
+            try:
+                return candidate.relative_to(root).as_posix()
+            except ValueError:
+                continue
+        return Path(os.path.abspath(path)).as_posix()
 
     def __len__(self) -> int:
         with self.catalog() as catalog:
@@ -147,7 +157,7 @@ class Store:
         Args:
             queries: vectors (n, dim), or image paths: indexed ones reuse their stored
                 vector, others are embedded with the store's own spec (needs ``lookalike.open_store``).
-            k: neighbours per query (fewer come back if the store holds fewer).
+            k: neighbours per query, at most the number of images in the store.
 
         Returns:
             One list of ``Hit`` per query, best first.
@@ -159,11 +169,29 @@ class Store:
         if k < 1:
             raise StoreError(f"k must be at least 1, not {k}")
         with self.catalog() as catalog:
-            catalog.snapshot()
+            index = self._consistent_index(catalog)  # leaves the catalog in a read snapshot
             try:
-                return self._search(catalog, vectors, k)
+                return self._search(catalog, index, vectors, k)
             finally:
                 catalog.end_snapshot()
+
+    def _consistent_index(self, catalog: Catalog):
+        """Read the index and begin a catalog snapshot that the index file belongs to.
+
+        A writer marks the index as being replaced (generation -2) before it swaps the
+        file and records the new generation after; an unchanged generation on both sides
+        of the read proves the file read is the one the snapshot names.
+        """
+        path = self.directory / INDEX
+        for _ in range(5):
+            before = catalog.meta("index_generation")
+            index = faiss_index.read_index(path) if before >= 0 and path.exists() else None
+            catalog.snapshot()
+            if catalog.meta("index_generation") == before:
+                return index
+            catalog.end_snapshot()
+        catalog.snapshot()
+        return None  # the index keeps changing under us: brute force this once
 
     def _query_vectors(self, queries) -> np.ndarray:
         if isinstance(queries, np.ndarray):
@@ -188,26 +216,23 @@ class Store:
         old = dict(zip(sorted(stored), self.get_vectors(sorted(stored)))) if stored else {}
         return np.stack([embedded[p] if p in embedded else old[p] for p in paths])
 
-    def _search(self, catalog: Catalog, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    def _search(self, catalog: Catalog, index, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         total = catalog.count("ok")
         if total == 0:
             raise StoreError("the store holds no vectors yet: run `lookalike index DIR` on a folder with images")
         if k > total:
             raise StoreError(f"k={k} is more than the {total} images in the store; ask for at most {total}")
         stored = VectorFile(self.directory / VECTORS, self.dim).view(catalog.meta("rows"))
-        index_generation = catalog.meta("index_generation")
-        changed, removed = catalog.changed_since(index_generation)
-        stale = np.array([r.id for r in changed] + removed, dtype=np.int64)  # outdated in the index
-        fresh = [r for r in changed if r.row is not None]  # searched by brute force instead
         parts = []
-        index_path = self.directory / INDEX
-        if index_generation >= 0 and index_path.exists():
-            index = faiss_index.read_index(index_path)
+        if index is not None:
+            changed, removed = catalog.changed_since(catalog.meta("index_generation"))
+            stale = np.array([r.id for r in changed] + removed, dtype=np.int64)  # outdated in the index
+            fresh = [r for r in changed if r.row is not None]  # searched by brute force instead
             if index.ntotal:
                 scores, ids = faiss_index.search(index, vectors, min(k + len(stale), index.ntotal))
                 parts.append((scores, np.where(np.isin(ids, stale), -1, ids)))
         else:
-            fresh = list(catalog.records("ok"))  # no index yet
+            fresh = list(catalog.records("ok"))  # no usable index: everything by brute force
         if fresh:
             fresh_ids = np.array([r.id for r in fresh], dtype=np.int64)
             scores = vectors @ np.stack([stored[r.row] for r in fresh]).T
@@ -299,9 +324,9 @@ class Store:
                 "weights": self.manifest.weights, "created": self.manifest.created, **counts,
                 "generation": generation, "index_factory": factory, "bytes": files}
 
-    def writer(self) -> "StoreWriter":
-        """The one writer: a context manager holding the store's lock."""
-        return StoreWriter(self)
+    def writer(self, sync: bool = True) -> "StoreWriter":
+        """The one writer: a context manager holding the store's lock (``sync``: update the index on exit)."""
+        return StoreWriter(self, sync)
 
     def sync_index(self, catalog: Catalog) -> None:
         """Bring ``index.faiss`` up to the catalog: incrementally, or rebuilt when its kind should change."""
@@ -321,7 +346,12 @@ class Store:
         if rebuild:
             ids = np.array([r.id for r in records], dtype=np.int64)
             vectors = np.stack([stored[r.row] for r in records]) if records else np.zeros((0, self.dim), np.float32)
-            index = faiss_index.build_index(vectors, ids, factory)
+            try:
+                index = faiss_index.build_index(vectors, ids, factory)
+            except InvalidFactoryError as e:  # e.g. too few vectors yet to train a forced IVF index
+                logger.warning("using an exact index for now: %s", e)
+                factory = faiss_index.EXACT_FACTORY
+                index = faiss_index.build_index(vectors, ids, factory)
         else:
             index = faiss_index.read_index(path, mmap=False)
             changed, removed = catalog.changed_since(index_generation)
@@ -329,6 +359,7 @@ class Store:
             ok = [r for r in changed if r.row is not None]
             if ok:
                 faiss_index.add(index, np.stack([stored[r.row] for r in ok]), np.array([r.id for r in ok], dtype=np.int64))
+        catalog.set_meta(index_generation=-2)  # readers: the file is being replaced (see _consistent_index)
         faiss_index.write_index(index, path)
         catalog.set_meta(index_generation=generation, index_factory=factory)
 
@@ -336,8 +367,9 @@ class Store:
 class StoreWriter:
     """Appends batches and removals, each durable on return; syncs the index on exit."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, sync: bool = True):
         self.store = store
+        self.sync = sync
         self._lock_file = None
         self.catalog: Catalog | None = None
         self.vectors: VectorFile | None = None
@@ -370,7 +402,7 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+            if self.sync and (exc_type is None or issubclass(exc_type, KeyboardInterrupt)):
                 self.store.sync_index(self.catalog)  # what was committed stays searchable
         finally:
             self.vectors.close()

@@ -39,6 +39,13 @@ class VectorFile:
     def open_for_append(self, committed_rows: int) -> None:
         """Start writing after the committed rows, dropping any half-written tail."""
         self._writer = open(self.path, "ab+")
+        size = os.fstat(self._writer.fileno()).st_size
+        if size < committed_rows * self._row_bytes:  # truncate() would pad with zero vectors
+            self._writer.close()
+            raise StoreError(
+                f"{self.path} holds {size // self._row_bytes} vectors but the catalog counts {committed_rows}: "
+                f"the store is damaged; run `lookalike index DIR --reset` to rebuild it"
+            )
         self._writer.truncate(committed_rows * self._row_bytes)
         self._writer.seek(0, os.SEEK_END)
         self._next_row = committed_rows
