@@ -15,7 +15,7 @@ import numpy as np
 from .errors import StoreError, StoreMismatchError
 from .index.discover import FoundFile, discover
 from .index.manifest import describe_spec
-from .index.store import LOCK, MANIFEST, STORE_DIRNAME, STORE_FILES, Store, find_store
+from .index.store import LOCK, MANIFEST, STORE_DIRNAME, STORE_FILES, Store, find_store, lock_store
 
 
 @dataclass
@@ -177,7 +177,7 @@ def _remove_store(store_dir: Path) -> None:
     """Delete a store's own files (never anything else that shares its folder), under its lock."""
     if not (store_dir / MANIFEST).exists():
         return
-    with Store.open(store_dir).writer(sync=False):
+    with lock_store(store_dir):  # works on a damaged store too: nothing is opened but the lock
         for name in STORE_FILES:
             for path in store_dir.glob(name + "*"):  # with SQLite's -wal/-shm and temporary files
                 if path.name != LOCK:

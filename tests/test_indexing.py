@@ -167,3 +167,10 @@ def test_a_delete_only_run_does_not_load_the_cnn(folder, monkeypatch):
     (folder / "coffee.png").unlink()
     monkeypatch.setattr(lookalike.featurize, "create_extractor", lambda *a, **k: pytest.fail("the CNN was loaded"))
     assert index_folder(folder, extractor_options=_options()).removed == 1
+
+
+def test_reset_rebuilds_a_damaged_store(folder):
+    index_folder(folder, extractor_options=_options())
+    (folder / ".lookalike" / VECTORS).write_bytes(b"")  # vectors lost
+    summary = index_folder(folder, reset=True, extractor_options=_options())
+    assert summary.embedded == 6 and open_store(folder).check() == []

@@ -15,6 +15,7 @@ leaves a state in which catalog, vectors and index agree, losing at most one bat
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -370,20 +371,21 @@ class StoreWriter:
     def __init__(self, store: Store, sync: bool = True):
         self.store = store
         self.sync = sync
-        self._lock_file = None
         self.catalog: Catalog | None = None
         self.vectors: VectorFile | None = None
 
     def __enter__(self) -> "StoreWriter":
-        self._lock_file = open(self.store.directory / LOCK, "w")
+        self._lock = lock_store(self.store.directory)
+        self._lock.__enter__()
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StoreLockedError(f"another lookalike process is writing to {self.store.directory}; wait for it") from None
-        self.catalog = self.store.catalog()
-        self.vectors = VectorFile(self.store.directory / VECTORS, self.store.dim)
-        self.vectors.open_for_append(self.catalog.meta("rows"))
+            self.catalog = self.store.catalog()
+            self.vectors = VectorFile(self.store.directory / VECTORS, self.store.dim)
+            self.vectors.open_for_append(self.catalog.meta("rows"))
+        except BaseException:
+            if self.catalog is not None:
+                self.catalog.close()
+            self._lock.__exit__(None, None, None)
+            raise
         return self
 
     def write(self, embedded: list[tuple[str, int, int]], vectors: np.ndarray, failed: list[tuple[str, int, int, str]]) -> None:
@@ -407,5 +409,18 @@ class StoreWriter:
         finally:
             self.vectors.close()
             self.catalog.close()
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
+            self._lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def lock_store(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold the store's write lock, or raise ``StoreLockedError`` at once if another process has it."""
+    with open(Path(directory) / LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(f"another lookalike process is writing to {directory}; wait for it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
