@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # two writers never share one
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)

@@ -13,12 +13,11 @@ import io
 import json
 import logging
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import fsync_folder
+from ..atomic import write_atomically
 from ..errors import ModelFileError, ModelMismatchError
 from ..index.manifest import describe_spec, spec_differences
 
@@ -291,16 +290,9 @@ def _numpy_to_python(value: object) -> object:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
+        write_atomically(path, data)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise ModelFileError(f"can't write the model to {path}: {error.strerror or error}") from None
 
 
