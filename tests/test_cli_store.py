@@ -136,9 +136,17 @@ def _generation(store_dir: Path) -> int:
         return -1
 
 
-def _spawn(folder: Path, store_dir: Path) -> subprocess.Popen:
+def _spawn(folder: Path, store_dir: Path, capture: bool = False) -> subprocess.Popen:
     command = [LOOKALIKE, "index", folder, "--store", store_dir, "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    return subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([str(c) for c in command], stdout=output, stderr=output, text=True)
+
+
+def _wait_for_generation(store_dir: Path, target: int, process: subprocess.Popen) -> None:
+    """Until the indexer has committed ``target`` batches, exited, or two minutes passed."""
+    deadline = time.monotonic() + 120
+    while _generation(store_dir) < target and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -153,9 +161,7 @@ def test_sigkill_at_any_moment_loses_nothing_committed(tmp_path):
     store_dir = tmp_path / "killed"
     for target in (0, 2, 6):  # before the first commit, after the second batch, later
         process = _spawn(folder, store_dir)
-        deadline = time.monotonic() + 120
-        while _generation(store_dir) < target and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_for_generation(store_dir, target, process)
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert subprocess.run([str(LOOKALIKE), "index", str(folder), "--store", str(store_dir), "--device", "cpu"],
@@ -202,11 +208,8 @@ def test_ctrl_c_keeps_what_was_done_and_says_how_to_resume(tmp_path):
     folder = tmp_path / "many"
     _make_many(folder, 16)
     store_dir = tmp_path / "store"
-    command = [LOOKALIKE, "index", folder, "--store", store_dir, "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _generation(store_dir) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process = _spawn(folder, store_dir, capture=True)
+    _wait_for_generation(store_dir, 2, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     if process.returncode == 0:
