@@ -125,6 +125,21 @@ def test_autocast_path_runs_on_cpu_and_stays_close_to_fp32(lite0, photos):
     assert (low * full).sum(1).min() > 0.98
 
 
+def test_a_batch_that_overflows_in_fp16_is_recomputed_in_fp32(lite0, photos, caplog):
+    fp16 = create_extractor(device="cpu", precision="fp16")
+    network = fp16._lanes[0].module
+
+    def overflowing(x):  # fp16 is slow on a CPU: stand in for its overflowing output
+        if torch.is_autocast_enabled("cpu"):
+            return torch.full((len(x), fp16.dim), float("inf"), dtype=torch.float16)
+        return network(x)
+
+    fp16._lanes[0] = fp16._lanes[0]._replace(module=overflowing)
+    images = [photos["chelsea"], photos["coffee"]]
+    np.testing.assert_allclose(fp16.embed_images(images), lite0.embed_images(images), atol=1e-5)
+    assert "recomputed in fp32" in caplog.text
+
+
 def test_a_thin_strip_is_one_failure(lite0, tmp_path):
     from PIL import Image
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as nnf
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
@@ -58,13 +59,47 @@ class Preprocessing:
         Raises:
             ValueError: the image is thinner than 1:``MAX_ASPECT_RATIO``.
         """
-        width, height = image.size
-        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-            raise ValueError(f"{width}x{height} is thinner than the 1:{MAX_ASPECT_RATIO} aspect ratio allowed")
+        _check_aspect(*image.size)
         mode = InterpolationMode(self.interpolation)
         size = [self.resize_size, self.resize_size] if self.crop_mode == "squash" else [self.resize_size]
         image = F.resize(image, size, interpolation=mode, antialias=self.antialias)
         return F.pil_to_tensor(F.center_crop(image, [self.crop_size]))
+
+    def resize_tensor(self, image: torch.Tensor, draft_scale: int = 1) -> torch.Tensor:
+        """``__call__`` for a uint8 (3, H, W) tensor on any device, e.g. a JPEG decoded on a GPU.
+
+        The horizontal and the vertical pass run in float32 and round to uint8 in between,
+        as PIL does, so the result is within a level of PIL's on the same pixels.
+        ``draft_scale`` > 1 first averages blocks of that many pixels a side, standing in for
+        the JPEG DCT scaling that the CPU reader's draft mode decodes at.
+
+        Raises:
+            ValueError: the image is thinner than 1:``MAX_ASPECT_RATIO``.
+        """
+        height, width = image.shape[-2:]
+        _check_aspect(width, height)
+        x = image[None].float()
+        if draft_scale > 1:
+            x = nnf.pad(x, (0, -width % draft_scale, 0, -height % draft_scale), mode="replicate")
+            x = nnf.avg_pool2d(x, draft_scale).round_()
+            height, width = x.shape[-2:]
+        out_h, out_w = self._resized_size(height, width)
+        if self.interpolation == "nearest":
+            x = nnf.interpolate(x, size=(out_h, out_w), mode="nearest")
+        else:
+            antialias = self.antialias and (out_h < height or out_w < width)
+            for size in ((height, out_w), (out_h, out_w)):  # horizontal pass first, as PIL mostly does
+                x = nnf.interpolate(x, size=size, mode=self.interpolation, antialias=antialias, align_corners=False)
+                x = x.round_().clamp_(0, 255)
+        return F.center_crop(x[0].to(torch.uint8), [self.crop_size])
+
+    def _resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the resize, computed as torchvision does for a PIL image."""
+        if self.crop_mode == "squash":
+            return self.resize_size, self.resize_size
+        if width <= height:
+            return int(self.resize_size * height / width), self.resize_size
+        return self.resize_size, int(self.resize_size * width / height)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] and standardised per channel."""
@@ -79,3 +114,8 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+
+def _check_aspect(width: int, height: int) -> None:
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(f"{width}x{height} is thinner than the 1:{MAX_ASPECT_RATIO} aspect ratio allowed")

@@ -1,7 +1,8 @@
 """Files in, uint8 tensors out: decoding and resizing on DataLoader workers, in order.
 
 A file that fails becomes a ``Failure`` carried beside the batch, so a bad image costs
-one record and never shifts which key belongs to which vector.
+one record and never shifts which key belongs to which vector. With ``jpeg_on_device``,
+workers only read JPEGs (``EncodedJpeg``) for the extractor to decode on the GPU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageLoadError
 from .decode import DEFAULT_MAX_PIXELS, load_image
-from .preprocess import Preprocessing
+from .jpeg import EncodedJpeg, read_jpeg
+from .preprocess import MAX_ASPECT_RATIO, Preprocessing
 
 
 class Failure(NamedTuple):
@@ -26,26 +28,59 @@ class Failure(NamedTuple):
 
 
 class Decoded(NamedTuple):
-    """One collated batch: ``pixels`` (uint8, N x 3 x H x W, or None) row-aligned with ``keys``."""
+    """One collated batch, in input order.
+
+    Without JPEGs left to decode, ``pixels`` (uint8, N x 3 x H x W, or None) is row-aligned
+    with ``keys``. Otherwise ``jpegs`` holds those still encoded, and ``pixels`` the rows
+    of the other keys, in order.
+    """
 
     keys: list[str]
     pixels: torch.Tensor | None
     failures: list[Failure]
+    jpeg_bytes: torch.Tensor | None = None
+    jpeg_info: list[tuple[str, int, int, int]] = []  # (key, length, orientation, draft_scale)
+
+    @property
+    def jpegs(self) -> list[EncodedJpeg]:
+        """The JPEGs left to decode, their bytes as views into one tensor."""
+        jpegs, start = [], 0
+        for key, length, orientation, draft_scale in self.jpeg_info:
+            jpegs.append(EncodedJpeg(key, self.jpeg_bytes[start : start + length], orientation, draft_scale))
+            start += length
+        return jpegs
+
+    def pin_memory(self) -> "Decoded":
+        """Pin only the pixels (DataLoader's ``pin_memory=True`` calls this), never the JPEG bytes."""
+        return self._replace(pixels=None if self.pixels is None else self.pixels.pin_memory())
 
 
 class ImageFiles(Dataset):
-    """Item i is (key, uint8 tensor or None, failure reason or None) for ``paths[i]``."""
+    """Item i is (key, uint8 tensor or EncodedJpeg or None, failure reason or None) for ``paths[i]``."""
 
-    def __init__(self, paths: Sequence[str], preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        preprocessing: Preprocessing,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        jpeg_on_device: bool = False,
+    ):
         self.paths = paths
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
+        self.jpeg_on_device = jpeg_on_device
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | EncodedJpeg | None, str | None]:
         path = self.paths[i]
+        if self.jpeg_on_device:
+            jpeg = read_jpeg(
+                path, max_pixels=self.max_pixels, draft_size=self.preprocessing.resize_size, max_aspect_ratio=MAX_ASPECT_RATIO
+            )
+            if jpeg is not None:
+                return path, jpeg, None
         try:
             image = load_image(path, max_pixels=self.max_pixels, draft_size=self.preprocessing.resize_size)
             return path, self.preprocessing(image), None
@@ -55,11 +90,15 @@ class ImageFiles(Dataset):
             return path, None, f"cannot preprocess: {e}"
 
 
-def collate(items: list[tuple[str, torch.Tensor | None, str | None]]) -> Decoded:
+def collate(items: list[tuple[str, torch.Tensor | EncodedJpeg | None, str | None]]) -> Decoded:
     keys = [key for key, pixels, _ in items if pixels is not None]
-    tensors = [pixels for _, pixels, _ in items if pixels is not None]
+    tensors = [pixels for _, pixels, _ in items if isinstance(pixels, torch.Tensor)]
+    jpegs = [pixels for _, pixels, _ in items if isinstance(pixels, EncodedJpeg)]
     failures = [Failure(key, reason) for key, pixels, reason in items if pixels is None]
-    return Decoded(keys, torch.stack(tensors) if tensors else None, failures)
+    # One tensor of bytes, so a batch crosses from the worker in one shared-memory segment.
+    blob = torch.cat([j.data for j in jpegs]) if jpegs else None
+    info = [(j.key, j.data.numel(), j.orientation, j.draft_scale) for j in jpegs]
+    return Decoded(keys, torch.stack(tensors) if tensors else None, failures, blob, info)
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -79,9 +118,13 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_batches: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_on_device: bool = False,
 ) -> DataLoader:
-    """A DataLoader that decodes ``paths`` in order, with at most ``prefetch_batches`` per worker in flight."""
-    dataset = ImageFiles(paths, preprocessing, max_pixels)
+    """A DataLoader that decodes ``paths`` in order, with at most ``prefetch_batches`` per worker in flight.
+
+    With ``jpeg_on_device``, JPEGs the device decoder takes are only read (see ``Decoded``).
+    """
+    dataset = ImageFiles(paths, preprocessing, max_pixels, jpeg_on_device)
     return DataLoader(
         dataset,
         batch_size=batch_size,
