@@ -94,9 +94,13 @@ def _featurizer_options(default_model: str | None):
         click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device]."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help="auto is bf16 autocast on CUDA, fp32 elsewhere."),
+                     show_default=True, help="auto is fp16 autocast on CUDA, fp32 elsewhere."),
         click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(min=1),
                      help="Larger images are skipped as failures."),
+        click.option("--compile", "compile_", is_flag=True,
+                     help="Run the network through torch.compile: a slow first batch, then faster (best on a GPU)."),
+        click.option("--gpu-decode/--no-gpu-decode", default=None,
+                     help="Decode JPEGs on the GPU with nvJPEG  [default: on, where there is a GPU]."),
     ]
 
     def decorate(command):
@@ -107,9 +111,9 @@ def _featurizer_options(default_model: str | None):
     return decorate
 
 
-def _extractor_options(batch_size, workers, device, precision, max_pixels) -> dict:
+def _extractor_options(batch_size, workers, device, precision, max_pixels, compile_, gpu_decode) -> dict:
     return {"batch_size": batch_size, "num_workers": workers, "device": device, "precision": precision,
-            "max_pixels": max_pixels}
+            "max_pixels": max_pixels, "compile": compile_, "jpeg_on_device": gpu_decode}
 
 
 @main.command()
@@ -117,7 +121,7 @@ def _extractor_options(batch_size, workers, device, precision, max_pixels) -> di
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the .npz: keys, vectors and the spec that made them.")
 @_featurizer_options("efficientnet_lite0")
-def embed(paths, output, model, layer, weights, batch_size, workers, device, precision, max_pixels):
+def embed(paths, output, model, layer, weights, **options):
     """Embed image files, and every image under folders, into one .npz file.
 
     Unreadable files are reported and skipped; they never stop the run.
@@ -132,7 +136,7 @@ def embed(paths, output, model, layer, weights, batch_size, workers, device, pre
         raise click.ClickException(f"no image files under {', '.join(map(str, paths))}")
     _check_writable(output)  # before the long part, not after it
     extractor = create_extractor(model, layer=layer, weights=weights,
-                                 **_extractor_options(batch_size, workers, device, precision, max_pixels))
+                                 **_extractor_options(**options))
     keys, vectors, failures = [], [], []
     start = time.perf_counter()
     with _progressbar(len(files), f"Embedding with {model}") as bar:
@@ -198,7 +202,7 @@ def _store_option(command):
 @_featurizer_options(None)
 @click.option("--reset", is_flag=True, help="Delete the store and index from scratch (e.g. to change model).")
 @click.option("--index-factory", default=None, help="Force a FAISS index type, e.g. 'IVF1024,Flat' or 'HNSW32'.")
-def index(folder, store, model, layer, weights, batch_size, workers, device, precision, max_pixels, reset, index_factory):
+def index(folder, store, model, layer, weights, reset, index_factory, **options):
     """Index the images under FOLDER, so that `lookalike query` can search them.
 
     Only new or changed files (by size and modification time) go through the CNN;
@@ -222,7 +226,7 @@ def index(folder, store, model, layer, weights, batch_size, workers, device, pre
     try:
         summary = index_folder(
             folder, store=store, model=model, layer=layer, weights=weights, reset=reset, index_factory=index_factory,
-            extractor_options=_extractor_options(batch_size, workers, device, precision, max_pixels),
+            extractor_options=_extractor_options(**options),
             on_start=on_start, on_batch=on_batch,
         )
     except KeyboardInterrupt:

@@ -25,8 +25,7 @@ CLASSIFIER_CHOICE = click.Choice(["svm", "rbf-svm", "logreg", "knn", "centroid"]
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the embeddings are kept [default: SOURCE/.lookalike].")
 @_featurizer_options(None)
-def train(source, output, classifier, C, k, search, folds, store, model, layer, weights, batch_size, workers, device,
-          precision, max_pixels):
+def train(source, output, classifier, C, k, search, folds, store, model, layer, weights, **options):
     """Train a classifier on labelled images: SOURCE is a folder with one subfolder per
     class, or a CSV of path,label.
 
@@ -46,7 +45,7 @@ def train(source, output, classifier, C, k, search, folds, store, model, layer, 
         result = run(source, output, classifier=classifier, C=C, k=k, search=search, folds=folds, store=store,
                      model=model, layer=layer, weights=weights, on_start=on_start,
                      on_batch=lambda n: bar["bar"].update(n),
-                     extractor_options=_extractor_options(batch_size, workers, device, precision, max_pixels))
+                     extractor_options=_extractor_options(**options))
     finally:
         if bar.get("bar"):
             bar["bar"].__exit__(None, None, None)
