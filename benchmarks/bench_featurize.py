@@ -1,13 +1,18 @@
-"""Featurizing throughput: lookalike end to end against the model alone and a naive loop, in one run.
+"""Featurizing throughput: lookalike end to end against its baselines, side by side in one run.
 
-    python benchmarks/bench_featurize.py --n 500 --json featurize.json
+    python benchmarks/bench_featurize.py --n 500 --json featurize.json               # CPU
+    python benchmarks/bench_featurize.py --device cuda --batch-size 256 --n 2000     # GPU
 
-Three measurements on the same photos and the same network, medians over --repeats:
-- model only: preprocessed uint8 batches already in memory, through normalise + forward;
-- lookalike: ``Extractor.embed_paths`` on the files (decode on workers, draft mode, batches);
-- naive: per image, PIL open + convert, torchvision transforms, a batch of one, forward
-  (the img2vec / tutorial pattern).
-Prints the hardware, versions and settings, a table with ratios, and writes JSON.
+Measured on the same photos and the same network, medians over --repeats:
+- model only: uint8 batches already on the device, through normalise + forward + copy back;
+- decode only (GPU): the files' bytes already in memory, through nvJPEG batches, orientation
+  and resize on the GPU, on the same threads (--threads-per-gpu) as lookalike;
+- lookalike: ``Extractor.embed_paths`` on the files, what ``lookalike index`` runs (on a GPU
+  also with --no-gpu-decode, i.e. PIL on CPU workers);
+- naive: per image, PIL open + convert, torchvision transforms, a batch of one, forward in
+  fp32 without channels_last (the img2vec / tutorial pattern); on a GPU over --naive-n files.
+The ratios are lookalike over min(model only, decode only) and over naive. Prints the
+hardware, versions and settings, then the table, and writes JSON with --json.
 """
 
 from __future__ import annotations
@@ -25,74 +30,119 @@ import torch
 from make_photos import make_photos
 
 
-def _sync(device: torch.device) -> None:
+def _sync(device: torch.device, stream_only: bool = False) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize() if stream_only else torch.cuda.synchronize(device)
 
 
-def _timed(fn, device, repeats: int) -> float:
-    """Median seconds of ``fn`` over repeats, after one warm-up call."""
+def _timed(fn, device, repeats: int) -> list[float]:
+    """Seconds of ``fn``: the first (warm-up) call, then each repeat."""
+    start = time.perf_counter()
     fn()
-    times = []
+    _sync(device)
+    times = [time.perf_counter() - start]
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
-def bench(paths: list[str], model: str, batch_size: int, workers: int | None, device: str, repeats: int) -> dict:
+def _count(batches) -> int:
+    return sum(len(batch.keys) for batch in batches)
+
+
+def bench(paths: list[str], args) -> dict:
     from torchvision.transforms import v2 as T
 
     from lookalike import create_extractor
+    from lookalike.featurize.jpeg import decode_jpegs, read_jpeg
 
-    extractor = create_extractor(model, device=device, batch_size=batch_size, num_workers=workers)
-    spec = extractor.model_spec.preprocessing
-    n = len(paths)
-    batch = torch.randint(0, 256, (batch_size, 3, spec.crop_size, spec.crop_size), dtype=torch.uint8)
+    options = dict(device=args.device, batch_size=args.batch_size, num_workers=args.workers, weights=args.weights,
+                   precision=args.precision)
+    extractor = create_extractor(args.model, compile=args.compile, jpeg_on_device=args.gpu_decode, **options)
+    extractor.threads_per_gpu = args.threads_per_gpu
+    device, pre = extractor.device, extractor.model_spec.preprocessing
+    n, batch_size = len(paths), args.batch_size
     batches = -(-n // batch_size)
+    pixels = torch.randint(0, 256, (batch_size, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8, device=device)
+    measures = {}
 
     def model_only():
         for _ in range(batches):
-            extractor._forward(batch)
+            extractor._forward(pixels)
 
-    def end_to_end():
-        for _ in extractor.embed_paths(paths):
-            pass
+    measures["model_only"] = (model_only, batches * batch_size)
+
+    if extractor.jpeg_on_device:
+        jpegs = [read_jpeg(p, max_pixels=extractor.max_pixels, draft_size=pre.resize_size, max_aspect_ratio=100) for p in paths]
+        assert all(jpegs), "every benchmark photo should be a plain JPEG"
+        chunks = [jpegs[i : i + batch_size] for i in range(0, n, batch_size)]
+
+        def decode_batch(chunk, lane):
+            images = decode_jpegs(chunk, lane.device)
+            stacked = torch.stack([pre.resize_tensor(image, j.draft_scale) for image, j in zip(images, chunk)])
+            _sync(lane.device, stream_only=True)  # this thread's stream: the batch is decoded
+            return stacked
+
+        def decode_only():
+            for _ in extractor.lane_pool().map_in_order(decode_batch, chunks):
+                pass
+
+        measures["decode_only"] = (decode_only, n)
+    if extractor.jpeg_on_device and not args.compile:  # one compiled network per run is enough
+        cpu_decode = create_extractor(args.model, jpeg_on_device=False, compile=args.compile, **options)
+        cpu_decode.threads_per_gpu = args.threads_per_gpu
+        measures["lookalike_cpu_decode"] = (lambda: _count(cpu_decode.embed_paths(paths)), n)
+
+    measures["lookalike"] = (lambda: _count(extractor.embed_paths(paths)), n)
 
     naive_transform = T.Compose([
-        T.Resize(spec.resize_size, interpolation=T.InterpolationMode(spec.interpolation), antialias=True),
-        T.CenterCrop(spec.crop_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(spec.mean, spec.std),
+        T.Resize(pre.resize_size, interpolation=T.InterpolationMode(pre.interpolation), antialias=True),
+        T.CenterCrop(pre.crop_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std),
     ])
-    network = extractor.module
+    network = create_extractor(args.model, device=args.device, weights=args.weights, precision="fp32").module
+    network = network.to(memory_format=torch.contiguous_format)  # as tutorials leave it
+    naive_paths = paths[: args.naive_n] if args.naive_n else paths
 
     def naive():
         from PIL import Image
 
         with torch.inference_mode():
-            for path in paths:
-                x = naive_transform(Image.open(path).convert("RGB")).unsqueeze(0).to(extractor.device)
-                network(x)
+            for path in naive_paths:
+                x = naive_transform(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
+                network(x).cpu()
+
+    measures["naive"] = (naive, len(naive_paths))
 
     results = {"images": n}
-    for name, fn in (("model_only", model_only), ("lookalike", end_to_end), ("naive", naive)):
-        seconds = _timed(fn, extractor.device, repeats)
-        images = batches * batch_size if name == "model_only" else n
-        results[name] = {"seconds": seconds, "images_per_s": images / seconds}
-    results["lookalike_vs_model_only"] = results["lookalike"]["images_per_s"] / results["model_only"]["images_per_s"]
+    for name, (fn, images) in measures.items():
+        times = _timed(fn, device, args.repeats)
+        seconds = statistics.median(times[1:])
+        results[name] = {"seconds": seconds, "images": images, "images_per_s": images / seconds, "first_call_s": times[0],
+                         "all_s": times[1:]}
+        print(f"  {name}: {images / seconds:.1f} images/s", flush=True)
+    ceiling = min(results[m]["images_per_s"] for m in ("model_only", "decode_only") if m in results)
+    results["lookalike_vs_ceiling"] = results["lookalike"]["images_per_s"] / ceiling
     results["lookalike_vs_naive"] = results["lookalike"]["images_per_s"] / results["naive"]["images_per_s"]
-    results["settings"] = {"model": model, "batch_size": batch_size, "workers": extractor.num_workers,
-                           "device": str(extractor.device), "precision": str(extractor.autocast_dtype or "fp32")}
+    results["settings"] = {
+        "model": args.model, "batch_size": batch_size, "workers": extractor.num_workers, "devices": [str(d) for d in extractor.devices],
+        "precision": str(extractor.autocast_dtype or "fp32"), "compile": args.compile, "gpu_decode": extractor.jpeg_on_device,
+        "threads_per_gpu": args.threads_per_gpu,
+    }
     return results
 
 
 def hardware() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+    import torchvision
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine()}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
 
@@ -101,22 +151,33 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/lookalike-bench-photos"))
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--weights", default=None, help="A state dict file instead of the pretrained weights.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads-per-gpu", type=int, default=2)
+    parser.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
+                        help="Decode JPEGs on the device [default: on a GPU]; on a CPU, tests that path.")
+    parser.add_argument("--naive-n", type=int, default=None, help="Time the naive loop on the first N files only.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     paths = sorted(str(p) for p in args.folder.glob("*.jpg"))[: args.n]
     if len(paths) < args.n:
-        paths = [str(p) for p in make_photos(args.folder, args.n)]
-    results = {"hardware": hardware(), **bench(paths, args.model, args.batch_size, args.workers, args.device, args.repeats)}
-    print(json.dumps(results["hardware"]), json.dumps(results["settings"]), sep="\n")
-    print(f"\n{'measure':<12}{'images/s':>10}{'seconds':>10}   ({results['images']} photos, median of {args.repeats})")
-    for name in ("model_only", "lookalike", "naive"):
-        print(f"{name:<12}{results[name]['images_per_s']:>10.1f}{results[name]['seconds']:>10.2f}")
-    print(f"\nlookalike / model only: {results['lookalike_vs_model_only']:.2f}   "
+        paths = [str(p) for p in make_photos(args.folder, args.n, jobs=os.cpu_count() or 1)]
+    print(json.dumps(hardware()), flush=True)
+    results = {"hardware": hardware(), **bench(paths, args)}
+    print(json.dumps(results["settings"]))
+    print(f"\n{'measure':<22}{'images/s':>10}{'seconds':>10}{'images':>8}{'1st call':>10}   (median of {args.repeats})")
+    for name in ("model_only", "decode_only", "lookalike", "lookalike_cpu_decode", "naive"):
+        if name in results:
+            r = results[name]
+            print(f"{name:<22}{r['images_per_s']:>10.1f}{r['seconds']:>10.2f}{r['images']:>8}{r['first_call_s']:>10.2f}")
+    ceiling = "min(model only, decode only)" if "decode_only" in results else "model only"
+    print(f"\nlookalike / {ceiling}: {results['lookalike_vs_ceiling']:.2f}   "
           f"lookalike / naive: {results['lookalike_vs_naive']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
