@@ -17,6 +17,7 @@ from lookalike.index.faiss_index import (
     InvalidFactoryError,
     InvalidIdsError,
 )
+from lookalike.index.vectors import RowView
 
 DIM = 32
 
@@ -315,6 +316,21 @@ def test_train_size_caps_the_training_sample(small):
         fi.build_index(vectors, ids, "IVF16,Flat", train_size=10)
     index = fi.build_index(vectors, ids, "IVF16,Flat", train_size=16 * 39)
     assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.9
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
+def test_chunks_of_mapped_rows_build_the_index_one_array_builds(small, tmp_path, monkeypatch, factory):
+    vectors, ids, queries = small
+    path = tmp_path / "vectors.f32"
+    vectors[::-1].tofile(path)  # stored in another order than indexed, as files are re-embedded
+    rows = np.arange(len(vectors))[::-1].copy()
+    monkeypatch.setattr(fi, "ADD_CHUNK_ROWS", 300)  # several chunks, the last one short
+
+    chunked = fi.build_index(RowView(np.memmap(path, dtype="float32", mode="r", shape=vectors.shape), rows), ids, factory)
+    whole = fi.build_index(vectors, ids, factory)
+
+    for got, expected in zip(fi.search(chunked, queries, 10), fi.search(whole, queries, 10)):
+        np.testing.assert_array_equal(got, expected)
 
 
 # --- files ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ..errors import (
     InvalidIdsError,
     MissingDependencyError,
 )
+from .vectors import RowView
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ DEFAULT_BUDGET_BYTES = 4 * 2**30  # when physical RAM can't be read
 BUDGET_FRACTION_OF_RAM = 0.5
 ID_BYTES = 8
 MIN_PQ_BYTES = 8  # fewer bytes a vector keep too little to rank neighbours by
+ADD_CHUNK_ROWS = 65_536  # rows read and added at a time: the only copy made beside the index (320 MiB at 1280-d)
 
 
 # --- choosing a factory ---------------------------------------------------------------
@@ -143,7 +145,7 @@ def _default_nprobe(nlist: int) -> int:
 
 
 def build_index(
-    vectors: np.ndarray,
+    vectors: np.ndarray | RowView,
     ids: np.ndarray,
     factory: str | None = None,
     *,
@@ -157,7 +159,9 @@ def build_index(
     ``nprobe`` set for recall@10 >= 0.95 on realistic data; it is saved with the index.
 
     Args:
-        vectors: ``(n, dim)`` L2-normalised vectors (coerced to contiguous float32).
+        vectors: ``(n, dim)`` L2-normalised vectors (coerced to contiguous float32), or a
+            ``RowView`` of the store's memory-mapped rows, read a chunk at a time so that no
+            copy of them all sits beside the index (only the training sample, while training).
         ids: ``(n,)`` non-negative integer ids, one per row (coerced to int64); keep them unique.
         factory: a FAISS ``index_factory`` string; ``None`` picks one with ``choose_factory``.
         metric: a FAISS metric; inner product (cosine, for normalised vectors) by default.
@@ -175,7 +179,7 @@ def build_index(
             removals, or there are fewer vectors than it needs to train.
         MissingDependencyError: ``use_gpu=True`` where faiss has no GPU.
     """
-    x = _as_vectors(vectors)
+    x = vectors if isinstance(vectors, RowView) else _as_vectors(vectors)
     ids = _as_ids(ids, len(x))
     factory = factory or choose_factory(len(x), x.shape[1])
     index = _from_factory(x.shape[1], factory, metric)
@@ -189,7 +193,7 @@ def build_index(
     if gpu and ivf is not None:
         _add_with_gpu_quantizer(index, ivf, x, ids)
     else:
-        index.add_with_ids(x, ids)
+        _add_in_chunks(index, x, ids)
     logger.debug("built %s over %d vectors of dim %d", factory, index.ntotal, index.d)
     return index
 
@@ -233,9 +237,9 @@ def _training_sample(index: faiss.Index, x: np.ndarray, train_size: int | None) 
             f"use {EXACT_FACTORY!r} or fewer lists"
         )
     if len(x) <= train_size:
-        return x
+        return _as_vectors(x[:])
     rows = np.random.default_rng(TRAIN_SEED).choice(len(x), size=train_size, replace=False)
-    return x[np.sort(rows)]
+    return _as_vectors(x[np.sort(rows)])
 
 
 def _skip_polysemous_training(index: faiss.Index) -> None:
@@ -268,14 +272,21 @@ def _add_with_gpu_quantizer(index: faiss.Index, ivf: faiss.IndexIVF, x: np.ndarr
         gpu_quantizer = _to_gpu(ivf.quantizer)
     except RuntimeError as error:  # a quantizer type the GPU lacks (HNSW): add on the CPU
         logger.debug("adding on the CPU: %s", _first_line(error))
-        index.add_with_ids(x, ids)
+        _add_in_chunks(index, x, ids)
         return
     cpu_quantizer = ivf.quantizer
     ivf.quantizer = gpu_quantizer
     try:
-        index.add_with_ids(x, ids)
+        _add_in_chunks(index, x, ids)
     finally:
         ivf.quantizer = cpu_quantizer
+
+
+def _add_in_chunks(index: faiss.Index, x: np.ndarray | RowView, ids: np.ndarray) -> None:
+    """Add rows in order, ``ADD_CHUNK_ROWS`` at a time: the same index as one call, without reading all of a ``RowView``."""
+    for start in range(0, len(x), ADD_CHUNK_ROWS):
+        stop = start + ADD_CHUNK_ROWS
+        index.add_with_ids(_as_vectors(x[start:stop], dim=index.d), ids[start:stop])
 
 
 # --- GPU ------------------------------------------------------------------------------
