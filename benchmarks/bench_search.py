@@ -1,0 +1,223 @@
+"""Search and open: a lookalike store against raw FAISS on the same index file, in one run.
+
+    python benchmarks/bench_search.py --n 1000000 --json search.json
+
+Builds (or reuses, under --folder) a real store of --n synthetic L2-normalised vectors: a
+mixture of --clusters gaussian clusters of varied spread, written in chunks through
+``StoreWriter.write`` as the indexer writes, then indexed by the store's own
+``sync_index`` (the factory it chooses for that size: ``IVF4096,Flat`` at 1M on a machine
+with over 10.3 GiB of RAM, trained on min(n, 256 * nlist) vectors, i.e. all of them at 1M).
+Then, medians over --repeats on one batch of --queries fresh query vectors:
+
+- search: ``index.search(q, k)`` on the index as the store reads it (``read_index``,
+  memory-mapped, the nprobe saved in the file) against ``store.search(q, k)``, which also
+  reopens the index, checks the catalog generation and maps ids to paths; target <= 1.10;
+- open: ``Store.open`` + a first one-query search, in this process and as a fresh
+  ``python -c`` process, against ``faiss.read_index`` without mmap (a full load) of the
+  same file; target <= 2 s. ``--evict`` drops the store's files from the page cache
+  (posix_fadvise) before each open, for a cold-disk number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from lookalike.index import faiss_index
+from lookalike.index.store import INDEX, MANIFEST, STORE_DIRNAME, STORE_FILES, Store
+
+SPEC = {"model": "synthetic", "layer": "none", "dim": 1280, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {}}
+TARGET_SEARCH_RATIO, TARGET_OPEN_S = 1.10, 2.0
+
+
+class Mixture:
+    """Unit vectors from gaussian clusters around random unit centres; rows are seeded by position."""
+
+    def __init__(self, clusters: int, dim: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.centres = _unit(rng.standard_normal((clusters, dim), dtype=np.float32))
+        # per-dimension noise so a member's cosine to its centre spreads over about 0.55..0.85
+        self.spread = (rng.uniform(0.6, 1.5, clusters) / np.sqrt(dim)).astype(np.float32)
+        self.seed = seed
+
+    def rows(self, start: int, count: int, stream: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, stream, start])
+        labels = rng.integers(0, len(self.centres), count)
+        noise = rng.standard_normal((count, self.centres.shape[1]), dtype=np.float32)
+        noise *= self.spread[labels, None]
+        noise += self.centres[labels]
+        return _unit(noise)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def build_store(folder: Path, n: int, mixture: Mixture, chunk: int) -> tuple[Store, dict]:
+    """The store under ``folder`` holding ``n`` rows; reused when it already does and its index is current."""
+    directory = folder / STORE_DIRNAME
+    if (directory / MANIFEST).exists():
+        store = Store.open(directory)
+        info = store.info()
+        if info["embedded"] == n and (directory / INDEX).exists() and not store.check():
+            return store, {"reused": True, "index_factory": info["index_factory"]}
+        for name in STORE_FILES:  # only the store's own files, as `lookalike index --reset` does
+            for path in directory.glob(name + "*"):
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    store = Store.create(directory, folder, SPEC)
+    started = time.perf_counter()
+    with store.writer(sync=False) as writer:
+        for start in range(0, n, chunk):
+            count = min(chunk, n - start)
+            keys = [(f"photos/{i // 1000:04d}/{i:07d}.jpg", 40_000 + i % 9_000, 1_700_000_000_000_000_000 + i)
+                    for i in range(start, start + count)]
+            writer.write(keys, mixture.rows(start, count), [])
+    written = time.perf_counter()
+    with store.writer():  # nothing written: on exit the store builds its index as after `lookalike index`
+        pass
+    indexed = time.perf_counter()
+    return store, {"reused": False, "write_s": written - started, "index_s": indexed - written,
+                   "index_factory": store.info()["index_factory"]}
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each function, one warm-up call each, then repeats taken in turn (drift hits all alike)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def evict(directory: Path) -> None:
+    """Drop a store's files from the page cache (clean pages only; no root needed)."""
+    for path in directory.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def fresh_process(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
+def bench_search(directory: Path, queries: np.ndarray, k: int, repeats: int) -> dict:
+    """Raw FAISS against ``Store.search``; both mappings are dropped on return, so --evict can evict."""
+    store = Store.open(directory)
+    index = faiss_index.read_index(directory / INDEX)  # as Store.search reads it: mapped, nprobe from the file
+    times = interleaved({"raw": lambda: index.search(queries, k), "lookalike": lambda: store.search(queries, k)}, repeats)
+    _, raw_ids = index.search(queries, k)
+    same = np.mean([[h.id for h in hits] == list(row) for hits, row in zip(store.search(queries, k), raw_ids)])
+    result = _summary(times)
+    result.update(same_top_k=float(same), within_target=result["ratio"] <= TARGET_SEARCH_RATIO)
+    return {"search": result, "index": faiss_index.describe(index)}
+
+
+def bench_open(directory: Path, query: np.ndarray, k: int, repeats: int, cold: bool) -> dict:
+    """``Store.open`` + a first search against a full ``faiss.read_index``, here and in fresh processes."""
+    index_path = directory / INDEX
+
+    def open_lookalike():
+        if cold:
+            evict(directory)
+        Store.open(directory).search(query, k)
+
+    def open_raw():
+        if cold:
+            evict(directory)
+        faiss.read_index(str(index_path))
+
+    opening = interleaved({"raw": open_raw, "lookalike": open_lookalike}, repeats)
+    np.save(directory.parent / "query.npy", query)
+    lookalike_code = (f"import numpy as np; from lookalike.index.store import Store; "
+                      f"Store.open({str(directory)!r}).search(np.load({str(directory.parent / 'query.npy')!r}), {k})")
+    raw_code = f"import faiss; faiss.read_index({str(index_path)!r})"
+    fresh = {"raw": [], "lookalike": []}
+    for _ in range(repeats):
+        for name, code in (("raw", raw_code), ("lookalike", lookalike_code)):
+            if cold:
+                evict(directory)
+            fresh[name].append(fresh_process(code))
+    results = {"open": _summary(opening), "open_fresh_process": _summary(fresh)}
+    for result in results.values():
+        result["within_target"] = result["lookalike_s"] <= TARGET_OPEN_S
+    return results
+
+
+def _summary(times: dict[str, list[float]]) -> dict:
+    raw, ours = statistics.median(times["raw"]), statistics.median(times["lookalike"])
+    return {"raw_s": raw, "lookalike_s": ours, "ratio": ours / raw, "times": times}
+
+
+def hardware() -> dict:
+    return {"python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
+            "cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=Path("/tmp/lookalike-bench-store"))
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--clusters", type=int, default=3000)
+    parser.add_argument("--chunk", type=int, default=20_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--evict", action="store_true", help="cold page cache before each open")
+    parser.add_argument("--rebuild", action="store_true", help="build the store again even if it fits")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    if args.rebuild:
+        shutil.rmtree(args.folder / STORE_DIRNAME, ignore_errors=True)
+    mixture = Mixture(args.clusters, SPEC["dim"])
+    store, build = build_store(args.folder, args.n, mixture, args.chunk)
+    results = {"hardware": hardware(), "settings": {key: value for key, value in vars(args).items() if key != "json"},
+               "build": build}
+    queries = mixture.rows(0, args.queries, stream=1)  # not stored vectors: fresh draws of the same clusters
+    results.update(bench_search(store.directory, queries, args.k, args.repeats))
+    results.update(bench_open(store.directory, queries[:1], args.k, args.repeats, args.evict))
+    results["settings"]["folder"] = str(args.folder)
+    print(json.dumps(results["hardware"]), json.dumps(results["settings"]), json.dumps(build),
+          json.dumps(results["index"]), sep="\n")
+    print(f"\n{'measure (median of ' + str(args.repeats) + ')':<34}{'lookalike s':>12}{'baseline s':>12}{'ratio':>8}   target")
+    labels = {"search": (f"search {args.queries} q, k={args.k}", "raw index.search", f"ratio <= {TARGET_SEARCH_RATIO}"),
+              "open": ("open + first search", "faiss.read_index full", f"<= {TARGET_OPEN_S} s"),
+              "open_fresh_process": ("  same, fresh python process", "same, fresh process", f"<= {TARGET_OPEN_S} s")}
+    for name, (label, baseline, target) in labels.items():
+        row = results[name]
+        verdict = "ok" if row["within_target"] else "MISSED"
+        print(f"{label:<34}{row['lookalike_s']:>12.4f}{row['raw_s']:>12.4f}{row['ratio']:>8.3f}   {target} {verdict}"
+              f"   (baseline: {baseline})")
+    print(f"\nsame top-{args.k} ids as raw FAISS: {results['search']['same_top_k']:.1%} of queries"
+          f"{'   (page cache evicted before each open)' if args.evict else ''}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
