@@ -7,6 +7,7 @@ Measured on the same photos and the same network, medians over --repeats:
 - model only: uint8 batches already on the device, through normalise + forward + copy back;
 - decode only (GPU): the files' bytes already in memory, through nvJPEG batches, orientation
   and resize on the GPU, on the same threads (--threads-per-gpu) as lookalike;
+- decode on one core (CPU): what the reader's workers do per file, in this process;
 - lookalike: ``Extractor.embed_paths`` on the files, what ``lookalike index`` runs (on a GPU
   also with --no-gpu-decode, i.e. PIL on CPU workers);
 - naive: per image, PIL open + convert, torchvision transforms, a batch of one, forward in
@@ -92,6 +93,16 @@ def bench(paths: list[str], args) -> dict:
                 pass
 
         measures["decode_only"] = (decode_only, n)
+    else:
+        from lookalike.featurize.reader import ImageFiles
+
+        files = ImageFiles(paths, pre, extractor.max_pixels)
+
+        def decode_one_core():  # what the reader's workers do, in this process
+            for i in range(len(files)):
+                files[i]
+
+        measures["decode_1_core"] = (decode_one_core, n)
     if extractor.jpeg_on_device and not args.compile:  # one compiled network per run is enough
         cpu_decode = create_extractor(args.model, jpeg_on_device=False, compile=args.compile, **options)
         cpu_decode.threads_per_gpu = args.threads_per_gpu
@@ -126,6 +137,15 @@ def bench(paths: list[str], args) -> dict:
         print(f"  {name}: {images / seconds:.1f} images/s", flush=True)
     ceiling = min(results[m]["images_per_s"] for m in ("model_only", "decode_only") if m in results)
     results["lookalike_vs_ceiling"] = results["lookalike"]["images_per_s"] / ceiling
+    if "decode_1_core" in results:
+        # On a CPU the model and decoding share the cores: with the model taking all of them
+        # for 1/model s an image and decoding 1/decode core-seconds, the machine does about
+        # 1 / (1/model + 1/(cores * decode)) images/s end to end (more only if the model
+        # uses the cores better when it shares them than alone).
+        cores = len(os.sched_getaffinity(0))
+        bound = 1 / (1 / results["model_only"]["images_per_s"] + 1 / (cores * results["decode_1_core"]["images_per_s"]))
+        results["cpu_bound"] = {"images_per_s": bound, "cores": cores}
+        results["lookalike_vs_cpu_bound"] = results["lookalike"]["images_per_s"] / bound
     results["lookalike_vs_naive"] = results["lookalike"]["images_per_s"] / results["naive"]["images_per_s"]
     results["settings"] = {
         "model": args.model, "batch_size": batch_size, "workers": extractor.num_workers, "devices": [str(d) for d in extractor.devices],
@@ -172,13 +192,16 @@ def main() -> None:
     results = {"hardware": hardware(), **bench(paths, args)}
     print(json.dumps(results["settings"]))
     print(f"\n{'measure':<22}{'images/s':>10}{'seconds':>10}{'images':>8}{'1st call':>10}   (median of {args.repeats})")
-    for name in ("model_only", "decode_only", "lookalike", "lookalike_cpu_decode", "naive"):
+    for name in ("model_only", "decode_only", "decode_1_core", "lookalike", "lookalike_cpu_decode", "naive"):
         if name in results:
             r = results[name]
             print(f"{name:<22}{r['images_per_s']:>10.1f}{r['seconds']:>10.2f}{r['images']:>8}{r['first_call_s']:>10.2f}")
     ceiling = "min(model only, decode only)" if "decode_only" in results else "model only"
     print(f"\nlookalike / {ceiling}: {results['lookalike_vs_ceiling']:.2f}   "
           f"lookalike / naive: {results['lookalike_vs_naive']:.2f}")
+    if "cpu_bound" in results:
+        print(f"CPU bound, model and decoding sharing {results['cpu_bound']['cores']} cores: "
+              f"{results['cpu_bound']['images_per_s']:.1f} images/s; lookalike / bound: {results['lookalike_vs_cpu_bound']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
