@@ -366,7 +366,8 @@ def dupes(threshold, k, fmt, html, store):
 
         groups = duplicate_groups(vectors, ids, lambda q, n: index.search(q, min(n, index.ntotal)),
                                   threshold=threshold, k=min(k, max(len(ids), 2)), progress=progress)
-    path_of = dict(zip(ids.tolist(), (str(opened.root / key) for key in keys)))
+    root = opened.root  # a property that resolves the path: once, not per key
+    path_of = dict(zip(ids.tolist(), (str(root / key) for key in keys)))
     named = [[(path_of[i], score) for i, score in zip(g.ids, g.scores)] for g in groups]
     if fmt == "json":
         click.echo(json.dumps([[{"path": _shown(p), "score": round(s, 6)} for p, s in g] for g in named], indent=2))
@@ -409,7 +410,8 @@ def info(as_json, store):
 def failures(fmt, store):
     """List the files that could not be indexed, with the reason for each."""
     opened = _open(store)
-    rows = [(_shown(str(opened.root / r.path)), r.reason) for r in opened.failures()]
+    root = opened.root
+    rows = [(_shown(str(root / r.path)), r.reason) for r in opened.failures()]
     if fmt == "json":
         click.echo(json.dumps([{"path": p, "reason": reason} for p, reason in rows], indent=2))
     elif fmt == "csv":
@@ -450,7 +452,8 @@ def export(output, fmt, store):
 
     opened = _open(store)
     _, keys, vectors = opened.vectors()
-    paths = [str(opened.root / key) for key in keys]
+    root = opened.root
+    paths = [str(root / key) for key in keys]
     _check_writable(output)
     chunk = 65536  # rows at a time: a million vectors never sit in memory at once
     if fmt == "parquet":
