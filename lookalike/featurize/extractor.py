@@ -1,9 +1,9 @@
 """The extractor: decoded batches in, L2-normalised float32 vectors out.
 
 It owns, in one place, the devices, ``torch.inference_mode()``, autocast, channels_last,
-torch.compile, normalisation of pixels and of vectors, and the threads that keep every
-GPU busy: each GPU has a replica of the network and two threads, each with its own CUDA
-stream, so one batch's JPEG decoding and host-to-device copy overlap another's forward pass.
+torch.compile, and normalisation of pixels and of vectors. Each GPU gets a replica of the
+network (a ``Lane``); a ``LanePool`` runs batches on two threads per GPU, so that one
+batch's JPEG decoding and host-to-device copy overlap another's forward pass.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import queue
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from importlib import metadata
 from typing import NamedTuple
@@ -29,6 +26,7 @@ from ..errors import ImageLoadError, LookalikeError, SpecMismatchError
 from .backbone import Backbone, build_backbone
 from .decode import DEFAULT_MAX_PIXELS, load_image, upright_rgb
 from .jpeg import decode_jpegs, device_decoding_available
+from .lanes import Lane, LanePool
 from .reader import Decoded, Failure, default_num_workers, make_loader
 from .registry import DEFAULT_MODEL, ModelSpec, get_model_spec
 from .spec import EmbeddingSpec
@@ -45,13 +43,6 @@ class Batch(NamedTuple):
     keys: list[str]
     vectors: np.ndarray
     failures: list[Failure]
-
-
-class _Lane(NamedTuple):
-    """One device and the copy of the network that lives on it."""
-
-    device: torch.device
-    module: torch.nn.Module
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -138,11 +129,11 @@ class Extractor:
         modules = [self.module] + [_to_device(copy.deepcopy(self.module), d) for d in self.devices[1:]]
         if compile:
             modules = [torch.compile(m) for m in modules]
-        self._lanes = [_Lane(d, m) for d, m in zip(self.devices, modules)]
+        self._lanes = [Lane(d, m) for d, m in zip(self.devices, modules)]
         self._warm = not compile
         self._warm_lock = threading.Lock()
         self.threads_per_gpu = 2  # on an H200, 4 were no faster
-        self._pool: _LanePool | None = None
+        self._pool: LanePool | None = None
         self.spec = EmbeddingSpec(
             model=model_spec.name,
             weights_sha256=backbone.weights_sha256,
@@ -202,16 +193,16 @@ class Extractor:
         self._warm_up()
         yield from self.lane_pool().map_in_order(self._embed_batch, loader)
 
-    def lane_pool(self) -> "_LanePool":
+    def lane_pool(self) -> LanePool:
         """The threads that run batches: ``threads_per_gpu`` per GPU, one on a CPU; kept for reuse,
         since a new thread pays again for its CUDA stream, cuDNN handle and convolution plans."""
         with self._warm_lock:
             threads = self.threads_per_gpu if self.device.type == "cuda" else 1
             if self._pool is None or self._pool.threads_per_lane != threads:
-                self._pool = _LanePool(self._lanes, threads)
+                self._pool = LanePool(self._lanes, threads)
             return self._pool
 
-    def _embed_batch(self, decoded: Decoded, lane: _Lane) -> Batch:
+    def _embed_batch(self, decoded: Decoded, lane: Lane) -> Batch:
         keys, pixels, failures = decoded.keys, decoded.pixels, list(decoded.failures)
         if decoded.jpeg_info:
             keys, pixels, more = self._decode_on_device(decoded, lane.device)
@@ -259,7 +250,7 @@ class Extractor:
             self._warm = True
 
     @torch.inference_mode()
-    def _forward(self, pixels: torch.Tensor, lane: _Lane | None = None) -> np.ndarray:
+    def _forward(self, pixels: torch.Tensor, lane: Lane | None = None) -> np.ndarray:
         device, module = lane or self._lanes[0]
         n = len(pixels)
         if self.compiled and n < self.batch_size:  # one shape, so torch.compile never recompiles
@@ -279,53 +270,6 @@ class Extractor:
     def __repr__(self) -> str:
         devices = ", ".join(str(d) for d in self.devices)
         return f"Extractor(model={self.spec.model!r}, layer={self.spec.layer!r}, dim={self.dim}, device='{devices}')"
-
-
-class _LanePool:
-    """Threads bound to lanes (and on CUDA a stream each) that run ``fn(item, lane)``.
-
-    ``map_in_order`` keeps at most one item more than there are threads in flight, so
-    memory stays bounded, and yields results in input order.
-    """
-
-    def __init__(self, lanes: list[_Lane], threads_per_lane: int):
-        self.threads_per_lane = threads_per_lane
-        self.threads = len(lanes) * threads_per_lane
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for lane in lanes:
-            for _ in range(threads_per_lane):
-                self._free.put(lane)
-        self._local = threading.local()
-        self._executor = ThreadPoolExecutor(self.threads, initializer=self._bind, thread_name_prefix="lookalike-embed")
-        # Start every thread now: one started mid-run would take its lane only then (its first
-        # batch on a GPU pays seconds for cuDNN set-up), and some lanes would sit idle.
-        everyone = threading.Barrier(self.threads)
-        for future in [self._executor.submit(everyone.wait) for _ in range(self.threads)]:
-            future.result()
-
-    def _bind(self) -> None:
-        lane = self._local.lane = self._free.get()
-        self._local.stream = torch.cuda.Stream(lane.device) if lane.device.type == "cuda" else None
-
-    def _run(self, fn: Callable, item):
-        with torch.cuda.stream(self._local.stream) if self._local.stream is not None else nullcontext():
-            return fn(item, self._local.lane)
-
-    def map_in_order(self, fn: Callable, items: Iterable) -> Iterator:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(self._executor.submit(self._run, fn, item))
-                if len(pending) > self.threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-            for future in pending:  # let running ones finish before the caller moves on
-                if not future.cancelled():
-                    future.exception()
 
 
 def create_extractor(
