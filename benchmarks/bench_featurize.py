@@ -188,8 +188,9 @@ def main() -> None:
     paths = sorted(str(p) for p in args.folder.glob("*.jpg"))[: args.n]
     if len(paths) < args.n:
         paths = [str(p) for p in make_photos(args.folder, args.n, jobs=os.cpu_count() or 1)]
-    print(json.dumps(hardware()), flush=True)
-    results = {"hardware": hardware(), **bench(paths, args)}
+    machine = hardware()
+    print(json.dumps(machine), flush=True)
+    results = {"hardware": machine, **bench(paths, args)}
     print(json.dumps(results["settings"]))
     print(f"\n{'measure':<22}{'images/s':>10}{'seconds':>10}{'images':>8}{'1st call':>10}   (median of {args.repeats})")
     for name in ("model_only", "decode_only", "decode_1_core", "lookalike", "lookalike_cpu_decode", "naive"):
