@@ -1,4 +1,4 @@
-"""The classifier commands of ``lookalike``: train, predict, evaluate. Registered on the group in cli.py."""
+"""The classifier commands: train, predict, evaluate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import _echo_csv, _extractor_options, _featurizer_options, _progressbar, _shown
+from .options import echo_csv, extractor_options, featurizer_options, progressbar, shown
 
 CLASSIFIER_CHOICE = click.Choice(["svm", "rbf-svm", "logreg", "knn", "centroid"])
 
@@ -24,7 +24,7 @@ CLASSIFIER_CHOICE = click.Choice(["svm", "rbf-svm", "logreg", "knn", "centroid"]
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the embeddings are kept [default: SOURCE/.lookalike].")
-@_featurizer_options(None)
+@featurizer_options(None)
 def train(source, output, classifier, C, k, search, folds, store, model, layer, weights, **options):
     """Train a classifier on labelled images: SOURCE is a folder with one subfolder per
     class, or a CSV of path,label.
@@ -34,26 +34,26 @@ def train(source, output, classifier, C, k, search, folds, store, model, layer, 
     kept in a store, so the next experiment on the same folder runs the CNN on nothing.
     Prints a stratified k-fold report, then fits on all images and saves the model.
     """
-    from .training import train as run
+    from ..training import train as run
 
     bar = {}
 
     def on_start(total):
-        bar["bar"] = _progressbar(total, "Embedding").__enter__() if total else None
+        bar["bar"] = progressbar(total, "Embedding").__enter__() if total else None
 
     try:
         result = run(source, output, classifier=classifier, C=C, k=k, search=search, folds=folds, store=store,
                      model=model, layer=layer, weights=weights, on_start=on_start,
                      on_batch=lambda n: bar["bar"].update(n),
-                     extractor_options=_extractor_options(**options))
+                     extractor_options=extractor_options(**options))
     finally:
         if bar.get("bar"):
             bar["bar"].__exit__(None, None, None)
     for path, reason in result.skipped:
-        click.echo(f"skipped {_shown(path)}: {reason}", err=True)
+        click.echo(f"skipped {shown(path)}: {reason}", err=True)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    from .classify.report import format_report
+    from ..classify.report import format_report
 
     if result.best_params:
         click.echo(f"grid search chose {result.best_params}")
@@ -77,22 +77,22 @@ def predict(model_file, images, top, fmt, device, weights):
     Images are embedded the way the model's training images were. Unreadable
     images are reported and skipped.
     """
-    from .training import predict as run
+    from ..training import predict as run
 
     predictions, failures = run(model_file, images, top=top, device=device, weights=weights)
     if fmt == "json":
-        click.echo(json.dumps([{"path": _shown(p.path), "labels": p.labels, "probabilities": p.probabilities}
+        click.echo(json.dumps([{"path": shown(p.path), "labels": p.labels, "probabilities": p.probabilities}
                                for p in predictions], indent=2))
     elif fmt == "csv":
-        _echo_csv(["path", "rank", "label", "probability"],
-                  [(_shown(p.path), r, label, f"{prob:.6f}") for p in predictions
+        echo_csv(["path", "rank", "label", "probability"],
+                  [(shown(p.path), r, label, f"{prob:.6f}") for p in predictions
                    for r, (label, prob) in enumerate(zip(p.labels, p.probabilities), 1)])
     else:
         for p in predictions:
             labels = ", ".join(f"{label} {prob:.2f}" for label, prob in zip(p.labels, p.probabilities))
-            click.echo(f"{_shown(p.path)}: {labels}")
+            click.echo(f"{shown(p.path)}: {labels}")
     for path, reason in failures:
-        click.echo(f"skipped {_shown(path)}: {reason}", err=True)
+        click.echo(f"skipped {shown(path)}: {reason}", err=True)
 
 
 @click.command()
@@ -104,10 +104,13 @@ def predict(model_file, images, top, fmt, device, weights):
               help="The weights file the model's images were embedded with, if not the pretrained ones.")
 def evaluate(model_file, source, as_json, device, weights):
     """Score a model on a held-out labelled folder (one subfolder per class) or CSV."""
-    from .classify.report import format_report
-    from .training import evaluate as run
+    from ..classify.report import format_report
+    from ..training import evaluate as run
 
     report, failures = run(model_file, source, device=device, weights=weights)
     for path, reason in failures:
-        click.echo(f"skipped {_shown(path)}: {reason}", err=True)
+        click.echo(f"skipped {shown(path)}: {reason}", err=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+COMMANDS = (train, predict, evaluate)

@@ -1,0 +1,261 @@
+"""The store commands: index, query, dupes, info, failures, check, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from .options import (
+    check_writable,
+    echo_csv,
+    extractor_options,
+    featurizer_options,
+    open_store_for,
+    progressbar,
+    shown,
+    store_option,
+    write_text,
+)
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@store_option
+@featurizer_options(None)
+@click.option("--reset", is_flag=True, help="Delete the store and index from scratch (e.g. to change model).")
+@click.option("--index-factory", default=None, help="Force a FAISS index type, e.g. 'IVF1024,Flat' or 'HNSW32'.")
+def index(folder, store, model, layer, weights, reset, index_factory, **options):
+    """Index the images under FOLDER, so that `lookalike query` can search them.
+
+    Only new or changed files (by size and modification time) go through the CNN;
+    deleted ones are removed. Interrupt it at any moment: what was done is kept,
+    and running it again resumes.
+    """
+    from ..indexing import index_folder
+
+    state = {}
+
+    def on_start(total):
+        state["bar"] = progressbar(total, "Indexing").__enter__() if total else None
+        state["start"], state["done"] = time.perf_counter(), 0
+
+    def on_batch(done):
+        state["done"] += done
+        rate = state["done"] / max(time.perf_counter() - state["start"], 1e-9)
+        state["bar"].label = f"Indexing ({rate:.1f} images/s)"
+        state["bar"].update(done)
+
+    try:
+        summary = index_folder(
+            folder, store=store, model=model, layer=layer, weights=weights, reset=reset, index_factory=index_factory,
+            extractor_options=extractor_options(**options),
+            on_start=on_start, on_batch=on_batch,
+        )
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted: what was indexed is saved; run the same command again to resume") from None
+    finally:
+        if state.get("bar"):
+            state["bar"].__exit__(None, None, None)
+    rate = f", {summary.embedded / summary.seconds:.1f} images/s" if summary.embedded else ""
+    click.echo(
+        f"{summary.added} added, {summary.updated} updated, {summary.removed} removed, {summary.unchanged} unchanged, "
+        f"{summary.failed} failed ({summary.embedded} embedded in {summary.seconds:.1f}s{rate}) -> {summary.store}"
+    )
+    if summary.failed:
+        click.echo(f"{summary.failed} files could not be read: `lookalike failures` lists them with reasons", err=True)
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours per query image.")
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=None, help="Only neighbours at least this similar (cosine).")
+@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained contact sheet: each query and its neighbours as thumbnails.")
+@store_option
+def query(images, k, threshold, fmt, html, store):
+    """Find the stored images most like each of IMAGES.
+
+    An image already in the store reuses its vector (and is left out of its own
+    results); any other is embedded with the store's own model. Scores are cosine
+    similarities (1 = identical).
+    """
+    opened = open_store_for(store, near=images)
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise click.ClickException(f"cannot read query image {missing[0]}: no such file")
+    # An indexed query image would find itself first: ask for one more and leave it out.
+    ask = k + 1 if k < len(opened) else k
+    found = opened.search([str(p) for p in images], k=ask)
+    results = []
+    for image, hits in zip(images, found):
+        others = [h for h in hits if os.path.abspath(h.path) != os.path.abspath(image)][:k]
+        results.append([h._replace(rank=rank) for rank, h in enumerate(others, 1)])
+    if threshold is not None:
+        results = [[h for h in hits if h.score >= threshold] for hits in results]
+    rows = [(str(q), h) for q, hits in zip(images, results) for h in hits]
+    if fmt == "json":
+        click.echo(json.dumps([{"query": q, "rank": h.rank, "score": round(h.score, 6), "path": shown(h.path)}
+                               for q, h in rows], indent=2))
+    elif fmt == "csv":
+        echo_csv(["query", "rank", "score", "path"], [(q, h.rank, f"{h.score:.6f}", shown(h.path)) for q, h in rows])
+    else:
+        for q, hits in zip(images, results):
+            click.echo(f"{q}")
+            for h in hits:
+                click.echo(f"  {h.rank:>3}  {h.score:.4f}  {shown(h.path)}")
+            if not hits:
+                click.echo("  (no neighbour above the threshold)")
+    if html:
+        from ..contact_sheet import query_sheet
+
+        write_text(html, query_sheet([(str(q), hits) for q, hits in zip(images, results)]))
+        click.echo(f"contact sheet -> {html}", err=True)
+
+
+@click.command()
+@click.option("--threshold", type=click.FloatRange(-1, 1, min_open=True), default=0.95, show_default=True,
+              help="Least cosine similarity that makes two images duplicates.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=2), help="Neighbours looked at per image.")
+@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a contact sheet.")
+@store_option
+def dupes(threshold, k, fmt, html, store):
+    """Find groups of near-duplicate images in the store.
+
+    Two images are linked when their cosine similarity reaches the threshold;
+    groups are the connected clusters. Memory stays bounded by the store size
+    (a k-nearest-neighbour graph, never an all-pairs matrix).
+    """
+    from ..index.dupes import duplicate_groups
+
+    opened = open_store_for(store)
+    ids, keys, vectors = opened.vectors()
+    index = opened.current_index()
+    with progressbar(len(ids), "Comparing") as bar:
+        done = {"rows": 0}
+
+        def progress(rows):
+            bar.update(rows - done["rows"])
+            done["rows"] = rows
+
+        groups = duplicate_groups(vectors, ids, lambda q, n: index.search(q, min(n, index.ntotal)),
+                                  threshold=threshold, k=min(k, max(len(ids), 2)), progress=progress)
+    root = opened.root  # a property that resolves the path: once, not per key
+    path_of = dict(zip(ids.tolist(), (str(root / key) for key in keys)))
+    named = [[(path_of[i], score) for i, score in zip(g.ids, g.scores)] for g in groups]
+    if fmt == "json":
+        click.echo(json.dumps([[{"path": shown(p), "score": round(s, 6)} for p, s in g] for g in named], indent=2))
+    elif fmt == "csv":
+        echo_csv(["group", "path", "score"], [(n, shown(p), f"{s:.6f}") for n, g in enumerate(named, 1) for p, s in g])
+    else:
+        for number, group in enumerate(named, 1):
+            click.echo(f"group {number} ({len(group)} images)")
+            for path, score in group:
+                click.echo(f"  {score:.4f}  {shown(path)}")
+        click.echo(f"{len(named)} groups of near-duplicates at threshold {threshold}", err=True)
+    if html:
+        from ..contact_sheet import groups_sheet
+
+        write_text(html, groups_sheet(named))
+        click.echo(f"contact sheet -> {html}", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+def info(as_json, store):
+    """Describe the store: model, counts, index type and sizes on disk."""
+    details = open_store_for(store).info()
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return
+    spec = details["spec"]
+    click.echo(f"store:     {details['store']}\nroot:      {details['root']}")
+    click.echo(f"model:     {spec['model']} (layer {spec['layer']}, {spec['dim']}-d, weights {spec['weights_sha256'][:12]})")
+    click.echo(f"images:    {details['embedded']} embedded, {details['failed']} failed")
+    click.echo(f"index:     {details['index_factory'] or 'not built yet'}")
+    click.echo("on disk:   " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in details["bytes"].items()))
+
+
+@click.command()
+@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@store_option
+def failures(fmt, store):
+    """List the files that could not be indexed, with the reason for each."""
+    opened = open_store_for(store)
+    root = opened.root
+    rows = [(shown(str(root / r.path)), r.reason) for r in opened.failures()]
+    if fmt == "json":
+        click.echo(json.dumps([{"path": p, "reason": reason} for p, reason in rows], indent=2))
+    elif fmt == "csv":
+        echo_csv(["path", "reason"], rows)
+    else:
+        for path, reason in rows:
+            click.echo(f"{path}: {reason}")
+        click.echo(f"{len(rows)} files failed", err=True)
+
+
+@click.command()
+@store_option
+def check(store):
+    """Verify that catalog, vectors and index agree; rebuild the index from the vectors if not."""
+    opened = open_store_for(store)
+    with opened.writer(sync=False):  # no writer may change the store while it is checked
+        problems = opened.check()
+    if not problems:
+        click.echo(f"consistent: {len(opened)} vectors, catalog, vectors and index agree")
+        return
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    opened.repair()
+    remaining = opened.check()
+    if remaining:
+        raise click.ClickException(f"still inconsistent after rebuilding the index ({remaining[0]}): re-index with --reset")
+    click.echo(f"repaired: rebuilt the index from {len(opened)} stored vectors")
+
+
+@click.command()
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True,
+              help="npy: OUTPUT (vectors, float32) and OUTPUT.paths.json; parquet: one table of path and vector.")
+@store_option
+def export(output, fmt, store):
+    """Write every stored vector with its path, for use in other tools."""
+    import numpy as np
+
+    opened = open_store_for(store)
+    _, keys, vectors = opened.vectors()
+    root = opened.root
+    paths = [str(root / key) for key in keys]
+    check_writable(output)
+    chunk = 65536  # rows at a time: a million vectors never sit in memory at once
+    if fmt == "parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise click.ClickException("parquet export needs pyarrow: pip install pyarrow") from None
+        schema = pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32(), opened.dim))])
+        with pq.ParquetWriter(output, schema) as writer:
+            for start in range(0, len(paths), chunk):
+                rows = vectors[start : start + chunk]
+                column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), pa.float32()), opened.dim)
+                writer.write_table(pa.table({"path": paths[start : start + chunk], "vector": column}, schema=schema))
+    else:
+        out = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(len(paths), opened.dim))
+        for start in range(0, len(paths), chunk):
+            out[start : start + chunk] = vectors[start : start + chunk]
+        out.flush()
+        del out
+        write_text(output.with_name(output.name + ".paths.json"), json.dumps(paths))
+    click.echo(f"{len(paths)} vectors -> {output}")
+
+
+COMMANDS = (index, query, dupes, info, failures, check, export)
