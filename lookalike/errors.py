@@ -93,3 +93,11 @@ class ModelFileError(LookalikeError, OSError):
 
 class ModelMismatchError(SpecMismatchError, ValueError):
     """The model was trained on vectors made one way and is asked about vectors made another way."""
+
+
+class TransientError(LookalikeError):
+    """A failure that says nothing about the file: out of memory, an I/O error, an interrupted read.
+
+    The featurizer raises it instead of recording a per-file failure; indexing stops (or
+    retries the batch) and keeps what was committed, so a rerun picks the files up again.
+    """
