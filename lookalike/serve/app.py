@@ -70,7 +70,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app):
-        services.queue.start(_warm_up_image(services.spool.directory) if warm_up else None)
+        folder = services.spool.open()
+        services.queue.start(_warm_up_image(folder) if warm_up else None)
         try:
             yield
         finally:

@@ -7,11 +7,12 @@ so an ``lookalike index`` committing meanwhile shows up in the next answer, neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -23,6 +24,29 @@ from .classifier import Labeller
 logger = logging.getLogger(__name__)
 
 _DUPES_CACHED = 8  # (threshold, k) answers kept for the current generation
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def faiss_threads(count: int) -> Iterator[None]:
+    """FAISS's OpenMP team size for searches on this thread (OpenMP keeps the setting per thread).
+
+    A request searches one vector: its parallelism comes from concurrent requests, and an
+    OpenMP team per request only fights them for the same cores (one query over 20k vectors
+    on a busy 2-core machine: 56 ms with 2 threads, 16 ms with 1). So requests search with one
+    thread; only duplicate grouping, which searches thousands of rows per call, takes them all.
+    """
+    import faiss
+
+    before = getattr(_thread, "faiss", None)
+    faiss.omp_set_num_threads(count)
+    _thread.faiss = count
+    try:
+        yield
+    finally:
+        if before is not None and before != count:
+            faiss.omp_set_num_threads(before)
+            _thread.faiss = before
 
 
 class Gallery:
@@ -78,13 +102,14 @@ class Gallery:
 
     def _neighbours(self, vector: np.ndarray, k: int) -> list[Hit]:
         """Up to ``k`` hits: a k over the store's size asks for all of them instead of failing."""
-        try:
-            return self.store.search(vector[None], k)[0]
-        except StoreError:
-            total = len(self.store)  # a full count: only paid on this rare path
-            if not 0 < total < k:
-                raise
-            return self.store.search(vector[None], total)[0]
+        with faiss_threads(1):
+            try:
+                return self.store.search(vector[None], k)[0]
+            except StoreError:
+                total = len(self.store)  # a full count: only paid on this rare path
+                if not 0 < total < k:
+                    raise
+                return self.store.search(vector[None], total)[0]
 
     def _rows(self, hits: list[Hit], threshold: float | None) -> dict:
         kept = [h for h in hits if threshold is None or h.score >= threshold]
@@ -106,8 +131,9 @@ class Gallery:
             if key not in self._dupes:
                 ids, keys, vectors = self.store.vectors()
                 paths = dict(zip(ids.tolist(), (os.path.join(self.root, key) for key in keys)))
-                groups = duplicate_groups(vectors, ids, self._search_fn(len(ids)), threshold=threshold,
-                                          k=min(k, max(len(ids), 2)))
+                with faiss_threads(os.cpu_count() or 1):
+                    groups = duplicate_groups(vectors, ids, self._search_fn(len(ids)), threshold=threshold,
+                                              k=min(k, max(len(ids), 2)))
                 self._dupes[key] = {"groups": [[{"id": i, "path": self.display_path(paths[i]), "score": round(s, 6)}
                                                 for i, s in zip(g.ids, g.scores)] for g in groups]}
                 for stale in [old for old in self._dupes if old[0] != generation]:

@@ -35,10 +35,16 @@ class UploadSpool:
     def __init__(self, max_bytes: int = 25_000_000, extensions: frozenset[str] = frozenset()):
         self.max_bytes = max_bytes
         self.extensions = extensions
-        self.directory = Path(tempfile.mkdtemp(prefix="lookalike-serve-"))  # mkdtemp makes it 0700
+        self.directory: Path | None = None
+
+    def open(self) -> Path:
+        """Make the private folder (mode 0700); the server calls it on start."""
+        self.directory = Path(tempfile.mkdtemp(prefix="lookalike-serve-"))
+        return self.directory
 
     def close(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     @asynccontextmanager
     async def receive(self, request):
