@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import photo
 from lookalike.cli import main
 from lookalike.cli.options import shown
+from lookalike.featurize import load_image
 from lookalike.indexing import open_store
 from lookalike.serve import BackgroundServer, create_app
 from serve_helpers import edited_chelsea, jpeg_bytes, photo_folder, working_directory
@@ -99,8 +100,11 @@ def test_dupes_group_the_near_duplicate_as_the_cli_does(client, ids):
     assert client.get("/api/dupes", params={"threshold": 0.999}).json()["total"] == 0
 
 
-def test_thumbnail_is_a_small_jpeg_of_the_image_cached_by_etag(client, ids, folder):
-    thumbs = client.app.services.thumbnails
+def test_thumbnail_is_a_small_jpeg_of_the_image_cached_by_etag(client, ids, folder, monkeypatch):
+    from lookalike.serve import thumbnails
+
+    decoded = []
+    monkeypatch.setattr(thumbnails, "load_image", lambda path, **kw: decoded.append(path) or load_image(path, **kw))
     response = client.get(f"/api/thumbs/{ids['coffee.png']}", params={"size": 64})
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     thumb = Image.open(io.BytesIO(response.content))
@@ -108,11 +112,12 @@ def test_thumbnail_is_a_small_jpeg_of_the_image_cached_by_etag(client, ids, fold
     assert thumb.format == "JPEG" and max(thumb.size) == 64
     reference = np.asarray(original.resize(thumb.size, Image.Resampling.BILINEAR), dtype=np.float32)
     assert np.abs(np.asarray(thumb, dtype=np.float32) - reference).mean() < 12  # the same picture, not another
-    made = len(thumbs._cache)
     again = client.get(f"/api/thumbs/{ids['coffee.png']}", params={"size": 64},
                        headers={"If-None-Match": response.headers["etag"]})
-    assert again.status_code == 304 and len(thumbs._cache) == made
+    assert again.status_code == 304 and not again.content
     assert client.get(f"/api/thumbs/{ids['coffee.png']}", params={"size": 64}).content == response.content
+    assert len(decoded) == 1  # made once, then served from the cache
+    assert max(Image.open(io.BytesIO(client.get(f"/api/thumbs/{ids['coffee.png']}").content)).size) == 256
 
 
 def test_the_original_file_comes_back_byte_for_byte(client, ids, folder):
@@ -121,11 +126,26 @@ def test_the_original_file_comes_back_byte_for_byte(client, ids, folder):
     assert response.headers["content-type"] == "image/jpeg" and "inline" in response.headers["content-disposition"]
 
 
-def test_a_failed_or_unknown_id_is_404(client):
-    for image_id in (1_000_000, 2**63 - 1):
+def test_a_failed_or_unknown_id_is_404(client, folder):
+    with open_store(folder).catalog() as catalog:
+        broken = catalog.by_paths(["broken.jpg"])["broken.jpg"].id  # a file the indexer could not read has an id too
+    for image_id in (broken, 1_000_000, 2**63 - 1):
         for endpoint in ("similar", "thumbs", "images"):
             response = client.get(f"/api/{endpoint}/{image_id}")
             assert response.status_code == 404 and "no embedded image has id" in response.json()["error"]
+
+
+def test_an_empty_store_answers_409_to_a_search_and_no_groups(tmp_path):
+    from lookalike.indexing import index_folder
+
+    (tmp_path / "empty").mkdir()
+    index_folder(tmp_path / "empty", extractor_options={"device": "cpu"})
+    app = create_app(open_store(tmp_path / "empty", device="cpu"), warm_up=False)
+    with TestClient(app, base_url=LOCAL) as client:
+        assert client.get("/api/info").json()["embedded"] == 0
+        response = client.post("/api/search", files={"image": ("c.jpg", CHELSEA, "image/jpeg")})
+        assert response.status_code == 409 and "no vectors yet" in response.json()["error"]
+        assert client.get("/api/dupes").json()["groups"] == []
 
 
 @pytest.fixture(scope="module")

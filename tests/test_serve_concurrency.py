@@ -100,6 +100,7 @@ def test_answers_stay_consistent_while_lookalike_index_commits_and_new_images_ap
     with working_directory(served), BackgroundServer(app) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
         before = http.get("/api/info").json()["embedded"]
+        groups_before = http.get("/api/dupes", params={"threshold": 0.8}).json()["total"]  # now cached
         process = _indexer(served)
         try:
             while process.poll() is None:
@@ -112,10 +113,13 @@ def test_answers_stay_consistent_while_lookalike_index_commits_and_new_images_ap
             _, errors = process.communicate(timeout=300)
         assert process.returncode == 0, errors
         after = http.get("/api/info").json()
+        groups_after = http.get("/api/dupes", params={"threshold": 0.8}).json()["groups"]
         stain = jpeg_bytes(new.crop((10, 10, new.width - 10, new.height - 10)))
         found = http.post("/api/search", files={"image": ("q.jpg", stain, "image/jpeg")}, data={"k": "3"}).json()["hits"]
     assert (before, after["embedded"]) == (7, 16)
     assert found[0]["path"] == "new-stain.jpg"  # indexed after the server started, found without a restart
+    extras = [{m["path"] for m in g["members"]} for g in groups_after if any("extra-" in m["path"] for m in g["members"])]
+    assert groups_before == 1 and extras  # the cropped copies form new groups: the cache followed the store
     assert len(answers) >= 3 and [count for count, _ in answers] == sorted(count for count, _ in answers)
     final = open_store(served)
     chelsea = final.get_vectors([served / "chelsea.jpg"])[0]
