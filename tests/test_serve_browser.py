@@ -18,6 +18,7 @@ from lookalike.serve import BackgroundServer, create_app
 from serve_helpers import edited_chelsea, photo_folder, working_directory
 
 BROWSER = "/usr/lib/chromium/chromium-headless-shell"
+expect.set_options(timeout=30_000)  # a first upload loads the model; a busy CI machine takes its time
 # No machine these tests run on has a network; keep Chromium from trying (Playwright already turns most off).
 OFFLINE = ["--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-domain-reliability", "--no-pings", "--disable-features=Translate,OptimizationHints,MediaRouter"]

@@ -1,8 +1,9 @@
 """The gallery: what the web app reads from a store, as JSON-ready rows. It never writes.
 
-Every answer comes from the store's public reads (``search``, ``get_vectors``,
-``vectors``, ``info``, ``failures``), each of which reads one consistent catalog snapshot,
-so an ``lookalike index`` committing meanwhile shows up in the next answer, never half.
+Every answer comes from the store's reads (``search``, ``get_vectors``, ``vectors``,
+``info``, ``failures``, and the catalog's lookup of one id, for which ``Store`` has no call
+of its own), each of which reads one consistent catalog snapshot, so a ``lookalike index``
+committing meanwhile shows up in the next answer, never half of it.
 """
 
 from __future__ import annotations
