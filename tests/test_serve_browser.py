@@ -6,6 +6,7 @@ Each test leaves a screenshot in its tmp folder (screenshot.png).
 
 from __future__ import annotations
 
+import base64
 import re
 
 import httpx
@@ -72,6 +73,25 @@ def test_an_upload_finds_the_right_neighbour_first(page, server, tmp_path):
     assert len(scores) == 7 and scores == sorted(scores, reverse=True)
     expect(page.locator("#status")).to_contain_text("nearest images of copy.jpg")
     _all_thumbnails_loaded(page, "#results img")
+
+
+def test_a_dropped_or_pasted_image_searches_too(page, server, tmp_path):
+    image = base64.b64encode(edited_chelsea(tmp_path / "copy.jpg").read_bytes()).decode()
+    make_files = """(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const files = new DataTransfer();
+        files.items.add(new File([bytes], "held.jpg", { type: "image/jpeg" }));
+        return files;
+    }"""
+    page.goto(server.url)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": page.evaluate_handle(make_files, image)})
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    expect(page.locator("#status")).to_contain_text("nearest images of held.jpg")
+    page.goto(server.url + "?view=info")
+    page.evaluate(f"""(b64) => document.dispatchEvent(new ClipboardEvent("paste",
+        {{ clipboardData: ({make_files})(b64), bubbles: true }}))""", image)
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    expect(page).to_have_url(re.compile(r"view=search"))
 
 
 def test_a_click_shows_the_neighbours_of_the_result_and_the_url_can_be_shared(page, server, tmp_path):

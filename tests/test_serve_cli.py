@@ -79,6 +79,14 @@ def test_another_host_warns_that_the_network_can_see_the_images(store, no_servin
     assert "warning" not in local.stderr and "http://127.0.0.1:" in local.stdout
 
 
+def test_the_store_is_found_upward_as_other_commands_find_it(store, no_serving, monkeypatch):
+    monkeypatch.delenv("LOOKALIKE_STORE", raising=False)
+    monkeypatch.chdir(store.parent / "sub")
+    result = _serve("--port", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Serving {store} (7 images) at http://127.0.0.1:")
+
+
 def test_a_taken_port_is_one_line(store, no_serving):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
