@@ -259,8 +259,9 @@ def test_every_answer_carries_nosniff_even_an_internal_error(live, monkeypatch):
 
 
 def test_only_loopback_host_names_are_answered_by_default(client, folder):
-    assert client.get("/api/info", headers={"host": "evil.example:8765"}).status_code == 400
-    for host in ("localhost:8765", "127.0.0.1", "[::1]:8765"):
+    for host in ("evil.example:8765", "127.0.0.1.evil.example", "192.168.1.5:8765", ""):
+        assert client.get("/api/info", headers={"host": host}).status_code == 400, host
+    for host in ("localhost:8765", "127.0.0.1", "[::1]:8765", "127.0.0.2:8765"):
         assert client.get("/api/info", headers={"host": host}).status_code == 200, host
     app = create_app(open_store(folder), loopback_only=False, warm_up=False)
     with TestClient(app, base_url="http://photos.example") as public:

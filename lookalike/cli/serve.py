@@ -34,7 +34,7 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
 
     require_extra()
     from ..serve import Server, create_app
-    from ..serve.server import is_loopback
+    from ..serve.guard import is_loopback
 
     found = open_store_for(store)  # found as every command finds it; reopened with the upload settings
     opened = open_store(found.directory, exact=True, device=device, max_pixels=max_pixels)

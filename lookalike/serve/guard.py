@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from .uploads import TOO_LARGE_FLAG, megabytes
@@ -23,7 +24,6 @@ HEADERS = [
 # The page loads only its own script and style; images come from the API or the user's own blob: URLs.
 CSP = (b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
        b"frame-ancestors 'none'; form-action 'self'")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 _DOCS = ("/docs", "/redoc")  # Swagger UI and ReDoc load their own script from a CDN: no CSP there
 _FORM_SLACK = 64 * 1024  # multipart framing and the small fields around an upload of the largest size
 _DRAIN_LIMIT = 64 << 20  # a body over the limit is read and dropped up to this much, so the client hears the 413
@@ -49,7 +49,7 @@ class Guard:
             return await self.app(scope, receive, send)
         send = self._with_headers(scope, send)
         headers = dict(scope.get("headers") or [])
-        if self.loopback_only and _host_name(headers.get(b"host", b"")) not in LOOPBACK_HOSTS:
+        if self.loopback_only and not is_loopback(_host_name(headers.get(b"host", b""))):
             return await _reply(send, 400, "this server answers only to localhost, 127.0.0.1 or [::1]: use one of those in the URL")
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
@@ -87,6 +87,16 @@ class Guard:
             await send(message)
 
         return sending
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: localhost, 127.0.0.0/8 or ::1 (brackets allowed)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_name(host: bytes) -> str:

@@ -6,7 +6,6 @@ flight). ``BackgroundServer`` runs the same in a thread, for tests, benchmarks a
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -14,16 +13,6 @@ import time
 from ..errors import ServeError
 
 LOOPBACK = "127.0.0.1"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
