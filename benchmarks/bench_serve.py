@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120, help="per workload")
     args = parser.parse_args()
 
+    args.load_average_at_start = os.getloadavg()  # the machine is shared: say how much
     built = build(args.folder, args.n, args.chunk)
     store_dir = args.folder / ".lookalike"
     scratch = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -270,7 +271,7 @@ def save(args, built: dict, runs: dict) -> None:
     table = {"columns": ["request", "clients", "requests", "p50 ms", "p99 ms", "requests/s", "errors",
                          "library, same work, p50 ms", "HTTP / library", "target"], "rows": rows}
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    settings.update(torch_threads=_torch_threads(), load_average=os.getloadavg())
+    settings.update(torch_threads=_torch_threads(), load_average_at_end=os.getloadavg())
     path = results.save(f"serve_{_size(args.n)}", settings, {"build": built, "runs": runs}, {"latency": table})
     print(results.markdown(table))
     print(f"-> {path}")
