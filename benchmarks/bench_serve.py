@@ -26,6 +26,7 @@ import argparse
 import http.client
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -251,6 +252,7 @@ def main() -> None:
                 print(key, {field: value for field, value in runs[key].items() if field != "error_examples"}, flush=True)
     finally:
         server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     save(args, built, runs)
 
 
