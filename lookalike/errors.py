@@ -101,3 +101,22 @@ class TransientError(LookalikeError):
     The featurizer raises it instead of recording a per-file failure; indexing stops (or
     retries the batch) and keeps what was committed, so a rerun picks the files up again.
     """
+
+
+# The web app and JSON API (lookalike.serve).
+
+
+class UploadError(LookalikeError, ValueError):
+    """An uploaded image the server refuses (empty, too large, not an image, truncated); ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class UnknownImageError(StoreError):
+    """No embedded image in the store has the id asked for."""
+
+
+class ServeError(LookalikeError, OSError):
+    """The server can't start: the port is taken, the host unknown, or a file it needs is unreadable."""
