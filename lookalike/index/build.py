@@ -162,8 +162,6 @@ def _add_in_chunks(index: faiss.Index, x: np.ndarray | RowView, ids: np.ndarray)
     for start in range(0, len(x), vectors.READ_CHUNK_ROWS):
         stop = start + vectors.READ_CHUNK_ROWS
         index.add_with_ids(as_vectors(x[start:stop], dim=index.d), ids[start:stop])
-        if isinstance(x, RowView):
-            x.release()
         _return_freed_memory()
 
 

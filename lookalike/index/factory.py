@@ -16,7 +16,7 @@ import faiss
 
 from ..errors import InvalidFactoryError
 from .edge import first_line
-from .vectors import READ_CHUNK_ROWS
+from .vectors import MAPPED_ROWS, READ_CHUNK_ROWS
 
 EXACT_FACTORY = "IDMap2,Flat"
 EXACT_THRESHOLD = 100_000  # below this many vectors, exact search is fast enough and costs no training
@@ -105,7 +105,8 @@ def estimate_build_bytes(n_vectors: int, dim: int, factory: str, train_rows: int
     """
     index = from_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     held = n_vectors * CALLER_BYTES
-    chunk = min(n_vectors, READ_CHUNK_ROWS) * (4 * dim + ID_BYTES)  # a chunk's floats and list numbers
+    # a chunk's floats and list numbers, and the mapped pages of the block being copied into it
+    chunk = min(n_vectors, READ_CHUNK_ROWS) * (4 * dim + ID_BYTES) + min(n_vectors, MAPPED_ROWS) * 4 * dim
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         code_bytes = _code_size(index, dim)
