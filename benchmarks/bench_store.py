@@ -218,10 +218,11 @@ def main() -> None:
         print(json.dumps(child_floor() if kind == "floor" else child_writer(int(rest[0]), args.batch_size)))
         return
 
+    settings = {"writer_sizes": args.writer_sizes, "sizes": args.sizes, "batch_size": args.batch_size, "dim": DIM,
+                "model": "efficientnet_lite0 (default)", "device": "cpu",
+                "code_at_start": results.commit()}  # the JSON's own commit is taken when it is saved, hours later
     figures = measure(args)
     shown = tables(figures)
-    settings = {"writer_sizes": args.writer_sizes, "sizes": args.sizes, "batch_size": args.batch_size, "dim": DIM,
-                "model": "efficientnet_lite0 (default)", "device": "cpu"}
     path = results.save(args.name, settings, figures, shown)
     print(results.markdown(shown["memory"]))
     print(f"floor (import + create_extractor): {mib(figures['floor']['peak'])} MiB")
