@@ -139,7 +139,8 @@ def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
     assert info["type"] == ("IndexIVFFlat" if budget is None else "IndexIVFScalarQuantizer")
     recall = recall_at(fi.search(index, queries, 10)[1], truth)
     print(f"\nrecall@10 {recall:.4f} with {factory}, nprobe {info['nprobe']}")
-    assert recall >= 0.95
+    # measured (2 threads): 0.995 with IVF1024,Flat; 0.9808 with IVF1024,SQ8 trained on 56,250 rows
+    assert recall >= (0.99 if budget is None else 0.975)
 
 
 def test_compressed_codes_rank_like_exact_search():
@@ -152,8 +153,8 @@ def test_compressed_codes_rank_like_exact_search():
     sq8 = fi.build_index(vectors, ids, "IVF64,SQ8")
     pq = fi.build_index(vectors, ids, "IVF64,PQ8")  # 8 dims a sub-quantizer train fast
 
-    assert recall_at(fi.search(sq8, queries, k)[1], truth) >= 0.9
-    assert recall_at(fi.search(pq, queries, k)[1], truth) >= 0.3  # 8 bytes a vector: coarse, but not noise
+    assert recall_at(fi.search(sq8, queries, k)[1], truth) >= 0.98  # measured 0.984
+    assert recall_at(fi.search(pq, queries, k)[1], truth) >= 0.42  # 8 bytes a vector: coarse, but not noise; measured 0.428
 
 
 # --- choosing a factory ---------------------------------------------------------------
@@ -337,7 +338,7 @@ def test_train_size_caps_the_training_sample(small):
     with pytest.raises(InvalidFactoryError, match="got 10"):
         fi.build_index(vectors, ids, "IVF16,Flat", train_size=10)
     index = fi.build_index(vectors, ids, "IVF16,Flat", train_size=16 * 39)
-    assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.9
+    assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.99  # measured 1.0
 
 
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
