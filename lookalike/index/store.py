@@ -36,7 +36,7 @@ from .layout import (  # noqa: F401 - the names callers have always imported fro
 from .lock import lock_store
 from .manifest import FORMAT_VERSION, Manifest
 from .vectors import RowView, VectorFile
-from .writer import StoreWriter
+from .writer import NO_INDEX, StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +193,16 @@ class Store:
                 catalog.end_snapshot()
 
     def _consistent_index(self, catalog: Catalog):
-        """Read the index and begin a catalog snapshot that the index file belongs to.
+        """Read the index and begin a catalog snapshot in which it can be trusted.
 
-        A writer marks the index as being replaced (generation -2) before it swaps the
-        file and records the new generation after; an unchanged generation on both sides
-        of the read proves the file read is the one the snapshot names.
+        A writer commits, then replaces the file, then records the generation it reflects.
+        So a file reflects at least the generation recorded before it was read (more, if a
+        writer replaced it and has not recorded yet, or died first), and a snapshot begun
+        after the read holds at least what the file holds: searching the file minus what
+        changed since the recorded generation, plus those changes by brute force, is exact.
+        What breaks it is a generation recorded between the read and the snapshot (the file
+        read is then older than the snapshot says), so the generation is read again inside
+        the snapshot and must not have moved.
         """
         for _ in range(5):
             before = catalog.meta("index_generation")
@@ -339,7 +344,7 @@ class Store:
             problems.append(f"{len(bad_rows)} files point past the stored vectors, e.g. {bad_rows[0]}")
         if len({r.row for r in records}) != len(records):
             problems.append("two files share one vector row")
-        if index_generation >= 0:  # below: none written yet, or a writer died replacing it; the next one rebuilds it
+        if index_generation >= 0:  # else none is written yet, or one is to be rebuilt: the next writer builds it
             problems += self._index_problems({r.id for r in records}, {r.id for r in changed} | set(removed))
         return problems
 
@@ -362,7 +367,7 @@ class Store:
     def index_lag(self) -> tuple[int, int]:
         """(the generation the index reflects, the catalog's): equal when the index is up to date.
 
-        The first is negative when no index is usable: -1, none yet; -2, a writer died replacing it.
+        The first is -1 while no index is written (or one is to be rebuilt).
         """
         with self.catalog() as catalog:
             catalog.snapshot()
@@ -373,7 +378,7 @@ class Store:
     def repair(self) -> None:
         """Rebuild the index from the stored vectors (the catalog and vectors are the truth)."""
         with self.writer() as writer:
-            writer.catalog.set_meta(index_generation=-1)
+            writer.catalog.set_meta(index_generation=NO_INDEX)
 
     def info(self) -> dict:
         with self.catalog() as catalog:

@@ -25,9 +25,7 @@ from .vectors import RowView, VectorFile
 
 logger = logging.getLogger(__name__)
 
-# index_generation in the catalog: -1, no index written yet (or one to rebuild); -2, the file is
-# being replaced, so readers must not trust it (see Store._consistent_index).
-NO_INDEX, REPLACING = -1, -2
+NO_INDEX = -1  # index_generation while no index is written, or one is to be rebuilt
 
 
 class StoreWriter:
@@ -101,7 +99,10 @@ def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: C
     """Bring ``index.faiss`` up to the catalog: incrementally, or rebuilt when its kind should change.
 
     Call it holding the store's lock. The build is planned to fit half the RAM
-    (``faiss_index.plan_build``); the catalog marks the file as being replaced while it is.
+    (``faiss_index.plan_build``). The file is replaced before its generation is recorded, so
+    it never reflects less than the catalog says (see ``Store._consistent_index``); a crash
+    in between leaves a newer file under an older generation, which readers and the next
+    sync handle as an index with changes since.
     """
     generation = catalog.meta("generation")
     index_generation = catalog.meta("index_generation")
@@ -121,7 +122,6 @@ def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: C
         ok = [r for r in changed if r.row is not None]
         if ok:
             faiss_index.add(index, np.stack([stored[r.row] for r in ok]), np.array([r.id for r in ok], dtype=np.int64))
-    catalog.set_meta(index_generation=REPLACING)  # readers: the file is being replaced
     faiss_index.write_index(index, path, crash_point="index")
     catalog.set_meta(index_generation=generation, index_factory=factory)
     crashpoints.reached("index.recorded")
