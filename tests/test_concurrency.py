@@ -50,10 +50,8 @@ def assert_answers_from_committed_state(store: Path, queries: np.ndarray) -> tup
     paths, vectors, generation, index_generation = committed_vectors(store)
     want_scores, want_ids = brute_force(vectors, queries, K)
     hits = Store.open(store).search(queries, k=K)
-    got_ids = np.array([[h.id for h in row] for row in hits])
-    got_scores = np.array([[h.score for h in row] for row in hits])
-    np.testing.assert_array_equal(got_ids, want_ids)
-    np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+    assert [[h.id for h in row] for row in hits] == want_ids.tolist()
+    np.testing.assert_allclose([[h.score for h in row] for row in hits], want_scores, atol=1e-5)
     assert all(h.path.endswith(paths[h.id]) for row in hits for h in row)
     return generation, index_generation
 
@@ -90,6 +88,9 @@ def test_queries_while_indexing_into_an_indexed_store_answer_from_what_is_commit
             queries = np.vstack([stale, *(fresh[paths.get(n, -1)] for n in ("02.jpg", "05.jpg") if paths.get(n, -1) in fresh)])
             seen.append((point, *assert_answers_from_committed_state(store, queries)))
             pause.unlink()  # resume the indexer
+    except BaseException:
+        process.kill()  # paused for good: the test failed while the indexer waited
+        raise
     finally:
         stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 0, stderr[-2000:]

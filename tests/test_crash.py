@@ -235,13 +235,15 @@ def test_a_rerun_right_after_sigkill_succeeds_while_the_killed_runs_workers_live
                                    "--device", "cpu", env={"LOOKALIKE_CRASH": "catalog.after_commit:2=pause",
                                                            PAUSE_FILE_ENV: str(pause)},
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not pause.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert pause.exists(), f"the indexer never reached its second commit: {process.communicate()[1][-2000:]}"
-    workers = _children(process.pid)
-    assert len(workers) >= 2, "the indexer runs two decoding workers"
-    process.send_signal(signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 120
+        while not pause.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pause.exists(), f"the indexer never reached its second commit: {process.communicate()[1][-2000:]}"
+        workers = _children(process.pid)
+        assert len(workers) >= 2, "the indexer runs two decoding workers"
+    finally:
+        process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
 
     orphans = [pid for pid in workers if _alive(pid)]
