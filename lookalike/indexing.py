@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import StoreError, StoreMismatchError, TransientError
 from .index.discover import FoundFile, discover
+from .index.faiss_index import check_factory
 from .index.layout import CATALOG, LOCK, MANIFEST, STORE_DIRNAME, find_store, remove_store_files
 from .index.lock import lock_store
 from .index.manifest import describe_spec
@@ -73,8 +74,6 @@ def index_folder(
         TransientError: the featurizer ran out of memory or hit an I/O error that says nothing
             about the file; nothing was recorded against any file, and a rerun resumes.
     """
-    from .featurize import IMAGE_EXTENSIONS
-
     started = time.perf_counter()
     root = Path(root).resolve()
     store_dir = Path(store) if store is not None else root / STORE_DIRNAME
@@ -84,41 +83,37 @@ def index_folder(
     if existing is not None:
         model, layer, weights = _same_featurizer(existing, model, layer, weights)
         if index_factory:
-            from .index.faiss_index import check_factory
-
             check_factory(index_factory, existing.dim)
-    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
-    if only is not None:
-        wanted = {os.path.abspath(p) for p in only}
-        files = [f for f in files if os.path.abspath(f.path) in wanted]
-    todo, removed, summary = _plan(existing, files, store_dir, retry_failed)
+    todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
     if only is not None:
         removed, summary.removed = [], 0
     if on_start:
         on_start(len(todo))
-    if not todo and existing is not None:
-        with existing.writer() as writer:  # nothing to embed: no CNN; the index still catches up
-            writer.use_factory(index_factory)
-            writer.remove(removed)
-        summary.seconds = time.perf_counter() - started
-        return summary
-
-    extractor = _extractor(model, layer, weights, extractor_options)
-    if index_factory:
-        from .index.faiss_index import check_factory
-
-        check_factory(index_factory, extractor.dim)
-    spec = extractor.spec.to_dict()
-    if existing is None:
-        existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
-    else:
+    if todo or existing is None:
+        extractor = _extractor(model, layer, weights, extractor_options)
+        if index_factory:
+            check_factory(index_factory, extractor.dim)
+        spec = extractor.spec.to_dict()
+        if existing is None:
+            existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
         existing.manifest.check_spec(spec)
-    with existing.writer() as writer:
+    with existing.writer() as writer:  # with nothing to embed, no CNN runs; the index still catches up
         writer.use_factory(index_factory)
         writer.remove(removed)
-        _embed(extractor, todo, writer, summary, on_batch)
+        if todo:
+            _embed(extractor, todo, writer, summary, on_batch)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _files(root: Path, store_dir: Path, only: list[str] | None) -> list[FoundFile]:
+    from .featurize import IMAGE_EXTENSIONS
+
+    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
+    if only is not None:
+        wanted = {os.path.abspath(p) for p in only}
+        files = [f for f in files if os.path.abspath(f.path) in wanted]
+    return files
 
 
 def _open_existing(store_dir: Path, root: Path) -> Store | None:
