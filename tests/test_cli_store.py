@@ -124,9 +124,12 @@ def test_ctrl_c_keeps_what_was_done_and_says_how_to_resume(tmp_path):
     """SIGINT lands at a known step (after the 2nd commit); an indexer that ignored it would finish with 0 and fail here."""
     folder, store_dir, pause = tmp_path / "many", tmp_path / "store", tmp_path / "paused"
     make_images(folder, range(16))
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: give the
+    # indexer the default, as a terminal's foreground process has, so only lookalike can ignore it.
     process = lookalike_subprocess("index", folder, "--store", store_dir, *BATCH,
                                    env={"LOOKALIKE_CRASH": "catalog.after_commit:2=pause", PAUSE_FILE_ENV: str(pause)},
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not pause.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
