@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import time
@@ -210,23 +209,16 @@ def failures(fmt, store):
     """
     opened = open_store_for(store)
     root = opened.root
-    rows = [(shown(str(root / r.path)), r.reason, r.recorded) for r in opened.failures()]
+    rows = [(shown(str(root / r.path)), r) for r in opened.failures()]
     if fmt == "json":
-        click.echo(json.dumps([{"path": p, "reason": reason, "recorded": _utc(when)} for p, reason, when in rows], indent=2))
+        click.echo(json.dumps([{"path": p, "reason": r.reason, "recorded": r.recorded_utc} for p, r in rows], indent=2))
     elif fmt == "csv":
-        echo_csv(["path", "reason", "recorded"], [(p, reason, _utc(when) or "") for p, reason, when in rows])
+        echo_csv(["path", "reason", "recorded"], [(p, r.reason, r.recorded_utc or "") for p, r in rows])
     else:
-        for path, reason, when in rows:
-            local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when is not None else "before format 2"
-            click.echo(f"{path}: {reason}  [recorded {local}]")
+        for path, r in rows:
+            local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.recorded)) if r.recorded is not None else "before format 2"
+            click.echo(f"{path}: {r.reason}  [recorded {local}]")
         click.echo(f"{len(rows)} files failed", err=True)
-
-
-def _utc(seconds: float | None) -> str | None:
-    """ISO 8601 in UTC; None for failures recorded by a store of format 1, which kept no time."""
-    if seconds is None:
-        return None
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 @click.command()

@@ -12,6 +12,7 @@ catalog gains them, empty, the first time it is opened.
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -64,6 +65,13 @@ class FileRecord(NamedTuple):
     ctime_ns: int | None = None
     mode: int | None = None
     recorded: float | None = None  # Unix seconds
+
+    @property
+    def recorded_utc(self) -> str | None:
+        """When the row was written, ISO 8601 in UTC; None for rows of a format-1 store, which kept no time."""
+        if self.recorded is None:
+            return None
+        return datetime.datetime.fromtimestamp(self.recorded, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class Entry(NamedTuple):

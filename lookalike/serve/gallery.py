@@ -170,4 +170,5 @@ class Gallery:
         """The files that could not be indexed, with reasons, in path order."""
         records = self.store.failures()
         return {"total": len(records), "failures": [{"path": self.display_path(os.path.join(self.root, r.path)),
-                                                     "reason": r.reason} for r in records[:limit]]}
+                                                     "reason": r.reason, "recorded": r.recorded_utc}
+                                                    for r in records[:limit]]}
