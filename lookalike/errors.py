@@ -101,3 +101,7 @@ class TransientError(LookalikeError):
     The featurizer raises it instead of recording a per-file failure; indexing stops (or
     retries the batch) and keeps what was committed, so a rerun picks the files up again.
     """
+
+
+class OnnxExportError(LookalikeError):
+    """A network could not be exported to ONNX, or its export disagreed with torch; it runs on torch instead."""

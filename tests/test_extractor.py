@@ -44,11 +44,11 @@ def test_every_good_file_gets_its_own_vector_and_every_bad_file_a_reason(lite0, 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("unreadable_as_root")
-def test_batch_size_and_worker_count_do_not_change_vectors(corpus_paths):
+def test_batch_size_worker_count_and_runtime_do_not_change_vectors(corpus_paths):
     paths, _ = corpus_paths
-    runs = [
-        _run(create_extractor(device="cpu", batch_size=batch_size), paths, num_workers=workers)
-        for batch_size, workers in ((1, 0), (32, 0), (32, 2), (3, 2))
+    runs = [  # torch's DataLoader and the ONNX path's process pool, against torch one file at a time
+        _run(create_extractor(device="cpu", batch_size=batch_size, runtime=runtime), paths, num_workers=workers)
+        for batch_size, workers, runtime in ((1, 0, "torch"), (32, 2, "torch"), (32, 0, "onnx"), (3, 2, "onnx"))
     ]
     keys, vectors, failures = runs[0]
     for other_keys, other_vectors, other_failures in runs[1:]:

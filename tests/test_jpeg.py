@@ -130,11 +130,11 @@ def test_device_decoding_gives_the_cpu_path_keys_failures_and_vectors(lite0, mix
 
 def test_two_lanes_give_one_lane_results_in_order(lite0, mixed_paths):
     from lookalike.featurize.backbone import build_backbone
-    from lookalike.featurize.extractor import Extractor
+    from lookalike.featurize.torch_extractor import TorchExtractor
 
     cpu = torch.device("cpu")
     spec = lite0.model_spec
-    two = Extractor(spec, build_backbone(spec), device=cpu, devices=[cpu, cpu], batch_size=3, num_workers=0)
+    two = TorchExtractor(spec, build_backbone(spec), device=cpu, devices=[cpu, cpu], batch_size=3, num_workers=0)
     good = [p for p in mixed_paths if "chelsea" in p or "/large" in p]
     keys, vectors, _ = _run(two, good)
     one_keys, one_vectors, _ = _run(lite0, good)
