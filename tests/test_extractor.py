@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,61 @@ def test_a_thin_strip_is_one_failure(lite0, tmp_path):
 def test_unsupported_or_missing_devices_are_refused(device):
     with pytest.raises(LookalikeError, match="not supported|no CUDA|only cuda"):
         resolve_device(device)
+
+
+def _fail_on(monkeypatch, name: str, error: BaseException) -> None:
+    """Make decoding ``name`` fail with ``error``, in this process and in forked workers."""
+    from PIL import Image
+
+    real_open = Image.open
+
+    def open_(fp, *args, **kwargs):
+        if str(fp).endswith(name):
+            raise error
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_io_error_stops_embedding_with_a_transient_error_not_a_failure(extractor, corpus_paths, monkeypatch, workers):
+    import errno
+
+    from lookalike.errors import TransientError
+
+    paths, expected = corpus_paths
+    good = [p for p in paths if expected[p.rsplit("/", 1)[1]] is None]
+    _fail_on(monkeypatch, "05_coffee.webp", OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(TransientError) as info:
+        list(extractor.embed_paths(good, num_workers=workers))
+    message = str(info.value)
+    assert "05_coffee.webp" in message and "Input/output error" in message and "run again" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_a_decoding_worker_that_dies_is_a_transient_error(extractor, corpus_paths, monkeypatch):
+    from lookalike.errors import TransientError
+
+    paths, expected = corpus_paths
+    good = [p for p in paths if expected[p.rsplit("/", 1)[1]] is None]
+    from PIL import Image
+
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: os._exit(9) if str(fp).endswith("03_coffee.png") else real_open(fp, *a, **k))
+    with pytest.raises(TransientError, match="died|killed"):
+        list(extractor.embed_paths(good, num_workers=1))
+
+
+def test_running_out_of_memory_in_the_network_is_transient(extractor, photos, monkeypatch):
+    from lookalike.errors import TransientError
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+
+    if extractor.runtime == "torch":
+        monkeypatch.setattr(extractor, "_forward_chunk", out_of_memory)
+    else:
+        monkeypatch.setattr(extractor.network, "run", out_of_memory)
+    with pytest.raises(TransientError, match="out of memory"):
+        extractor.embed_images([photos["chelsea"]])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -134,5 +135,13 @@ def _remember(path: Path, data: bytes) -> bool:
 
 
 def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+    """The telling line of an exporter's error: its "Exception summary" names the operator or guard."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1 :]
+    if not lines:
+        return type(error).__name__
+    match = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>: (.*)", lines[0])
+    line = f"{match[1]}: {match[2]}" if match else f"{type(error).__name__}: {lines[0]}"
+    return line[:240]

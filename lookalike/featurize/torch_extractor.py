@@ -24,7 +24,7 @@ from ..errors import ImageLoadError, LookalikeError, TransientError
 from .backbone import Backbone
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .extractor import Batch, Extractor
-from .failures import Failure, raise_if_transient
+from .failures import Failure, raise_if_transient, transient_error
 from .jpeg import decode_jpegs, device_decoding_available
 from .lanes import Lane, LanePool
 from .reader import Decoded, make_loader
@@ -112,8 +112,8 @@ class TorchExtractor(Extractor):
         try:
             yield from self.lane_pool().map_in_order(self._embed_batch, loader)
         except RuntimeError as e:
-            if "DataLoader worker" in str(e) and "killed" in str(e):  # e.g. by the kernel's OOM killer
-                raise TransientError(f"a decoding worker process died ({str(e).splitlines()[0]}): run again to resume") from e
+            if "DataLoader worker" in str(e):  # it died: killed (by the kernel's OOM killer?) or crashed
+                raise transient_error("a decoding worker process", f"it died ({str(e).splitlines()[0]})") from e
             raise
 
     def lane_pool(self) -> LanePool:
