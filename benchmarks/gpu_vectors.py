@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(str(p) for p in args.folder.glob("*.jpg"))[: args.n]
 
-    cpu = create_extractor(device="cpu", batch_size=32)
+    cpu = create_extractor(device="cpu", batch_size=32, runtime="torch")  # the reference: torch fp32 on the CPU
     pixels = torch.stack([cpu.model_spec.preprocessing(load_image(p)) for p in paths])
     reference = cpu._forward(pixels)
     results = {}

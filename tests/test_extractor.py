@@ -113,7 +113,9 @@ def test_gpu_vectors_match_cpu_vectors(lite0, photos):
     gpu = create_extractor(device="cuda")
     images = list(photos.values())
     cosine = (gpu.embed_images(images) * lite0.embed_images(images)).sum(1)
-    assert cosine.min() >= 0.999
+    # Not measurable here (no GPU): set from the README's H200 figure, the network in fp16 on the
+    # same pixels against fp32 on the CPU, minimum over 64 photos 0.99995.
+    assert cosine.min() >= 0.9999
 
 
 @pytest.mark.slow
@@ -121,10 +123,11 @@ def test_autocast_path_runs_on_cpu_and_stays_close_to_fp32(lite0, photos):
     # The GPU's bf16 autocast code path, exercised where CI can run it (bf16 is slow on this CPU).
     bf16 = create_extractor(device="cpu", precision="bf16")
     assert bf16.autocast_dtype == torch.bfloat16
-    images = [photos["chelsea"]]
+    images = [photos["chelsea"], photos["rocket"]]
     low, full = bf16.embed_images(images), lite0.embed_images(images)
     assert low.dtype == np.float32
-    assert (low * full).sum(1).min() > 0.98
+    # Measured here (CPU bf16 autocast): chelsea 0.99984, rocket 0.99896 (the README's H200 bf16: 0.9985).
+    assert (low * full).sum(1).min() >= 0.998
 
 
 def test_a_batch_that_overflows_in_fp16_is_recomputed_in_fp32(lite0, photos, caplog):
