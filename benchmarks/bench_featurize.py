@@ -32,12 +32,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import featurize_peers
 import featurize_startup
+import numpy as np
 import results
+import torch
 from make_photos import bytes_per_mp, make_photos
 
 BATCHES = (1, 2, 4, 8, 16, 32)
@@ -119,7 +118,7 @@ def decoding(args, sets: dict[str, list[str]]) -> dict:
         paths = paths[: args.decode_n]
         decoders = featurize_peers.decoders(preprocessing)
         torch.set_num_threads(1)
-        seconds = rounds({name: (lambda f=f: [f(p) for p in paths]) for name, f in decoders.items()}, args.repeats)
+        seconds = rounds({name: (lambda f=f, paths=paths: [f(p) for p in paths]) for name, f in decoders.items()}, args.repeats)
         torch.set_num_threads(os.cpu_count() or 1)
         ours = [decoders["lookalike (PIL draft)"](p) for p in paths[:16]]
         out[kind] = {name: {"images_per_s": len(paths) / s,
@@ -141,7 +140,7 @@ def end_to_end(args, sets: dict[str, list[str]], cores: int) -> dict:
                 configs[f"onnx, {workers} workers, {threads} threads"] = create_extractor(
                     args.model, device="cpu", runtime="onnx", num_workers=workers, threads=threads)
         configs["torch default"] = create_extractor(args.model, device="cpu", runtime="torch")
-        seconds = rounds({name: (lambda e=e: sum(len(b.keys) for b in e.embed_paths(paths)))
+        seconds = rounds({name: (lambda e=e, paths=paths: sum(len(b.keys) for b in e.embed_paths(paths)))
                           for name, e in configs.items()}, args.repeats)
         default = configs["lookalike default"]
         out[kind] = {"rates": {name: len(paths) / s for name, s in seconds.items()},

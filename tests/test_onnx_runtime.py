@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 from click.testing import CliRunner
-
-import tiny_models
 from conftest import photo
+
 from lookalike import create_extractor
 from lookalike.cli import main
 from lookalike.errors import LookalikeError, OnnxExportError

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import photo
+
 from lookalike.indexing import index_folder
 
 HEAVY = ("torch", "torchvision", "torchvision.models", "torch._dynamo", "faiss", "onnxruntime")

@@ -73,7 +73,7 @@ class SparseProgress:
         self.pos, self._shown = 0, 0
         self._start = self._last = time.monotonic()
 
-    def __enter__(self) -> "SparseProgress":
+    def __enter__(self) -> SparseProgress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

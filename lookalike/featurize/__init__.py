@@ -30,7 +30,7 @@ _WHERE = {
     "weights_available": "weights",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [*_WHERE]  # noqa: PLE0604, PLE0605 - the names above, imported on first use
 
 
 def __getattr__(name: str):

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import InvalidWeightsError, LookalikeError, UnknownLayerError, WeightsNotFoundError
+from ..errors import (
+    InvalidWeightsError,
+    LookalikeError,
+    UnknownLayerError,
+    WeightsNotFoundError,
+)
 from .registry import ModelSpec, import_timm
 from .weights import load_state_dict, state_dict_sha256
 

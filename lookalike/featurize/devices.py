@@ -40,7 +40,7 @@ def is_cpu(device) -> bool:
     return str(device) == "cpu"
 
 
-def resolve_device(device: "str | torch.device | None" = None) -> "torch.device":
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` or ``"auto"``: CUDA, then MPS, then CPU. An explicit device must exist.
 
     Raises:
@@ -72,7 +72,7 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
     return resolved
 
 
-def all_devices(requested: "str | torch.device | None", resolved: "torch.device") -> "list[torch.device]":
+def all_devices(requested: str | torch.device | None, resolved: torch.device) -> list[torch.device]:
     """Every visible GPU for ``auto``/``cuda`` (one lane each); otherwise just the one asked for."""
     import torch
 

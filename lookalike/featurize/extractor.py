@@ -111,6 +111,12 @@ class Extractor:
             TransientError: trouble that is not a file's (out of memory, an I/O error): nothing
                 is recorded for the batch in hand, and a rerun picks its files up again.
         """
+        keys = [os.fspath(p) for p in paths]
+        if keys:
+            yield from self._embed_files(keys, self.num_workers if num_workers is None else num_workers)
+
+    def _embed_files(self, keys: list[str], num_workers: int) -> Iterator[Batch]:
+        """``embed_paths`` for a non-empty list of keys, with the number of workers decided."""
         raise NotImplementedError
 
     def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -125,7 +131,7 @@ class Extractor:
 def create_extractor(
     name: str = DEFAULT_MODEL,
     layer: str | None = None,
-    device: "str | torch.device | None" = None,
+    device: str | torch.device | None = None,
     batch_size: int = 32,
     *,
     weights: str | os.PathLike | None = None,

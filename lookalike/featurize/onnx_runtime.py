@@ -9,7 +9,7 @@ process pool (``batches.py``) while the network runs here on the cores it was gi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,13 +97,9 @@ class OnnxExtractor(Extractor):
         self.device = "cpu"
         self.threads = network.threads
 
-    def embed_paths(self, paths: Iterable[str | os.PathLike], *, num_workers: int | None = None) -> Iterator[Batch]:
-        keys = [os.fspath(p) for p in paths]
-        if not keys:
-            return
-        workers = self.num_workers if num_workers is None else num_workers
+    def _embed_files(self, keys: list[str], num_workers: int) -> Iterator[Batch]:
         for decoded in decoded_batches(keys, self.model_spec.preprocessing, batch_size=self.batch_size,
-                                       num_workers=workers, max_pixels=self.max_pixels):
+                                       num_workers=num_workers, max_pixels=self.max_pixels):
             if decoded.pixels is None:
                 yield Batch(decoded.keys, np.zeros((0, self.dim), dtype=np.float32), decoded.failures)
             else:

@@ -83,13 +83,13 @@ class Preprocessing:
         image = image.crop(_centre_crop_box(self.crop_size, out_h, out_w))
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
-    def __call__(self, image: Image.Image) -> "torch.Tensor":
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         """``pixels`` as a uint8 torch tensor of shape (3, crop, crop)."""
         import torch
 
         return torch.from_numpy(self.pixels(image))
 
-    def resize_tensor(self, image: "torch.Tensor", draft_scale: int = 1) -> "torch.Tensor":
+    def resize_tensor(self, image: torch.Tensor, draft_scale: int = 1) -> torch.Tensor:
         """``__call__`` for a uint8 (3, H, W) tensor on any device, e.g. a JPEG decoded on a GPU.
 
         The horizontal and the vertical pass run in float32 and round to uint8 in between,
@@ -129,7 +129,7 @@ class Preprocessing:
             return int(self.resize_size * height / width), self.resize_size
         return self.resize_size, int(self.resize_size * width / height)
 
-    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] and standardised per channel.
 
         The ONNX export folds this very function into its graph, so both runtimes normalise alike.
@@ -145,7 +145,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
 
 

@@ -50,7 +50,7 @@ class Decoded(NamedTuple):
             start += length
         return jpegs
 
-    def pin_memory(self) -> "Decoded":
+    def pin_memory(self) -> Decoded:
         """Pin only the pixels (DataLoader's ``pin_memory=True`` calls this), never the JPEG bytes."""
         return self._replace(pixels=None if self.pixels is None else self.pixels.pin_memory())
 

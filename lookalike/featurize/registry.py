@@ -45,7 +45,7 @@ class ModelSpec:
     preprocessing: Preprocessing
     feature_node: str | None
     dim: int | None
-    builder: Callable[[], "torch.nn.Module"] | None = field(default=None, compare=False, repr=False)
+    builder: Callable[[], torch.nn.Module] | None = field(default=None, compare=False, repr=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -54,7 +54,7 @@ class EmbeddingSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EmbeddingSpec":
+    def from_dict(cls, d: dict) -> EmbeddingSpec:
         versions = dict(d.get("versions", {}))
         runtime = d.get(RUNTIME_KEY) or versions.pop(RUNTIME_KEY, "torch")
         fields = {k: v for k, v in d.items() if k not in ("versions", RUNTIME_KEY)}
@@ -67,7 +67,7 @@ class EmbeddingSpec:
         del d["versions"]
         return d
 
-    def differences(self, other: "EmbeddingSpec") -> list[str]:
+    def differences(self, other: EmbeddingSpec) -> list[str]:
         """Human-readable fields that differ, e.g. ``["model: resnet50 vs efficientnet_lite0"]``."""
         mine, theirs = self.identity(), other.identity()
         return [f"{key}: {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]

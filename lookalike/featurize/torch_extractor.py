@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -93,17 +92,14 @@ class TorchExtractor(Extractor):
         self.threads_per_gpu = 2  # on an H200, 4 were no faster
         self._pool: LanePool | None = None
 
-    def embed_paths(self, paths: Iterable[str | os.PathLike], *, num_workers: int | None = None) -> Iterator[Batch]:
-        """``Extractor.embed_paths``; on a GPU, JPEGs are decoded there in batches (nvJPEG) unless
-        built with ``jpeg_on_device=False``; other files, and JPEGs it refuses, on the CPU."""
-        keys = [os.fspath(p) for p in paths]
-        if not keys:
-            return
+    def _embed_files(self, keys: list[str], num_workers: int) -> Iterator[Batch]:
+        """On a GPU, JPEGs are decoded there in batches (nvJPEG) unless built with
+        ``jpeg_on_device=False``; other files, and JPEGs it refuses, on the CPU."""
         loader = make_loader(
             keys,
             self.model_spec.preprocessing,
             batch_size=self.batch_size,
-            num_workers=self.num_workers if num_workers is None else num_workers,
+            num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             max_pixels=self.max_pixels,
             jpeg_on_device=self.jpeg_on_device,
