@@ -70,6 +70,20 @@ def test_resnet18_and_a_layer_tap_on_onnx_runtime_give_torch_vectors(name, layer
     assert _cosines(onnx.embed_images(_photos()), reference.embed_images(_photos())).min() >= 0.9999
 
 
+def test_many_threads_split_into_sessions_that_keep_keys_and_vectors_in_order(lite0_onnx, corpus_dir):
+    root, expected = corpus_dir
+    paths = [str(root / name) for name in sorted(expected) if expected[name] is None]
+    split = create_extractor(device="cpu", batch_size=3, threads=16, num_workers=1)
+    assert len(split.networks) == 2 and split.threads == 16  # two sessions of 8 threads
+    keys, vectors = [], []
+    for batch in split.embed_paths(paths):
+        keys += batch.keys
+        vectors.append(batch.vectors)
+    assert keys == paths
+    reference = np.concatenate([b.vectors for b in lite0_onnx.embed_paths(paths)])
+    np.testing.assert_allclose(np.concatenate(vectors), reference, atol=1e-5)
+
+
 def test_auto_is_onnx_runtime_on_the_cpu_and_torch_for_what_only_torch_does():
     assert create_extractor(device="cpu").runtime == "onnxruntime"
     assert create_extractor(device="cpu", precision="bf16").runtime == "torch"

@@ -62,14 +62,6 @@ def decode_batch(paths: Sequence[str], preprocessing: Preprocessing, max_pixels:
     return PixelBatch(keys, np.stack(rows) if rows else None, failures)
 
 
-def default_num_workers(gpu: bool = False) -> int:
-    """Decoding workers: plenty to feed a GPU; on a CPU, half the cores (the network takes the rest)."""
-    cpus = available_cpus()
-    if gpu:
-        return min(8, cpus)
-    return max(1, cpus // 2)
-
-
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask, e.g. under taskset or a container)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "onnx", "torch")
-# Images per forward pass on a CPU: small enough that a pass's activations stay in the
-# cache (benchmarks/bench_featurize.py sweeps it; see README, Performance).
-CPU_FORWARD_BATCH = 4
 
 
 class Batch(NamedTuple):
@@ -64,6 +61,9 @@ class Extractor:
     """
 
     runtime = ""
+    # Images per forward pass on a CPU: few enough that a pass's activations stay in the cache
+    # (each runtime sets its own; benchmarks/bench_featurize.py sweeps it).
+    cpu_forward_batch = 4
 
     def __init__(self, model_spec: ModelSpec, spec: EmbeddingSpec, *, batch_size: int, forward_batch: int | None,
                  num_workers: int, max_pixels: int):
@@ -71,7 +71,7 @@ class Extractor:
         self.model_spec = model_spec
         self.spec = dataclasses.replace(spec, versions=versions(), runtime=self.runtime)
         self.batch_size = batch_size
-        self.forward_batch = forward_batch or min(batch_size, CPU_FORWARD_BATCH)
+        self.forward_batch = forward_batch or min(batch_size, self.cpu_forward_batch)
         self.num_workers = num_workers
         self.max_pixels = max_pixels
 
@@ -154,7 +154,8 @@ def create_extractor(
             ``"auto"`` and ``"cuda"`` use every visible GPU, with a copy of the network on each.
         batch_size: images per ``Batch`` that ``embed_paths`` yields (and per GPU forward pass).
         weights: a state dict file instead of the pretrained weights.
-        num_workers: decoding processes for ``embed_paths``; default: half the cores on a CPU, up to 8 for a GPU.
+        num_workers: decoding processes for ``embed_paths``; default: one per core on ONNX Runtime,
+            half the cores (at most 4) for torch on a CPU, up to 8 for a GPU.
         precision: ``"auto"`` (fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
             A batch whose fp16 output overflows is recomputed in fp32.
         max_pixels: larger images are recorded as failures instead of decoded.
@@ -164,8 +165,9 @@ def create_extractor(
             ``"onnx"`` or ``"torch"``. The network is exported to ONNX once, verified against torch
             and cached in ``$LOOKALIKE_CACHE`` (default ``~/.cache/lookalike``); where that fails,
             ``auto`` logs one warning and runs on torch.
-        forward_batch: images per forward pass on the CPU (default 4: a pass that fits the cache).
-        threads: the ONNX Runtime network's threads (default: every core; decoding shares them).
+        forward_batch: images per forward pass on the CPU (default 2 on ONNX Runtime, 4 on torch: a pass that fits the cache).
+        threads: the ONNX Runtime network's threads (default: every core; decoding shares them); past 8,
+            several sessions of up to 8 threads run batches side by side.
 
     Raises:
         UnknownModelError, UnknownLayerError, WeightsNotFoundError, InvalidWeightsError,
@@ -265,32 +267,31 @@ def _wants_onnx(runtime: str, device, precision: str, compile: bool, jpeg_on_dev
 
 
 def _onnx_from_backbone(model_spec, backbone, embedding, *, threads, batch_size, forward_batch, num_workers, max_pixels):
-    from .batches import default_num_workers
     from .onnx_export import cached_export
-    from .onnx_runtime import OnnxExtractor, default_threads
+    from .onnx_runtime import THREADS_PER_SESSION, OnnxExtractor, default_threads, default_workers, sessions
 
-    workers = default_num_workers() if num_workers is None else num_workers
-    network = cached_export(backbone, embedding, threads=threads or default_threads(), spinning=workers == 0)
-    return OnnxExtractor(model_spec, embedding, network, batch_size=batch_size, forward_batch=forward_batch,
-                         num_workers=workers, max_pixels=max_pixels)
+    workers = default_workers() if num_workers is None else num_workers
+    threads = threads or default_threads()
+    network = cached_export(backbone, embedding, threads=min(threads, THREADS_PER_SESSION), spinning=workers == 0)
+    return OnnxExtractor(model_spec, embedding, sessions(network, threads), batch_size=batch_size,
+                         forward_batch=forward_batch, num_workers=workers, max_pixels=max_pixels)
 
 
 def _cached_onnx(model_spec: ModelSpec, stored: EmbeddingSpec, options: dict) -> Extractor | None:
     """An ONNX Runtime extractor from the cached export of ``stored``, or None if there is none."""
-    from .batches import default_num_workers
     from .onnx_cache import export_key, model_path
-    from .onnx_runtime import OnnxExtractor, default_threads, open_network
+    from .onnx_runtime import THREADS_PER_SESSION, OnnxExtractor, default_threads, default_workers, open_network, sessions
 
     batch_size, forward_batch = options.get("batch_size", 32), options.get("forward_batch")
     check_batch_sizes(batch_size, forward_batch)
     workers = options.get("num_workers")
-    workers = default_num_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
+    threads = options.get("threads") or default_threads()
     key = export_key(stored)
-    network = open_network(model_path(stored, key), key, threads=options.get("threads") or default_threads(),
-                           spinning=workers == 0)
+    network = open_network(model_path(stored, key), key, threads=min(threads, THREADS_PER_SESSION), spinning=workers == 0)
     if network is None:
         return None
-    return OnnxExtractor(model_spec, stored, network, batch_size=batch_size, forward_batch=forward_batch,
+    return OnnxExtractor(model_spec, stored, sessions(network, threads), batch_size=batch_size, forward_batch=forward_batch,
                          num_workers=workers, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS))
 
 

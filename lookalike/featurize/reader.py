@@ -17,13 +17,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import TransientError
-from .batches import file_pixels
+from .batches import available_cpus, file_pixels
 from .decode import DEFAULT_MAX_PIXELS
 from .failures import Failure
 from .jpeg import EncodedJpeg, read_jpeg
 from .preprocess import MAX_ASPECT_RATIO, Preprocessing
 
-__all__ = ["Decoded", "Failure", "ImageFiles", "collate", "make_loader"]
+__all__ = ["Decoded", "Failure", "ImageFiles", "collate", "default_num_workers", "make_loader"]
 
 
 class Decoded(NamedTuple):
@@ -101,6 +101,14 @@ def collate(items: list[tuple[str, torch.Tensor | EncodedJpeg | None, str | None
     blob = torch.cat([j.data for j in jpegs]) if jpegs else None
     info = [(j.key, j.data.numel(), j.orientation, j.draft_scale) for j in jpegs]
     return Decoded(keys, torch.stack(tensors) if tensors else None, failures, blob, info, transient)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Decoding workers for torch: plenty to feed a GPU; on a CPU, leave most cores to the model."""
+    cpus = available_cpus()
+    if device.type == "cuda":
+        return min(8, cpus)
+    return max(1, min(4, cpus // 2))
 
 
 def make_loader(
