@@ -117,6 +117,19 @@ def test_a_network_that_cannot_be_exported_runs_on_torch_after_one_warning(tiny,
         create_extractor(tiny_models.UNEXPORTABLE, weights=weights, device="cpu", runtime="onnx")
 
 
+def test_an_export_that_disagrees_with_torch_is_refused_and_torch_runs(tiny, tmp_path, monkeypatch, caplog):
+    from lookalike.featurize import onnx_export
+
+    weights = tmp_path / "tiny.pth"
+    tiny_models.save_weights(weights)
+    real = onnx_export.PixelsIn.forward
+    monkeypatch.setattr(onnx_export.PixelsIn, "forward", lambda self, pixels: real(self, pixels) + 0.05)  # a wrong graph
+    with caplog.at_level(logging.WARNING, logger="lookalike"):
+        extractor = create_extractor(tiny_models.TINY, weights=weights, device="cpu")
+    assert extractor.runtime == "torch" and _exports(tiny) == []
+    assert "disagrees with torch (row cosine" in caplog.text
+
+
 def test_the_cli_shows_the_fallback_as_one_warning_line(tiny, tmp_path):
     weights = tmp_path / "zeta.pth"
     tiny_models.save_weights(weights, tiny_models.UNEXPORTABLE)
@@ -163,7 +176,8 @@ def test_a_damaged_export_is_exported_again(tiny, tmp_path):
 
 
 _EXPORT_IN_A_PROCESS = """
-import sys, time
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 sys.path.insert(0, {tests!r})
 import tiny_models
 tiny_models.register()
@@ -193,6 +207,8 @@ def test_two_processes_exporting_at_once_leave_one_valid_file(tiny, tmp_path):
     outputs = [p.communicate(timeout=240) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert outputs[0][0] == outputs[1][0]  # the same vectors
+    exported = [err.count("exporting tiny to ONNX") for _, err in outputs]
+    assert sorted(exported) == [0, 1], exported  # the lock: one exported, the other waited and loaded it
     files = sorted(p.name for p in (tiny / "onnx").iterdir())
     (export,) = _exports(tiny)
     assert [f for f in files if not f.endswith((".onnx", ".lock"))] == []  # no temporary file left behind
