@@ -101,25 +101,41 @@ def _is_terminal(stream) -> bool:
 
 
 class _WarningLine(logging.Handler):
-    """The library's warnings as one line each on stderr: ``warning: ...``."""
+    """The library's warnings as one line each on stderr (``warning: ...``), and its notes about a
+    slow first time (exporting a network, compiling one) as plain lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(click.style("warning: ", fg="yellow") + " ".join(record.getMessage().split()), err=True)
+        text = " ".join(record.getMessage().split())
+        if record.levelno >= logging.WARNING:
+            text = click.style("warning: ", fg="yellow") + text
+        elif record.name not in FIRST_TIME_NOTES:
+            return
+        click.echo(text, err=True)
+
+
+# Loggers whose INFO records explain a pause the user would otherwise wonder about.
+FIRST_TIME_NOTES = ("lookalike.featurize.onnx_export", "lookalike.featurize.torch_extractor")
 
 
 @contextlib.contextmanager
 def warning_lines():
-    """While a command runs, show lookalike's logged warnings as one line each (and nothing twice)."""
+    """While a command runs, show lookalike's logged warnings (and first-time notes) one line each, and nothing twice."""
     logger = logging.getLogger("lookalike")
-    handler = _WarningLine(logging.WARNING)
+    handler = _WarningLine(logging.INFO)
     propagate = logger.propagate
+    notes = [logging.getLogger(name) for name in FIRST_TIME_NOTES]
+    levels = [note.level for note in notes]
     logger.addHandler(handler)
     logger.propagate = False
+    for note in notes:
+        note.setLevel(logging.INFO)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
+        for note, level in zip(notes, levels):
+            note.setLevel(level)
 
 
 def check_writable(output: Path) -> None:
