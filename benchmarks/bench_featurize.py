@@ -9,7 +9,8 @@ for larger source photos, ``apt-get install mate-backgrounds`` (see make_photos.
 Writes benchmarks/results/featurize_cpu.json; ``python benchmarks/results.py --write`` then
 renders the README's tables. Measured, each a median over --repeats interleaved rounds:
 
-- model only, every runtime x threads x forward batch (uint8 pixels in memory, vectors out);
+- model only, each runtime (ONNX Runtime; torch channels_last in inference mode) x threads x
+  forward batch (uint8 pixels in memory, vectors out);
   the fastest of them is the denominator of every model ratio, and lookalike's default
   (``Extractor`` on the same pixels) is measured against it;
 - decoding on one core: lookalike's per-file work (PIL draft mode, resize, crop) and the
@@ -76,12 +77,9 @@ def model_only(args, pixels: np.ndarray, cores: int) -> dict:
         network = OnnxNetwork(path, threads=threads, spinning=True)  # ORT's own default: spinning threads
         for batch in BATCHES:
             configs[f"onnxruntime|{threads}|{batch}"] = _onnx_pass(network, pixels, batch)
-    torch.set_num_threads(cores)
-    channels_last = torch_extractor.module
-    contiguous = __import__("copy").deepcopy(channels_last).to(memory_format=torch.contiguous_format)
-    for layout, module in (("channels_last", channels_last), ("contiguous", contiguous)):
+    for threads in sorted({1, cores}):
         for batch in BATCHES:
-            configs[f"torch {layout}|{cores}|{batch}"] = _torch_pass(module, torch_extractor, pixels, batch, layout)
+            configs[f"torch channels_last|{threads}|{batch}"] = _torch_pass(torch_extractor, pixels, batch, threads)
     configs["lookalike|default|default"] = lambda: [default._embed_pixels(pixels[i : i + default.batch_size])
                                                     for i in range(0, len(pixels), default.batch_size)]
     seconds = rounds(configs, args.repeats)
@@ -95,15 +93,20 @@ def _onnx_pass(network, pixels, batch):
     return lambda: network.run(pixels, batch)
 
 
-def _torch_pass(module, extractor, pixels, batch, layout):
-    normalize = extractor.model_spec.preprocessing.normalize
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+def _torch_pass(extractor, pixels, batch, threads):
+    """torch as lookalike runs it (channels_last, inference mode), ``threads`` intra-op threads."""
+    normalize, module = extractor.model_spec.preprocessing.normalize, extractor.module
     x = torch.from_numpy(pixels)
 
     @torch.inference_mode()
     def run():
-        for i in range(0, len(x), batch):
-            module(normalize(x[i : i + batch]).contiguous(memory_format=memory_format))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for i in range(0, len(x), batch):
+                module(normalize(x[i : i + batch]).contiguous(memory_format=torch.channels_last))
+        finally:
+            torch.set_num_threads(before)
 
     return run
 
@@ -161,7 +164,7 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--small", type=int, default=256, help="Small photos (at most 1 MP) end to end.")
     parser.add_argument("--large", type=int, default=96, help="Large photos (4-12 MP) end to end.")
-    parser.add_argument("--model-images", type=int, default=96, help="Images per model-only pass.")
+    parser.add_argument("--model-images", type=int, default=64, help="Images per model-only pass.")
     parser.add_argument("--decode-n", type=int, default=48, help="Files per decoder on one core.")
     parser.add_argument("--naive-n", type=int, default=24, help="Large photos for the naive loop and img2vec.")
     parser.add_argument("--startup-files", type=int, default=1000)
