@@ -74,9 +74,10 @@ def model_only(args, pixels: np.ndarray, cores: int) -> dict:
     path = model_path(default.spec)
     configs = {}
     for threads in sorted({1, cores}):
-        network = OnnxNetwork(path, threads=threads, spinning=True)  # ORT's own default: spinning threads
-        for batch in BATCHES:
-            configs[f"onnxruntime|{threads}|{batch}"] = _onnx_pass(network, pixels, batch)
+        for spinning in (True, False):  # ORT's own default spins idle threads; lookalike's doesn't
+            network = OnnxNetwork(path, threads=threads, spinning=spinning)
+            for batch in BATCHES:
+                configs[f"onnxruntime{', spinning' if spinning else ''}|{threads}|{batch}"] = _onnx_pass(network, pixels, batch)
     for threads in sorted({1, cores}):
         for batch in BATCHES:
             configs[f"torch channels_last|{threads}|{batch}"] = _torch_pass(torch_extractor, pixels, batch, threads)

@@ -272,7 +272,7 @@ def _onnx_from_backbone(model_spec, backbone, embedding, *, threads, batch_size,
 
     workers = default_workers() if num_workers is None else num_workers
     threads = threads or default_threads()
-    network = cached_export(backbone, embedding, threads=min(threads, THREADS_PER_SESSION), spinning=workers == 0)
+    network = cached_export(backbone, embedding, threads=min(threads, THREADS_PER_SESSION), spinning=False)
     return OnnxExtractor(model_spec, embedding, sessions(network, threads), batch_size=batch_size,
                          forward_batch=forward_batch, num_workers=workers, max_pixels=max_pixels)
 
@@ -288,7 +288,7 @@ def _cached_onnx(model_spec: ModelSpec, stored: EmbeddingSpec, options: dict) ->
     workers = default_workers() if workers is None else workers
     threads = options.get("threads") or default_threads()
     key = export_key(stored)
-    network = open_network(model_path(stored, key), key, threads=min(threads, THREADS_PER_SESSION), spinning=workers == 0)
+    network = open_network(model_path(stored, key), key, threads=min(threads, THREADS_PER_SESSION), spinning=False)
     if network is None:
         return None
     return OnnxExtractor(model_spec, stored, sessions(network, threads), batch_size=batch_size, forward_batch=forward_batch,

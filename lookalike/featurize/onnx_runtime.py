@@ -90,8 +90,9 @@ class OnnxExtractor(Extractor):
     """Embeds with ONNX Runtime on the CPU. Build it with ``create_extractor(runtime="onnx")``.
 
     ``threads`` is how many cores the network uses, in ``len(networks)`` sessions; ``num_workers``
-    decoding processes share the machine with it (ONNX Runtime's threads don't spin then,
-    leaving them the cores).
+    decoding processes share the machine with it. ONNX Runtime's threads don't spin while they
+    wait: spinning threads take the cores that decoding (or anything else on the machine) needs,
+    which on a busy 2-core machine cost the network itself half its speed.
     """
 
     runtime = "onnxruntime"
