@@ -120,3 +120,7 @@ class UnknownImageError(StoreError):
 
 class ServeError(LookalikeError, OSError):
     """The server can't start: the port is taken, the host unknown, or a file it needs is unreadable."""
+
+
+class OnnxExportError(LookalikeError):
+    """A network could not be exported to ONNX, or its export disagreed with torch; it runs on torch instead."""

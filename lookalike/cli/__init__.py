@@ -16,8 +16,11 @@ class _Group(click.Group):
     """Turns the library's errors into one red line and exit code 1, never a traceback."""
 
     def invoke(self, ctx):
+        from .options import warning_lines
+
         try:
-            return super().invoke(ctx)
+            with warning_lines():
+                return super().invoke(ctx)
         except LookalikeError as e:
             raise click.ClickException(str(e)) from e
 
