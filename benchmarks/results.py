@@ -47,6 +47,8 @@ def hardware() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"cpu": cpu, "cores": cores, "memory_gib": _memory_gib(), "python": platform.python_version(),
             "system": platform.platform()}
+    if hasattr(os, "getloadavg"):  # at save time: a busy machine (other jobs on the cores) shows here
+        info["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
     try:
         import torch
 
