@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from ..errors import DimensionMismatchError, IndexFileError, IndexStateError, InvalidFactoryError, InvalidIdsError
-from .build import TRAIN_SEED, build_index, training_sample
+from .build import TRAIN_SEED, build_index, trained_index, training_sample
 from .edge import as_ids, as_vectors
 from .factory import (
     BUDGET_FRACTION_OF_RAM,
@@ -72,6 +72,7 @@ __all__ = [
     "read_index",
     "remove",
     "search",
+    "trained_index",
     "training_sample",
     "write_index",
 ]
