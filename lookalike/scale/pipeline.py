@@ -115,7 +115,9 @@ def _dataset(ray, run: IndexRun, options: dict, resources: dict, per_shard: int,
     embed_options = {k: v for k, v in options.items() if k in ("device", "batch_size", "precision", "max_pixels")}
     return (ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(Embedder, batch_size=embed_batch, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"]),
+                         # all actors from the start; down to one if a node is lost and can't be replaced
+                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"],
+                                                            initial_size=resources["actors"]),
                          num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"],
                          fn_constructor_kwargs={"spec": spec, "weights": weights, "options": embed_options})
             .map_batches(write_shard_batch, batch_size=per_shard, batch_format="numpy", num_cpus=WRITE_CPUS,
