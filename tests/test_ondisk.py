@@ -117,17 +117,19 @@ def test_an_on_disk_index_stays_while_few_rows_change_and_searches_stay_exact(tm
     with store.writer(map_parts=map):
         pass
     index_file = os.stat(store.directory / INDEX).st_ino
-    new = _clustered(rng, 3)
-    with store.writer() as writer:  # the local engine adds to shard 0 and removes one: far under the delta
+    new, moved = _clustered(rng, 3), _clustered(rng, 1)
+    with store.writer() as writer:  # the local engine adds to shard 0, changes and removes one: under the delta
         writer.write([(f"n{i}.jpg", 1, 1) for i in range(3)], new, [])
+        writer.write([("s1/1.jpg", 2, 2)], moved, [])
         writer.remove(["s0/0.jpg"])
     assert os.stat(store.directory / INDEX).st_ino == index_file  # not rebuilt, not changed in place
-    truth.update({f"n{i}.jpg": v for i, v in enumerate(new)})
+    old = truth["s1/1.jpg"]
+    truth.update({f"n{i}.jpg": v for i, v in enumerate(new)}, **{"s1/1.jpg": moved[0]})
     del truth["s0/0.jpg"]
     assert store.check() == []
     keys = sorted(truth)
     matrix = np.stack([truth[k] for k in keys])
-    for query in new:
+    for query in [*new, old]:  # the changed file's old vector in the index must not answer for it
         got = [os.path.relpath(h.path, tmp_path) for h in store.search(query[None], k=5)[0]]
         assert got[0] == keys[int(np.argmax(matrix @ query))]
     assert "s0/0.jpg" not in {os.path.relpath(h.path, tmp_path) for h in store.search(truth["s0/1.jpg"][None], k=50)[0]}
