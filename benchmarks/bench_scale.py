@@ -32,15 +32,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import results  # noqa: E402
-from bench_search import Mixture  # noqa: E402
+import results
+from bench_search import Mixture
 
-from lookalike.index import faiss_index, ondisk  # noqa: E402
-from lookalike.index.layout import INDEX  # noqa: E402
-from lookalike.index.shards import ShardSet, write_shard_file  # noqa: E402
-from lookalike.index.store import Store  # noqa: E402
-from lookalike.scale import connect  # noqa: E402
-from lookalike.scale.build import ray_map_parts  # noqa: E402
+from lookalike.index import faiss_index, ondisk
+from lookalike.index.layout import INDEX
+from lookalike.index.shards import ShardSet, write_shard_file
+from lookalike.index.store import Store
+from lookalike.scale import connect
+from lookalike.scale.build import ray_map_parts
 
 SPEC = {"model": "synthetic", "layer": "none", "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {}}
 

@@ -1,12 +1,12 @@
 """The Ray engine on a 2-node ray.cluster_utils.Cluster: the local engine's results, rows from both nodes."""
 
 import pytest
-
 from conftest import make_corpus
+from ray_helpers import NO_PROGRESS_S, assert_same_as_local, shard_rows
+
 from lookalike.index.store import Store
 from lookalike.indexing import index_folder
 from lookalike.scale import index_with_ray
-from ray_helpers import NO_PROGRESS_S, assert_same_as_local, ray_cluster, ray_temp, shard_rows  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -9,11 +9,11 @@ import sys
 import time
 
 import pytest
+from ray_helpers import make_photo_folder, shard_rows
 
 from lookalike.index.layout import CATALOG, SHARDS
 from lookalike.index.store import Store
 from lookalike.scale.session import reap
-from ray_helpers import make_photo_folder, ray_temp, shard_rows  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

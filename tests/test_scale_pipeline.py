@@ -12,21 +12,19 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_corpus
+from ray_helpers import (
+    NO_PROGRESS_S,
+    assert_same_as_local,
+    make_photo_folder,
+    shard_rows,
+)
+
 from lookalike.cli import main
 from lookalike.index.store import Store
 from lookalike.indexing import index_folder
 from lookalike.scale import index_with_ray
 from lookalike.scale.session import own_processes
-from ray_helpers import (  # noqa: F401 - fixtures
-    NO_PROGRESS_S,
-    assert_same_as_local,
-    local_ray,
-    make_photo_folder,
-    ray_temp,
-    shard_rows,
-)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 CPU = ["--device", "cpu", "--batch-size", "4"]

@@ -83,7 +83,7 @@ class ShardSet:
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @classmethod
-    def of(cls, directory: str | os.PathLike, dim: int, catalog: Catalog) -> "ShardSet":
+    def of(cls, directory: str | os.PathLike, dim: int, catalog: Catalog) -> ShardSet:
         """The shards ``catalog`` has committed; call it inside the snapshot the rows are read in."""
         return cls(directory, dim, catalog.meta("rows"), catalog.shards())
 

@@ -23,13 +23,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import LookalikeError
 from ..indexing import IndexRun, IndexSummary, prepare_run
 from .build import ray_map_parts
 from .session import NO_PROGRESS_TIMEOUT_S, connect
-from .tasks import FILE_COLUMNS, Embedder, write_shard_batch
+from .tasks import Embedder, write_shard_batch
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +68,13 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
     run = prepare_run(root, store=store, index_factory=index_factory, extractor_options=options, **plan_options)
     if on_start:
         on_start(len(run.todo))
-    with connect(ray_address, no_progress_timeout_s=no_progress_timeout_s) as ray:
-        with run.store.writer(map_parts=ray_map_parts) as writer:
-            writer.use_factory(index_factory)
-            writer.remove(run.removed)
-            if run.todo:
-                _embed(ray, run, writer, options, actors, rows_per_shard, on_batch, on_commit)
-                writer.remove_orphans()  # a retried writer task's first attempt
+    with (connect(ray_address, no_progress_timeout_s=no_progress_timeout_s) as ray,
+          run.store.writer(map_parts=ray_map_parts) as writer):  # the index is built (by Ray) before Ray goes
+        writer.use_factory(index_factory)
+        writer.remove(run.removed)
+        if run.todo:
+            _embed(ray, run, writer, options, actors, rows_per_shard, on_batch, on_commit)
+            writer.remove_orphans()  # a retried writer task's first attempt
     run.summary.seconds = time.perf_counter() - started
     return run.summary
 

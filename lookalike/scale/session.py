@@ -36,7 +36,7 @@ def require_ray():
     """
     try:
         import ray
-        import ray.data  # noqa: F401 - the extra is ray[data]; bare ray lacks pyarrow and pandas
+        import ray.data
     except ImportError:
         raise MissingDependencyError(f"--engine ray needs Ray Data: {RAY_HINT}") from None
     return ray
