@@ -250,14 +250,14 @@ def tables(figures: dict) -> dict:
             ["recall@10 vs exact, default nprobe", f"{v['recall_at_10']:.4f}"],
             ["build: shards written by Ray tasks, s", f"{sec['shards']:.1f}"],
             ["build: train on the driver, s", f"{sec['train']:.1f}"],
-            ["build: add in Ray tasks, s", f"{sec['add']:.1f} ({len(v['parts'])} part(s))"],
+            ["build: add in Ray tasks, s", f"{sec['add']:.1f} ({len(v['parts'])} part(s) of at most 2M rows)"],
             ["build: merge on disk, s", f"{sec['merge']:.2f}"],
             ["build: total, s", f"{sec['total']:.1f}"],
             ["peak RSS per add task, MiB", f"{max(p['peak_rss_bytes'] for p in v['parts']) / mib:.0f}"],
             ["peak RSS per shard-writing task, MiB", f"{max(v['shard_task_peak_rss']) / mib:.0f}"],
             ["index bytes per vector (.ivfdata / ntotal)", f"{v['bytes_per_vector']:.1f}"],
             ["index.faiss head (centroids), MiB", f"{v['head_bytes'] / mib:.1f}"],
-            ["query, ms (1 thread batch of 1,000, mapped lists)", f"{v['query_ms']:.2f}"],
+            ["query, ms each (a batch of 1,000, lists mapped from disk)", f"{v['query_ms']:.2f}"],
         ]
         shown["build"] = {"columns": ["measure", "value"], "rows": rows}
     t = figures.get("throughput")
@@ -301,7 +301,8 @@ def plan_table(p: dict) -> dict:
         per_vector = ivf.code_size + 8  # codes and the 8-byte id, no slack (measured: see bytes per vector above)
         rows["factory"].append(f"`{factory}`")
         if factory.endswith(",Flat") and p.get("recall_measured") is not None:
-            rows["recall"].append(f"{p['recall_measured']:.3f} (measured: {p['factory_measured']}, same codes)")
+            rows["recall"].append(f"Flat codes: {p['recall_measured']:.3f} measured with {p['factory_measured']} "
+                                  f"on 1M x {p['add_dim']}-d synthetic vectors; not at this size")
         else:
             rows["recall"].append("not measured: PQ codes, and no --rerank yet")
         rows["bytes"].append(f"{per_vector:,}")
@@ -320,7 +321,8 @@ def plan_table(p: dict) -> dict:
               "recall": "recall@10 at the default nprobe", "bytes": "index bytes per vector", "ivfdata": ".ivfdata on disk (mapped, paged in by queries)",
               "head": "index.faiss head in RAM (centroids)", "shards": "exact vectors in shards",
               "gpu": f"embedding on GPUs at {p['gpu_images_per_s']:,.0f} images/s each",
-              "cpu": f"embedding on CPUs at {p.get('cpu_images_per_s_per_core') or 0:.1f} images/s a core (measured here)",
+              "cpu": f"embedding on CPUs at {p.get('cpu_images_per_s_per_core') or 0:.1f} images/s a core "
+                     "(measured here through Ray, on a shared machine)",
               "add": "index add, flat quantizer (from this run's rate, x dim and nlist)"}
     table_rows = [[labels[k]] + v for k, v in rows.items() if v]
     return {"columns": ["", *(f"{n // 1_000_000:,}M" if n < 1e9 else "1B" for n in PLAN_SIZES)], "rows": table_rows}
