@@ -48,6 +48,11 @@ def test_four_parts_merged_on_disk_give_the_top_10_of_one_index_with_the_same_qu
     _, got = faiss_index.search(merged, queries, 10)
     np.testing.assert_array_equal(got, expected)
     assert faiss.extract_index_ivf(merged).nprobe == faiss.extract_index_ivf(single).nprobe > 1
+    # outdated ids are skipped while scanning the mapped lists: the same as asking for more and dropping them
+    stale = ids[::7]
+    _, more = single.search(queries, 10 + len(stale))
+    expected = [[i for i in row if i not in set(stale.tolist())][:10] for row in more.tolist()]
+    assert faiss_index.search(merged, queries, 10, exclude=stale)[1].tolist() == expected
     # a merged index is never changed in place: FAISS would abort the process
     before = os.stat(tmp_path / name).st_mtime_ns
     with pytest.raises(IndexStateError):

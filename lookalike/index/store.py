@@ -275,8 +275,7 @@ class Store:
             stale = np.array([r.id for r in changed] + removed, dtype=np.int64)  # outdated in the index
             fresh = [r for r in changed if r.row is not None]  # searched by brute force instead
             if index.ntotal:
-                scores, ids = faiss_index.search(index, vectors, min(k + len(stale), index.ntotal))
-                parts.append((scores, np.where(np.isin(ids, stale), -1, ids)))
+                parts.append(faiss_index.search(index, vectors, min(k, index.ntotal), exclude=stale))
         else:
             fresh = list(catalog.records("ok"))  # no usable index: everything by brute force
         if fresh:
