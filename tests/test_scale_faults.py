@@ -16,6 +16,7 @@ from lookalike.index.store import Store
 from lookalike.scale.session import reap
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+N = 72
 
 
 def _committed(store_dir) -> tuple[int, int]:
@@ -36,27 +37,27 @@ def _index(root, store_dir, temp) -> subprocess.Popen:
 
 
 def test_a_rerun_after_the_driver_is_killed_embeds_only_uncommitted_files(ray_temp, tmp_path):
-    root = make_photo_folder(tmp_path / "photos", 48)  # 1 actor: shards of 12 rows, 4 of them
+    root = make_photo_folder(tmp_path / "photos", N)  # 1 actor: 4 shards of 18 rows
     store_dir = tmp_path / "store"
     driver = _index(root, store_dir, ray_temp)
     deadline = time.monotonic() + 300
-    while _committed(store_dir)[0] < 2 and driver.poll() is None and time.monotonic() < deadline:
+    while _committed(store_dir)[0] < 1 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert driver.poll() is None, f"the run ended before it was killed: {driver.communicate()}"
     driver.send_signal(signal.SIGKILL)
     driver.communicate(timeout=30)
     reap(ray_temp, grace_s=15)  # what the killed driver started lingers for a while
     shards, committed = _committed(store_dir)
-    assert 2 <= shards and 0 < committed < 48
+    assert 1 <= shards and 0 < committed < N, "the driver was killed after its last commit: not mid-run"
 
     rerun = _index(root, store_dir, ray_temp)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     embedded = int(re.search(r"\((\d+) embedded", out).group(1))
-    assert embedded == 48 - committed, out
-    assert f"{48 - committed} added" in out and f"{committed} unchanged" in out
+    assert embedded == N - committed, out
+    assert f"{N - committed} added" in out and f"{committed} unchanged" in out
     store = Store.open(store_dir)
-    assert len(store) == 48 and shard_rows(store_dir) == 48 and store.check() == []
+    assert len(store) == N and shard_rows(store_dir) == N and store.check() == []
     with store.catalog() as catalog:
         names = {f"{s.name}.f32" for s in catalog.shards()}
     assert set(os.listdir(store_dir / SHARDS)) == names  # the killed run's shard in flight is gone
