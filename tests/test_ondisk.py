@@ -138,3 +138,32 @@ def test_an_on_disk_index_stays_while_few_rows_change_and_searches_stay_exact(tm
         got = [os.path.relpath(h.path, tmp_path) for h in store.search(query[None], k=5)[0]]
         assert got[0] == keys[int(np.argmax(matrix @ query))]
     assert "s0/0.jpg" not in {os.path.relpath(h.path, tmp_path) for h in store.search(truth["s0/1.jpg"][None], k=50)[0]}
+
+
+_ONE_MORE_RUN = """
+import sys, numpy as np
+from lookalike.index.shards import write_shard_file
+from lookalike.index.store import Store
+store = Store.open(sys.argv[1])
+x = np.random.default_rng(9).standard_normal((50, {dim}), dtype=np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+with store.writer(map_parts=map) as writer:  # a Ray driver's run, without Ray: one shard, then the index
+    name = write_shard_file(store.directory, x)
+    writer.commit_shard(name, [(f"late/{{i}}.jpg", 1, 1, 1, 0o644, i) for i in range(50)])
+""".format(dim=DIM)
+
+
+@pytest.mark.parametrize("point", ["shard.renamed", "shard.committed", "ondisk.parts_written", "ondisk.ivfdata_written",
+                                   "index.written", "index.renamed", "index.recorded"])
+def test_a_kill_at_each_sharded_step_leaves_a_store_that_a_rerun_makes_whole(point, tmp_path):
+    store, truth = _sharded_store(tmp_path, np.random.default_rng(4), shards=2, rows=400)
+    env = {**os.environ, "LOOKALIKE_CRASH": point}
+    killed = subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory)], env=env, timeout=120,
+                            capture_output=True, text=True)
+    assert killed.returncode == 86, killed.stderr  # crashpoints.CRASH_EXIT_CODE: it died at the point
+    assert not [p for p in store.check() if "no catalog row names" not in p]  # an orphan at most
+    subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory)], timeout=120, check=True)
+    assert store.check() == [] and len(store) == 850
+    assert not list(store.directory.glob(".build-*")) and len(list(store.directory.glob("index.*.ivfdata"))) <= 2
+    key = sorted(truth)[3]
+    assert os.path.relpath(store.search(truth[key][None], k=1)[0][0].path, tmp_path) == key
