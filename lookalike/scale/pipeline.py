@@ -21,6 +21,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import LookalikeError
@@ -68,8 +69,11 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
     run = prepare_run(root, store=store, index_factory=index_factory, extractor_options=options, **plan_options)
     if on_start:
         on_start(len(run.todo))
-    with (connect(ray_address, no_progress_timeout_s=no_progress_timeout_s) as ray,
-          run.store.writer(map_parts=ray_map_parts) as writer):  # the index is built (by Ray) before Ray goes
+    # Nothing to embed or remove: no cluster is needed (a rerun with nothing new takes no Ray start-up);
+    # an index still to build is then built here, on disk, as Ray tasks would build it.
+    needs_ray = bool(run.todo or run.removed)
+    session = connect(ray_address, no_progress_timeout_s=no_progress_timeout_s) if needs_ray else nullcontext()
+    with session as ray, run.store.writer(map_parts=ray_map_parts if needs_ray else map) as writer:
         writer.use_factory(index_factory)
         writer.remove(run.removed)
         if run.todo:
