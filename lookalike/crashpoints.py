@@ -36,6 +36,10 @@ POINTS = frozenset({
     "vectors.after_fsync",  # fsynced, not yet committed by the catalog
     "catalog.before_commit",  # the batch's rows are in an open SQLite transaction
     "catalog.after_commit",  # committed
+    "shard.renamed",  # a Ray worker's shard file is complete under its final name, not committed
+    "shard.committed",  # the catalog committed a shard and the files whose rows it holds
+    "ondisk.parts_written",  # every part of an on-disk index is written, not merged
+    "ondisk.ivfdata_written",  # the merged inverted lists are written and fsynced; index.faiss not yet
     "index.written",  # a new index.faiss is written and fsynced under a temporary name
     "index.renamed",  # it replaced the old one; the catalog does not record its generation yet
     "index.recorded",  # the catalog records the generation it reflects

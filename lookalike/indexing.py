@@ -75,6 +75,39 @@ def index_folder(
             about the file; nothing was recorded against any file, and a rerun resumes.
     """
     started = time.perf_counter()
+    run = prepare_run(root, store=store, model=model, layer=layer, weights=weights, reset=reset,
+                      index_factory=index_factory, retry_failed=retry_failed, extractor_options=extractor_options,
+                      only=only)
+    if on_start:
+        on_start(len(run.todo))
+    summary = run.summary
+    with run.store.writer() as writer:  # with nothing to embed, no CNN runs; the index still catches up
+        writer.use_factory(index_factory)
+        writer.remove(run.removed)
+        if run.todo:
+            _embed(run.extractor, run.todo, writer, summary, on_batch)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class IndexRun:
+    """What an indexing run is to do, whichever engine does it (see ``prepare_run``)."""
+
+    store: Store
+    todo: list[FoundFile]  # to embed
+    removed: list[str]  # keys to remove
+    summary: IndexSummary  # counted so far: added, updated, removed, unchanged, retried
+    extractor: object | None  # built when there is something to embed (or a store to make)
+
+
+def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, weights=None, reset=False,
+                index_factory=None, retry_failed=False, extractor_options=None, only=None) -> IndexRun:
+    """Open (or make) the store and plan a run: what ``index_folder`` does before embedding.
+
+    The Ray engine (``lookalike.scale``) plans its runs with it, so both engines skip, retry and
+    remove the same files. Args and Raises as ``index_folder``.
+    """
     root = Path(root).resolve()
     store_dir = Path(store) if store is not None else root / STORE_DIRNAME
     if reset:
@@ -87,8 +120,7 @@ def index_folder(
     todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
     if only is not None:
         removed, summary.removed = [], 0
-    if on_start:
-        on_start(len(todo))
+    extractor = None
     if todo or existing is None:
         extractor = _extractor(model, layer, weights, extractor_options)
         if index_factory:
@@ -97,13 +129,7 @@ def index_folder(
         if existing is None:
             existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
         existing.manifest.check_spec(spec)
-    with existing.writer() as writer:  # with nothing to embed, no CNN runs; the index still catches up
-        writer.use_factory(index_factory)
-        writer.remove(removed)
-        if todo:
-            _embed(extractor, todo, writer, summary, on_batch)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    return IndexRun(existing, todo, removed, summary, extractor)
 
 
 def _files(root: Path, store_dir: Path, only: list[str] | None) -> list[FoundFile]:

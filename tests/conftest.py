@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ray_helpers import local_ray, ray_cluster, ray_temp  # noqa: F401 - the Ray fixtures, for the scale tests
+
 skimage_data = pytest.importorskip("skimage.data")
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")

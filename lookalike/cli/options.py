@@ -200,3 +200,13 @@ def open_store_for(store, near=()):
         raise
 
 
+def engine_options(command):
+    """--engine and --ray-address: where `index` runs (the Ray engine is imported only when chosen)."""
+    command = click.option(
+        "--ray-address", default=None, metavar="auto|local|HOST:PORT",
+        help="With --engine ray: the cluster to use. auto: the one `ray start` made; local: a private instance "
+             "on this machine  [default: $RAY_ADDRESS, else that cluster, else a private instance].")(command)
+    return click.option(
+        "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        help="local: this machine. ray: a Ray cluster (pip install 'lookalike[ray]'); FOLDER and the store "
+             "must be on storage every node sees at the same path.")(command)

@@ -12,6 +12,7 @@ import click
 from .options import (
     check_writable,
     echo_csv,
+    engine_options,
     extractor_options,
     featurizer_options,
     open_store_for,
@@ -32,7 +33,8 @@ EXIT_TRANSIENT = 75  # sysexits.h EX_TEMPFAIL: try again later
 @click.option("--index-factory", default=None, help="Force a FAISS index type, e.g. 'IVF1024,Flat' or 'HNSW32'.")
 @click.option("--retry-failed", is_flag=True,
               help="Try again every file that failed before, changed or not (changed ones always are).")
-def index(folder, store, model, layer, weights, reset, index_factory, retry_failed, **options):
+@engine_options
+def index(folder, store, model, layer, weights, reset, index_factory, retry_failed, engine, ray_address, **options):
     """Index the images under FOLDER, so that `lookalike query` can search them.
 
     Only new or changed files (by size and modification time) go through the CNN;
@@ -45,6 +47,8 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     from ..errors import TransientError
     from ..indexing import index_folder
 
+    if engine == "ray":
+        index_folder = _ray_engine(ray_address)
     state = {}
 
     def on_start(total):
@@ -80,6 +84,19 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     )
     if summary.failed:
         click.echo(f"{summary.failed} files could not be read: `lookalike failures` lists them with reasons", err=True)
+
+
+def _ray_engine(address):
+    """``index_with_ray`` bound to ``address``, called like ``index_folder``; a one-line error without Ray."""
+    from ..errors import MissingDependencyError
+
+    try:
+        from ..scale import index_with_ray, require_ray
+
+        require_ray()
+    except MissingDependencyError as e:
+        raise click.ClickException(str(e)) from None
+    return lambda *args, **kwargs: index_with_ray(*args, ray_address=address, **kwargs)
 
 
 @click.command()

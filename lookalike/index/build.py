@@ -66,21 +66,42 @@ def build_index(
     x = vectors if isinstance(vectors, RowView) else as_vectors(vectors)
     ids = as_ids(ids, len(x))
     factory = factory or factories.choose_factory(len(x), x.shape[1])
-    index = factories.from_factory(x.shape[1], factory, metric)
     on_gpu = gpu.resolve_gpu(use_gpu)
-    if not index.is_trained:
-        _skip_polysemous_training(index)
-        _train(index, factory, training_sample(index, x, train_size), on_gpu)
+    index = trained_index(x, factory, metric=metric, train_size=train_size, use_gpu=on_gpu)
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = factories.default_nprobe(ivf.nlist)
-    else:
+    if ivf is None:
         _reserve_codes(index, len(x))
     if on_gpu and ivf is not None:
         _add_with_gpu_quantizer(index, ivf, x, ids)
     else:
-        _add_in_chunks(index, x, ids)
+        add_in_chunks(index, x, ids)
     logger.debug("built %s over %d vectors of dim %d", factory, index.ntotal, index.d)
+    return index
+
+
+def trained_index(
+    vectors: np.ndarray | RowView,
+    factory: str,
+    *,
+    metric: int = faiss.METRIC_INNER_PRODUCT,
+    train_size: int | None = None,
+    use_gpu: bool | None = None,
+) -> faiss.Index:
+    """The empty index of ``factory``, trained on a seeded sample of ``vectors`` as ``build_index`` trains it.
+
+    IVF indexes get their default ``nprobe``, which copies of the index keep. Copies filled
+    with different rows and merged (see ``ondisk``) make the same index as one filled with all.
+
+    Raises:
+        InvalidFactoryError: as ``build_index``.
+    """
+    index = factories.from_factory(vectors.shape[1], factory, metric)
+    if not index.is_trained:
+        _skip_polysemous_training(index)
+        _train(index, factory, training_sample(index, vectors, train_size), gpu.resolve_gpu(use_gpu))
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = factories.default_nprobe(ivf.nlist)
     return index
 
 
@@ -147,17 +168,17 @@ def _add_with_gpu_quantizer(index: faiss.Index, ivf: faiss.IndexIVF, x, ids: np.
         gpu_quantizer = gpu.to_gpu(ivf.quantizer)
     except RuntimeError as error:  # a quantizer type the GPU lacks (HNSW): add on the CPU
         logger.debug("adding on the CPU: %s", first_line(error))
-        _add_in_chunks(index, x, ids)
+        add_in_chunks(index, x, ids)
         return
     cpu_quantizer = ivf.quantizer
     ivf.quantizer = gpu_quantizer
     try:
-        _add_in_chunks(index, x, ids)
+        add_in_chunks(index, x, ids)
     finally:
         ivf.quantizer = cpu_quantizer
 
 
-def _add_in_chunks(index: faiss.Index, x: np.ndarray | RowView, ids: np.ndarray) -> None:
+def add_in_chunks(index: faiss.Index, x: np.ndarray | RowView, ids: np.ndarray) -> None:
     """Add rows in order, ``READ_CHUNK_ROWS`` at a time: the same index as one call, without reading all of a ``RowView``."""
     for start in range(0, len(x), vectors.READ_CHUNK_ROWS):
         stop = start + vectors.READ_CHUNK_ROWS

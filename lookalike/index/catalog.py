@@ -6,8 +6,10 @@ store's generation and its count of committed vector rows, so a crash loses at m
 batch in flight. WAL mode lets readers query while an indexer writes.
 
 Store format 2 added ``ctime_ns`` and ``mode`` (a failure is retried when they change: a
-chmod changes both) and ``recorded`` (when the row was written, in Unix seconds). A format 1
-catalog gains them, empty, the first time it is opened.
+chmod changes both) and ``recorded`` (when the row was written, in Unix seconds). Format 3
+added ``shard``: which vector file holds the row (0 is ``vectors.f32``, others are named in
+the ``shards`` table, written whole by the Ray engine's workers; see ``shards``). An older
+catalog gains the missing columns, empty (``shard`` 0), the first time it is opened.
 """
 
 from __future__ import annotations
@@ -36,20 +38,28 @@ CREATE TABLE IF NOT EXISTS files (
     generation INTEGER NOT NULL,
     ctime_ns INTEGER,
     mode INTEGER,
-    recorded REAL
+    recorded REAL,
+    shard INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS files_generation ON files (generation);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    rows INTEGER NOT NULL,
+    generation INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('rows', 0), ('index_generation', -1);
 """
-_ADDED_IN_FORMAT_2 = (("ctime_ns", "INTEGER"), ("mode", "INTEGER"), ("recorded", "REAL"))
-_COLUMNS = "id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded"
+_ADDED_COLUMNS = (("ctime_ns", "INTEGER"), ("mode", "INTEGER"), ("recorded", "REAL"),  # format 2
+                  ("shard", "INTEGER NOT NULL DEFAULT 0"))  # format 3
+_COLUMNS = "id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded, shard"
 _IDS_PER_QUERY = 900  # under SQLite's oldest limit of 999 bound parameters
 
 
 class FileRecord(NamedTuple):
-    """A catalog row. ``row`` is the file's row in the vectors file (None when it failed).
+    """A catalog row. ``row`` is the file's row in its ``shard``'s vector file (None when it failed).
 
     ``ctime_ns``, ``mode`` and ``recorded`` are None in rows written before store format 2.
     """
@@ -65,6 +75,7 @@ class FileRecord(NamedTuple):
     ctime_ns: int | None = None
     mode: int | None = None
     recorded: float | None = None  # Unix seconds
+    shard: int = 0  # 0: vectors.f32; else an id in the shards table
 
     @property
     def recorded_utc(self) -> str | None:
@@ -86,6 +97,15 @@ class Entry(NamedTuple):
     reason: str | None = None
 
 
+class Shard(NamedTuple):
+    """A vector file written whole: ``shards/<name>.f32`` holding ``rows`` rows, committed at ``generation``."""
+
+    id: int
+    name: str
+    rows: int
+    generation: int
+
+
 class Catalog:
     """The SQLite catalog of a store. Use as a context manager, or call ``close``."""
 
@@ -102,7 +122,7 @@ class Catalog:
             raise StoreError(f"{self.path} is damaged ({e}): index again with --reset") from e
 
     def _add_missing_columns(self) -> None:
-        """Bring a format 1 catalog to format 2, in one transaction (a second process finds it done)."""
+        """Bring an older catalog to this format, in one transaction (a second process finds it done)."""
         if not self._missing_columns():
             return
         self._db.execute("BEGIN IMMEDIATE")
@@ -116,7 +136,7 @@ class Catalog:
 
     def _missing_columns(self) -> list[tuple[str, str]]:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
-        return [(name, kind) for name, kind in _ADDED_IN_FORMAT_2 if name not in present]
+        return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in present]
 
     def close(self) -> None:
         self._db.close()
@@ -132,8 +152,22 @@ class Catalog:
         return row[0] if row else default
 
     def set_meta(self, **values) -> None:
-        for key, value in values.items():
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        """Set meta values in one transaction (None deletes a key)."""
+        own = not self._db.in_transaction
+        if own:
+            self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for key, value in values.items():
+                if value is None:
+                    self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            if own:
+                self._db.execute("COMMIT")
+        except BaseException:
+            if own:
+                self._db.execute("ROLLBACK")
+            raise
 
     def snapshot(self) -> "Catalog":
         """Begin a read transaction: until ``end_snapshot``, reads see one committed state."""
@@ -172,14 +206,18 @@ class Catalog:
             rows += f" LIMIT {int(at_most)}"
         return self._db.execute(f"SELECT COUNT(*) FROM ({rows})", (status,) if status else ()).fetchone()[0]
 
-    def ids_and_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and vector rows of every embedded file, by id, as two int64 arrays (16 bytes a file, not a record)."""
+    def ids_and_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids, shards and vector rows of every embedded file, by id, as three int64 arrays (24 bytes a file)."""
         count = self.count("ok")
-        pairs = np.fromiter(
-            self._db.execute("SELECT id, row FROM files WHERE status = 'ok' ORDER BY id"),
-            dtype=np.dtype((np.int64, 2)), count=count,
-        ).reshape(count, 2)
-        return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+        triples = np.fromiter(
+            self._db.execute("SELECT id, shard, row FROM files WHERE status = 'ok' ORDER BY id"),
+            dtype=np.dtype((np.int64, 3)), count=count,
+        ).reshape(count, 3)
+        return tuple(np.ascontiguousarray(triples[:, i]) for i in range(3))
+
+    def shards(self) -> list[Shard]:
+        """The committed shard files (not shard 0, ``vectors.f32``), oldest first."""
+        return [Shard(*row) for row in self._db.execute("SELECT id, name, rows, generation FROM shards ORDER BY id")]
 
     def changed_since(self, generation: int) -> tuple[list[FileRecord], list[int]]:
         """Files written after ``generation``, and ids removed after it."""
@@ -187,8 +225,16 @@ class Catalog:
         removed = [r[0] for r in self._db.execute("SELECT id FROM removed WHERE generation > ?", (generation,))]
         return changed, removed
 
-    def commit(self, entries: list[Entry], rows: int, removed_paths: Iterable[str] = ()) -> int:
-        """Write entries and removals and the new committed row count in one transaction.
+    def commit(self, entries: list[Entry], rows: int | None = None, removed_paths: Iterable[str] = (),
+               shard: tuple[str, int] | None = None) -> int:
+        """Write entries and removals, and the new committed row count of ``vectors.f32``, in one transaction.
+
+        Args:
+            entries: files with their vector row (or failure reason).
+            rows: rows of ``vectors.f32`` now committed; None leaves the count as it is.
+            removed_paths: files gone.
+            shard: ``(name, rows)`` of a shard file the entries' rows are in, recorded in the same
+                transaction; None: the rows are in ``vectors.f32``.
 
         Returns:
             The new generation.
@@ -197,24 +243,25 @@ class Catalog:
         db.execute("BEGIN IMMEDIATE")
         try:
             generation = self.meta("generation") + 1
+            shard_id = self._insert_shard(shard, generation)
             now = time.time()
-            for e in entries:
-                status = "ok" if e.row is not None else "failed"
-                db.execute(
-                    "INSERT INTO files (path, size, mtime_ns, ctime_ns, mode, status, reason, row, generation, recorded)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
-                    " ctime_ns=excluded.ctime_ns, mode=excluded.mode, status=excluded.status, reason=excluded.reason,"
-                    " row=excluded.row, generation=excluded.generation, recorded=excluded.recorded",
-                    (e.path, e.size, e.mtime_ns, e.ctime_ns, e.mode, status, e.reason, e.row, generation, now),
-                )
+            db.executemany(
+                "INSERT INTO files (path, size, mtime_ns, ctime_ns, mode, status, reason, row, generation, recorded, shard)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
+                " ctime_ns=excluded.ctime_ns, mode=excluded.mode, status=excluded.status, reason=excluded.reason,"
+                " row=excluded.row, generation=excluded.generation, recorded=excluded.recorded, shard=excluded.shard",
+                [(e.path, e.size, e.mtime_ns, e.ctime_ns, e.mode, "ok" if e.row is not None else "failed", e.reason,
+                  e.row, generation, now, shard_id if e.row is not None else 0) for e in entries],
+            )
             for path in removed_paths:
                 row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
                 if row:
                     db.execute("DELETE FROM files WHERE id = ?", row)
                     db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?)", (row[0], generation))
             db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (generation,))
-            db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (rows,))
+            if rows is not None:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (rows,))
             crashpoints.reached("catalog.before_commit")
             db.execute("COMMIT")
         except BaseException:
@@ -223,3 +270,9 @@ class Catalog:
         crashpoints.reached("catalog.after_commit")
         return generation
 
+    def _insert_shard(self, shard: tuple[str, int] | None, generation: int) -> int:
+        if shard is None:
+            return 0
+        name, rows = shard
+        return self._db.execute("INSERT INTO shards (name, rows, generation) VALUES (?, ?, ?)",
+                                (name, rows, generation)).lastrowid

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from ..errors import DimensionMismatchError, IndexFileError, IndexStateError, InvalidFactoryError, InvalidIdsError
-from .build import TRAIN_SEED, build_index, training_sample
+from .build import TRAIN_SEED, build_index, trained_index, training_sample
 from .edge import as_ids, as_vectors
 from .factory import (
     BUDGET_FRACTION_OF_RAM,
@@ -72,6 +72,7 @@ __all__ = [
     "read_index",
     "remove",
     "search",
+    "trained_index",
     "training_sample",
     "write_index",
 ]
@@ -121,13 +122,15 @@ def remove(index: faiss.Index, ids: np.ndarray) -> int:
     return int(index.remove_ids(np.ascontiguousarray(ids, dtype="int64")))
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest stored vectors of each query, as FAISS gives them.
 
     Args:
         index: any index of this module (mapped or not).
         queries: ``(n, dim)``, or one ``(dim,)`` query taken as one row.
         k: neighbours per query; more than the index holds is fine.
+        exclude: ids never to return (outdated in the index). An IVF index skips them while it
+            scans (an ``IDSelector``: costs nothing per id); others are asked for more and filtered.
 
     Returns:
         ``(D, I)``, both ``(n, k)``: scores (inner products, best first) and ids. Where fewer
@@ -145,7 +148,27 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     q = as_vectors(q, dim=index.d, what="queries")
     if not index.is_trained:
         raise IndexStateError("the index is not trained: make it with build_index")
-    return index.search(q, int(k))
+    exclude = np.unique(np.asarray(exclude if exclude is not None else [], dtype=np.int64))
+    if not exclude.size:
+        return index.search(q, int(k))
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVF):  # no wrapper around it
+        batch = faiss.IDSelectorBatch(exclude)
+        selector = faiss.IDSelectorNot(batch)
+        # the parameters' own nprobe (default 1) would override the index's
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+        return index.search(q, int(k), params=params)
+    scores, ids = index.search(q, int(k) + exclude.size)
+    stale = np.isin(ids, exclude)
+    order = np.argsort(stale, axis=1, kind="stable")[:, : int(k)]  # fresh ones first, in their order
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    stale = np.take_along_axis(stale, order, 1)
+    return np.where(stale, _missing_score(index), scores), np.where(stale, -1, ids)
+
+
+def _missing_score(index: faiss.Index) -> np.float32:
+    lowest = np.finfo(np.float32).min
+    return np.float32(lowest if index.metric_type == faiss.METRIC_INNER_PRODUCT else -lowest)
 
 
 def _check_writable(index: faiss.Index, action: str) -> None:

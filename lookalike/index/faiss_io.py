@@ -1,10 +1,20 @@
-"""Index files: written atomically, read whole or memory-mapped, and described."""
+"""Index files: written atomically, read whole or memory-mapped, and described.
+
+An on-disk index (``OnDiskInvertedLists``, see ``ondisk``) is a small file naming the file
+of its inverted lists. It is always read with ``IO_FLAG_ONDISK_SAME_DIR | IO_FLAG_READ_ONLY``:
+the lists are found beside the index wherever the store is mounted, and are mapped read-only
+(``remove_ids`` on them would write into the live file, or abort the process). Never with
+``IO_FLAG_MMAP``, which segfaults on such an index in faiss 1.15.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -40,11 +50,12 @@ def write_index(index: faiss.Index, path: str | os.PathLike, crash_point: str | 
 
 
 def read_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
-    """Read an index written by ``write_index`` (or by ``faiss.write_index``).
+    """Read an index written by ``write_index`` (or by ``faiss.write_index``), or an on-disk one.
 
     With ``mmap``, vector codes stay in the file and pages load as searches touch them, so
     opening is instant and memory is shared between processes; such an index can be
     searched but not changed (see ``is_mapped``). Types FAISS can't map are read normally.
+    An on-disk index is always mapped read-only, whatever ``mmap`` says.
 
     Args:
         path: the index file.
@@ -60,15 +71,53 @@ def read_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
     if not path.is_file():
         reason = "it is a folder" if path.is_dir() else "no such file"
         raise IndexFileError(f"can't read an index from {path}: {reason}; build the index first")
-    if mmap:
-        try:
-            return faiss.read_index(str(path), _mmap_flag())
-        except RuntimeError as error:
-            logger.debug("%s can't be mapped (%s): reading it", path, first_line(error))
+    flags = (_mmap_flag() | faiss.IO_FLAG_ONDISK_SAME_DIR) if mmap else ONDISK_FLAGS
+    try:
+        with quiet_stdout():  # SAME_DIR printf()s to fd 1, which would corrupt `query --json`
+            return faiss.read_index(str(path), flags)
+    except RuntimeError as error:
+        if mmap and "OnDiskInvertedLists" in str(error):  # on-disk lists can't be mapped in place
+            return read_index(path, mmap=False)
+        logger.debug("%s can't be mapped (%s): reading it", path, first_line(error))
     try:
         return faiss.read_index(str(path))
     except RuntimeError as error:
         raise IndexFileError(f"{path} is not a readable FAISS index ({first_line(error)}): rebuild the index") from None
+
+
+ONDISK_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+
+
+def ondisk_lists(index: faiss.Index) -> faiss.OnDiskInvertedLists | None:
+    """The on-disk inverted lists of ``index``, or None when its lists are in memory (or it has none).
+
+    The result doesn't own its C++ object: the caller must keep ``index`` alive while using it.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send what C code prints to fd 1 (FAISS's on-disk reads and merges do) to /dev/null meanwhile."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        _flush_c_stdout()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+def _flush_c_stdout() -> None:
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).fflush(None)  # what C buffered goes to /dev/null, not to the real stdout later
 
 
 def is_mapped(index: faiss.Index) -> bool:
@@ -77,7 +126,7 @@ def is_mapped(index: faiss.Index) -> bool:
     if isinstance(holder, faiss.IndexIVF):
         lists = faiss.downcast_InvertedLists(holder.invlists)
         if isinstance(lists, faiss.OnDiskInvertedLists):
-            return bool(lists.read_only)
+            return True  # never changed in place, even where FAISS would let it
         codes = getattr(lists, "codes", None)
         return bool(lists.nlist) and codes is not None and not getattr(codes.at(0), "is_owned", True)
     codes = getattr(holder, "codes", None)

@@ -14,8 +14,9 @@ from pathlib import Path
 from ..atomic import write_atomically
 from ..errors import StoreError, StoreMismatchError
 
-FORMAT_VERSION = 2  # 2: the catalog records ctime, mode and when each row was written
-MIGRATABLE_VERSIONS = (1,)  # upgraded in place when opened (see Store.open)
+# 2: the catalog records ctime, mode and when each row was written; 3: vectors may sit in shard files
+FORMAT_VERSION = 3
+MIGRATABLE_VERSIONS = (1, 2)  # upgraded in place when opened (see Store.open)
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 _UNCOMPARED = ("versions",)
 

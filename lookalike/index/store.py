@@ -18,24 +18,28 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import crashpoints
-from ..errors import StoreError, StoreNotFoundError
+from ..errors import IndexFileError, StoreError, StoreNotFoundError
 from . import faiss_index
 from .catalog import Catalog, FileRecord
 from .layout import (  # noqa: F401 - the names callers have always imported from here
     CATALOG,
     INDEX,
+    IVFDATA_GLOB,
     LOCK,
     MANIFEST,
     STORE_DIRNAME,
     STORE_ENV,
+    SHARDS,
     STORE_FILES,
+    TRAINED,
     VECTORS,
     find_store,
     remove_store_files,
 )
 from .lock import lock_store
 from .manifest import FORMAT_VERSION, Manifest
-from .vectors import RowView, VectorFile
+from .shards import ShardSet, shard_problems
+from .vectors import RowView
 from .writer import NO_INDEX, StoreWriter
 
 logger = logging.getLogger(__name__)
@@ -104,7 +108,7 @@ class Store:
         return store
 
     def _upgrade(self) -> None:
-        """Format 1 to 2: the catalog gains its columns (in one transaction), then the manifest says so."""
+        """Format 1 or 2 to 3: the catalog gains its columns and tables (in one transaction), then the manifest says so."""
         with lock_store(self.directory):
             Catalog(self.directory / CATALOG).close()
             self.manifest.format_version = FORMAT_VERSION
@@ -141,10 +145,10 @@ class Store:
         """(path, vector) for every embedded file, in path order."""
         with self.catalog() as catalog:
             catalog.snapshot()
-            vectors = VectorFile(self.directory / VECTORS, self.dim).view(catalog.meta("rows"))
+            stored = self._shard_set(catalog)
             root = str(self.root)
             for record in catalog.records("ok"):
-                yield os.path.join(root, record.path), np.array(vectors[record.row])
+                yield os.path.join(root, record.path), np.array(stored.view(record.shard)[record.row])
             catalog.end_snapshot()
 
     def failures(self) -> list[FileRecord]:
@@ -161,12 +165,16 @@ class Store:
         with self.catalog() as catalog:
             catalog.snapshot()
             records = catalog.by_paths(keys)
-            vectors = VectorFile(self.directory / VECTORS, self.dim).view(catalog.meta("rows"))
+            stored = self._shard_set(catalog)
             catalog.end_snapshot()
         missing = [k for k in keys if k not in records or records[k].row is None]
         if missing:
             raise StoreError(f"not in the store (or not embedded): {', '.join(missing[:5])}")
-        return np.stack([vectors[records[k].row] for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+        chosen = [records[k] for k in keys]
+        return stored.gather(np.array([r.shard for r in chosen], dtype=np.int64), np.array([r.row for r in chosen], dtype=np.int64))
+
+    def _shard_set(self, catalog: Catalog) -> ShardSet:
+        return ShardSet.of(self.directory, self.dim, catalog)
 
     def search(self, queries: np.ndarray | Sequence[str | os.PathLike], k: int = 10) -> list[list[Hit]]:
         """The ``k`` nearest stored images of each query.
@@ -260,20 +268,19 @@ class Store:
             raise StoreError("the store holds no vectors yet: run `lookalike index DIR` on a folder with images")
         if k > total:
             raise StoreError(f"k={k} is more than the {total} images in the store; ask for at most {total}")
-        stored = VectorFile(self.directory / VECTORS, self.dim).view(catalog.meta("rows"))
+        stored = self._shard_set(catalog)
         parts = []
         if index is not None:
             changed, removed = catalog.changed_since(catalog.meta("index_generation"))
             stale = np.array([r.id for r in changed] + removed, dtype=np.int64)  # outdated in the index
             fresh = [r for r in changed if r.row is not None]  # searched by brute force instead
             if index.ntotal:
-                scores, ids = faiss_index.search(index, vectors, min(k + len(stale), index.ntotal))
-                parts.append((scores, np.where(np.isin(ids, stale), -1, ids)))
+                parts.append(faiss_index.search(index, vectors, min(k, index.ntotal), exclude=stale))
         else:
             fresh = list(catalog.records("ok"))  # no usable index: everything by brute force
         if fresh:
             fresh_ids = np.array([r.id for r in fresh], dtype=np.int64)
-            scores = vectors @ np.stack([stored[r.row] for r in fresh]).T
+            scores = vectors @ stored.gather(np.array([r.shard for r in fresh]), np.array([r.row for r in fresh])).T
             top = np.argsort(-scores, axis=1)[:, :k]
             parts.append((np.take_along_axis(scores, top, 1), fresh_ids[top]))
         scores = np.concatenate([p[0] for p in parts], axis=1)
@@ -306,10 +313,11 @@ class Store:
         with self.catalog() as catalog:
             catalog.snapshot()
             records = list(catalog.records("ok"))
-            data = VectorFile(self.directory / VECTORS, self.dim).view(catalog.meta("rows"))
+            stored = self._shard_set(catalog)
             catalog.end_snapshot()
         ids = np.array([r.id for r in records], dtype=np.int64)
-        return ids, [r.path for r in records], RowView(data, np.array([r.row for r in records], dtype=np.int64))
+        shards = np.array([r.shard for r in records], dtype=np.int64)
+        return ids, [r.path for r in records], stored.rows(shards, np.array([r.row for r in records], dtype=np.int64))
 
     def current_index(self):
         """The stored index if it reflects the catalog, else one built in memory from the vectors."""
@@ -332,18 +340,10 @@ class Store:
         with self.catalog() as catalog:
             catalog.snapshot()
             rows, index_generation = catalog.meta("rows"), catalog.meta("index_generation")
-            records = list(catalog.records("ok"))
+            records, shards = list(catalog.records("ok")), catalog.shards()
             changed, removed = catalog.changed_since(index_generation) if index_generation >= 0 else ([], [])
             catalog.end_snapshot()
-        problems = []
-        size = (self.directory / VECTORS).stat().st_size if (self.directory / VECTORS).exists() else 0
-        if size < rows * 4 * self.dim:
-            problems.append(f"vectors.f32 holds {size // (4 * self.dim)} rows, the catalog counts {rows}")
-        bad_rows = [r.path for r in records if not 0 <= r.row < rows]
-        if bad_rows:
-            problems.append(f"{len(bad_rows)} files point past the stored vectors, e.g. {bad_rows[0]}")
-        if len({r.row for r in records}) != len(records):
-            problems.append("two files share one vector row")
+        problems = shard_problems(self.directory, self.dim, rows, shards, records)
         if index_generation >= 0:  # else none is written yet, or one is to be rebuilt: the next writer builds it
             problems += self._index_problems({r.id for r in records}, {r.id for r in changed} | set(removed))
         return problems
@@ -352,7 +352,10 @@ class Store:
         path = self.directory / INDEX
         if not path.exists():
             return ["index.faiss is missing"]
-        indexed = faiss_index.ids(faiss_index.read_index(path))
+        try:  # an on-disk index also needs the .ivfdata file it names
+            indexed = faiss_index.ids(faiss_index.read_index(path))
+        except IndexFileError as e:
+            return [str(e)]
         unique = set(indexed.tolist())
         missing = (embedded - changed) - unique
         unknown = unique - embedded - changed
@@ -385,12 +388,18 @@ class Store:
             counts = {"embedded": catalog.count("ok"), "failed": catalog.count("failed")}
             generation = catalog.meta("generation")
             factory = catalog.meta("index_factory")
-        files = {name: (self.directory / name).stat().st_size for name in (CATALOG, VECTORS, INDEX)
-                 if (self.directory / name).exists()}
+        names = (CATALOG, VECTORS, INDEX, TRAINED, *(p.name for p in self.directory.glob(IVFDATA_GLOB)))
+        files = {name: (self.directory / name).stat().st_size for name in names if (self.directory / name).exists()}
+        shard_files = list((self.directory / SHARDS).glob("*.f32"))
+        if shard_files:
+            files[SHARDS] = sum(p.stat().st_size for p in shard_files)
         return {"store": str(self.directory), "root": str(self.root), "spec": self.manifest.spec,
                 "weights": self.manifest.weights, "created": self.manifest.created, **counts,
                 "generation": generation, "index_factory": factory, "bytes": files}
 
-    def writer(self, sync: bool = True) -> "StoreWriter":
-        """The one writer: a context manager holding the store's lock (``sync``: update the index on exit)."""
-        return StoreWriter(self, sync)
+    def writer(self, sync: bool = True, map_parts=None) -> "StoreWriter":
+        """The one writer: a context manager holding the store's lock (``sync``: update the index on exit).
+
+        ``map_parts`` given, an IVF index is built on disk with it running the parts (see ``ondisk``).
+        """
+        return StoreWriter(self, sync, map_parts)

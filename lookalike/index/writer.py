@@ -1,31 +1,41 @@
-"""The one writer of a store: durable batches and removals, then the index brought up to date.
+"""The one writer of a store: durable batches, shards and removals, then the index brought up to date.
 
 Each batch's vectors are appended and fsynced before the catalog commits the rows that
 point at them, so a crash leaves at most a tail of rows no catalog row names, which the
-next writer cuts off. The index is replaced whole after, and the catalog records which
+next writer cuts off. A shard (the Ray engine's) is a whole file, durable before the catalog
+commits it with its files; a crash leaves at most shard files no catalog row names, which the
+next writer deletes. The index is replaced whole after, and the catalog records which
 generation it reflects; readers add by brute force what changed since.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from .. import crashpoints
-from ..errors import InvalidFactoryError
-from . import faiss_index
+from ..errors import InvalidFactoryError, StoreError
+from . import faiss_index, ondisk
 from .catalog import Catalog, Entry
-from .layout import INDEX, MANIFEST, VECTORS, leftover_files
+from .layout import INDEX, MANIFEST, TRAINED, VECTORS, leftover_builds, leftover_files
 from .lock import lock_store
 from .manifest import Manifest
+from .shards import ShardSet, orphans, shard_path
 from .vectors import RowView, VectorFile
 
 logger = logging.getLogger(__name__)
 
 NO_INDEX = -1  # index_generation while no index is written, or one is to be rebuilt
+# An on-disk index is rebuilt (never changed in place) once more rows changed since it was
+# built than this; fewer are searched exactly beside it. At 1280-d, 50,000 rows is 256 MB a scan.
+DELTA_MAX_ROWS = 50_000
+DELTA_MAX_FRACTION = 0.05
 
 
 class StoreWriter:
@@ -34,9 +44,10 @@ class StoreWriter:
     ``store`` is anything with ``directory``, ``dim``, ``manifest`` and ``catalog()`` (a ``Store``).
     """
 
-    def __init__(self, store, sync: bool = True):
+    def __init__(self, store, sync: bool = True, map_parts: ondisk.MapParts | None = None):
         self.store = store
         self.sync = sync
+        self.map_parts = map_parts  # given: IVF indexes are built on disk, their parts run by it (see ondisk)
         self.catalog: Catalog | None = None
         self.vectors: VectorFile | None = None
 
@@ -48,6 +59,7 @@ class StoreWriter:
                 logger.info("removing %s, left by a writer that was killed", path.name)
                 path.unlink(missing_ok=True)
             self.catalog = self.store.catalog()
+            self.remove_orphans()
             self.vectors = VectorFile(self.store.directory / VECTORS, self.store.dim)
             self.vectors.open_for_append(self.catalog.meta("rows"))
         except BaseException:
@@ -73,6 +85,40 @@ class StoreWriter:
         if entries:
             self.catalog.commit(entries, rows=self.vectors.rows_written)
 
+    def commit_shard(self, name: str, embedded: Sequence[tuple], failed: Sequence[tuple] = ()) -> None:
+        """Commit a shard file written by ``shards.write_shard_file`` with the files whose rows it holds.
+
+        Args:
+            name: the shard's name; its file must hold exactly ``len(embedded)`` rows.
+            embedded: ``(key, size, mtime_ns, ctime_ns, mode, row)`` for each row of the shard.
+            failed: ``(key, size, mtime_ns, ctime_ns, mode, reason)`` for files that gave no vector.
+
+        Raises:
+            StoreError: the file is missing or of another size (a rename lost on a network filesystem).
+        """
+        entries = [Entry(*stat, row=row) for *stat, row in embedded]
+        if entries:
+            path = shard_path(self.store.directory, name)
+            size = path.stat().st_size if path.exists() else -1
+            if size != len(entries) * 4 * self.store.dim or sorted(e.row for e in entries) != list(range(len(entries))):
+                raise StoreError(f"shard {path} holds {size} bytes, not the {len(entries)} rows of its files: "
+                                 f"nothing of it was committed; run the same command again")
+        entries += [Entry(*stat, reason=reason) for *stat, reason in failed]
+        if entries:
+            self.catalog.commit(entries, shard=(name, len(embedded)) if embedded else None)
+            crashpoints.reached("shard.committed")
+
+    def remove_orphans(self) -> int:
+        """Delete shard files no catalog row names, and parts of a killed index build; how many shards went."""
+        directory = self.store.directory
+        gone = orphans(directory, (s.name for s in self.catalog.shards()))
+        for path in gone:
+            logger.info("removing %s: a shard no catalog row names, left by a run that was killed", path.name)
+            path.unlink(missing_ok=True)
+        for folder in leftover_builds(directory):
+            shutil.rmtree(folder, ignore_errors=True)
+        return len(gone)
+
     def remove(self, keys: Sequence[str]) -> None:
         if keys:
             self.catalog.commit([], rows=self.vectors.rows_written, removed_paths=keys)
@@ -88,14 +134,16 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self.sync and (exc_type is None or issubclass(exc_type, KeyboardInterrupt)):
-                sync_index(self.store.directory, self.store.dim, self.store.manifest.index_factory, self.catalog)
+                sync_index(self.store.directory, self.store.dim, self.store.manifest.index_factory, self.catalog,
+                           self.map_parts)
         finally:
             self.vectors.close()
             self.catalog.close()
             self._lock.__exit__(None, None, None)
 
 
-def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: Catalog) -> None:
+def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: Catalog,
+               map_parts: ondisk.MapParts | None = None) -> None:
     """Bring ``index.faiss`` up to the catalog: incrementally, or rebuilt when its kind should change.
 
     Call it holding the store's lock. The build is planned to fit half the RAM
@@ -103,28 +151,93 @@ def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: C
     it never reflects less than the catalog says (see ``Store._consistent_index``); a crash
     in between leaves a newer file under an older generation, which readers and the next
     sync handle as an index with changes since.
+
+    An IVF index is built on disk (``ondisk``) when ``map_parts`` is given or the store's index
+    already is: never changed in place, it is left behind the catalog while the rows changed
+    since are few (``DELTA_MAX_ROWS``, ``DELTA_MAX_FRACTION``), and rebuilt past that.
     """
     generation = catalog.meta("generation")
     index_generation = catalog.meta("index_generation")
     path = directory / INDEX
     if index_generation == generation and path.exists():
         return
-    ids, rows = catalog.ids_and_rows()
-    stored = VectorFile(directory / VECTORS, dim).view(catalog.meta("rows"))
+    ids, shards, rows = catalog.ids_and_rows()
+    stored = ShardSet.of(directory, dim, catalog)
     plan = faiss_index.plan_build(len(ids), dim, forced_factory)
-    if index_generation < 0 or not path.exists() or catalog.meta("index_factory") != plan.factory:
-        index, factory = _build(plan, RowView(stored, rows), ids)
+    on_disk = catalog.meta("index_ivfdata")
+    if (map_parts is not None or on_disk) and _is_ivf(plan.factory, dim):
+        if on_disk and _behind_but_close(catalog, path, plan.factory, len(ids)):
+            return
+        try:
+            return _build_on_disk(directory, dim, plan, catalog, stored, (ids, shards, rows), map_parts or map)
+        except InvalidFactoryError as e:  # too few vectors yet to train it
+            logger.warning("using an exact index for now: %s", e)
+            plan = faiss_index.plan_build(len(ids), dim, faiss_index.EXACT_FACTORY)
+    index = None
+    if not on_disk and index_generation >= 0 and path.exists() and catalog.meta("index_factory") == plan.factory:
+        index = faiss_index.read_index(path, mmap=False)
+        if faiss_index.is_mapped(index):  # on disk after all (a build killed before it was recorded)
+            index = None
+    if index is None:
+        index, factory = _build(plan, stored.rows(shards, rows), ids)
     else:
         factory = plan.factory
-        index = faiss_index.read_index(path, mmap=False)
         changed, removed = catalog.changed_since(index_generation)
         faiss_index.remove(index, np.array([r.id for r in changed] + removed, dtype=np.int64))
         ok = [r for r in changed if r.row is not None]
         if ok:
-            faiss_index.add(index, np.stack([stored[r.row] for r in ok]), np.array([r.id for r in ok], dtype=np.int64))
+            vectors = stored.gather(np.array([r.shard for r in ok]), np.array([r.row for r in ok]))
+            faiss_index.add(index, vectors, np.array([r.id for r in ok], dtype=np.int64))
     faiss_index.write_index(index, path, crash_point="index")
-    catalog.set_meta(index_generation=generation, index_factory=factory)
+    catalog.set_meta(index_generation=generation, index_factory=factory, index_ivfdata=None)
     crashpoints.reached("index.recorded")
+    ondisk.remove_unused(directory, keep=(on_disk,))  # lists an index used before stay one more build
+
+
+def _is_ivf(factory: str, dim: int) -> bool:
+    return faiss.try_extract_index_ivf(faiss.index_factory(dim, factory)) is not None
+
+
+def _behind_but_close(catalog: Catalog, path: Path, factory: str, total: int) -> bool:
+    """Whether an on-disk index of the right kind can stay: few rows changed since it was built."""
+    index_generation = catalog.meta("index_generation")
+    if index_generation < 0 or not path.exists() or catalog.meta("index_factory") != factory:
+        return False
+    changed, removed = catalog.changed_since(index_generation)
+    return len(changed) + len(removed) <= min(DELTA_MAX_ROWS, DELTA_MAX_FRACTION * total)
+
+
+def _build_on_disk(directory: Path, dim: int, plan, catalog: Catalog, stored: ShardSet, rows_of, map_parts) -> None:
+    """Train (or reuse the trained index of this factory), fill the parts, merge, install, record."""
+    ids, shards, rows = rows_of
+    trained = directory / TRAINED
+    if catalog.meta("trained_factory") != plan.factory or not trained.exists():
+        index = faiss_index.trained_index(stored.rows(shards, rows), plan.factory, train_size=plan.train_rows or None)
+        faiss_index.write_index(index, trained)
+        catalog.set_meta(trained_factory=plan.factory)
+    generation, previous = catalog.meta("generation"), catalog.meta("index_ivfdata")
+    name, parts = ondisk.build_ondisk(directory, trained, _pieces(directory, stored, ids, shards, rows), dim,
+                                      generation, map_parts)
+    catalog.set_meta(index_generation=generation, index_factory=plan.factory, index_ivfdata=name)
+    crashpoints.reached("index.recorded")
+    ondisk.remove_unused(directory, keep=(name, previous))
+    logger.info("built %s on disk over %d vectors in %d parts", plan.factory, len(ids), len(parts))
+
+
+def _pieces(directory: Path, stored: ShardSet, ids, shards, rows) -> list[ondisk.Piece]:
+    """The rows to index, file by file in (shard, row) order, as ``ondisk.Piece`` s."""
+    order = np.lexsort((rows, shards))
+    ids, shards, rows = ids[order], shards[order], rows[order]
+    bounds = np.flatnonzero(np.diff(shards)) + 1
+    pieces = []
+    for start, stop in zip([0, *bounds], [*bounds, len(ids)]):
+        shard = int(shards[start])
+        if shard == 0:
+            file, file_rows = directory / VECTORS, stored.vectors_rows
+        else:
+            file, file_rows = shard_path(directory, stored.shards[shard].name), stored.shards[shard].rows
+        pieces.append(ondisk.Piece(os.fspath(file), file_rows, rows[start:stop], ids[start:stop]))
+    return pieces
 
 
 def _build(plan, vectors: RowView, ids: np.ndarray):
