@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--plan-dim", type=int, default=1280, help="the plan's vectors (Lite0: 1280)")
     parser.add_argument("--plan-budget-gib", type=int, default=64, help="index build budget (half the RAM of the machine)")
     parser.add_argument("--gpu-images-per-s", type=float, default=1047.0,
-                        help="the local engine on one H200 (README, Featurizing); not measured by this script")
+                        help="the local engine on one H200, from an earlier run (issue #5's closing note); not measured by this script")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     args = parser.parse_args()
     if args.render:
