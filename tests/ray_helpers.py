@@ -10,9 +10,11 @@ be killed, after killing them (by pid, never by name).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,43 @@ import pytest
 from lookalike.scale.session import reap
 
 REPO = str(Path(__file__).resolve().parent.parent)
-# Workers are separate processes: conftest's unreadable_as_root monkeypatch must be installed in each.
-RUNTIME_ENV = {"worker_process_setup_hook": "tests.ray_helpers.unreadable_as_root", "env_vars": {"PYTHONPATH": REPO}}
+# Workers are separate processes: what tests patch in them (conftest's unreadable_as_root, the pause gate) is installed in each.
+RUNTIME_ENV = {"worker_process_setup_hook": "tests.ray_helpers.worker_setup", "env_vars": {"PYTHONPATH": REPO}}
 NO_PROGRESS_S = 60
+PAUSE_GATE = "pause-embedder"  # in $RAY_TMPDIR: holds N; each actor's Nth batch then waits there
 _real_open = builtins.open
+
+
+def worker_setup() -> None:
+    unreadable_as_root()
+    pause_gate()
+
+
+def pause_gate() -> None:
+    """Let a test stop an embedding actor inside its Nth batch, to kill it at that exact point.
+
+    While ``$RAY_TMPDIR/pause-embedder`` exists and holds N, an actor that has embedded its Nth
+    batch writes ``paused-<pid>`` beside it and waits (at most 2 minutes) for the gate to go,
+    before returning that batch: a kill there lands mid-run with that batch in flight.
+    """
+    from lookalike.scale import tasks
+
+    gate = Path(os.environ["RAY_TMPDIR"]) / PAUSE_GATE
+    embed = tasks.Embedder.__call__
+    calls = []
+
+    def gated(self, batch):
+        out = embed(self, batch)
+        calls.append(1)
+        with contextlib.suppress(OSError, ValueError):
+            if len(calls) == int(gate.read_text()):
+                (gate.parent / f"paused-{os.getpid()}").write_text("")
+                deadline = time.monotonic() + 120
+                while gate.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        return out
+
+    tasks.Embedder.__call__ = gated
 
 
 def unreadable_as_root() -> None:

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import make_corpus
 from ray_helpers import (
     NO_PROGRESS_S,
+    PAUSE_GATE,
     assert_same_as_local,
     make_photo_folder,
     shard_rows,
@@ -74,26 +76,33 @@ def _embedding_actors(temp: str) -> list[int]:
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(local_ray, ray_temp, tmp_path):
     root = make_photo_folder(tmp_path / "photos", 48)
     pids, killed = [], []
+    gate = Path(ray_temp) / PAUSE_GATE
+    gate.write_text("3")  # the actor stops inside its 3rd batch of 12: two are embedded, one in flight
 
-    def kill_after_the_first_shard():  # the first shard file exists: the actor is mid-run
+    def kill_the_paused_actor():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            if list((tmp_path / "store" / "shards").glob("*.f32")) and (actors := _embedding_actors(ray_temp)):
-                os.kill(actors[0], signal.SIGKILL)
-                killed.append(actors[0])
-            time.sleep(0.05)
+            for paused in Path(ray_temp).glob("paused-*"):
+                pid = int(paused.name.split("-")[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                gate.unlink()  # its replacement runs through
+            time.sleep(0.02)
 
-    def kill_once(batch):
+    def on_commit(batch):
         pids.append({int(p) for p in batch["embed_pid"]})
 
-    killer = threading.Thread(target=kill_after_the_first_shard, daemon=True)
+    killer = threading.Thread(target=kill_the_paused_actor, daemon=True)
     killer.start()
-    summary = index_with_ray(root, store=tmp_path / "store", rows_per_shard=4, on_commit=kill_once,
-                             extractor_options={"device": "cpu", "batch_size": 4}, index_factory="IVF2,Flat",
-                             no_progress_timeout_s=NO_PROGRESS_S)
+    try:
+        summary = index_with_ray(root, store=tmp_path / "store", rows_per_shard=4, on_commit=on_commit,
+                                 extractor_options={"device": "cpu", "batch_size": 4}, index_factory="IVF2,Flat",
+                                 no_progress_timeout_s=NO_PROGRESS_S)
+    finally:
+        gate.unlink(missing_ok=True)
     killer.join(1)
     assert (summary.added, summary.embedded, summary.failed) == (48, 48, 0)
-    assert killed and any(killed[0] not in p for p in pids), f"{killed} {pids}: no batch was embedded after the kill"
+    assert len(killed) == 1 and any(killed[0] not in p for p in pids), f"{killed} {pids}: no batch embedded after the kill"
     store = Store.open(tmp_path / "store")
     assert len(store) == 48 and shard_rows(tmp_path / "store") == 48
     with store.catalog() as catalog:
