@@ -101,3 +101,7 @@ class TransientError(LookalikeError):
     The featurizer raises it instead of recording a per-file failure; indexing stops (or
     retries the batch) and keeps what was committed, so a rerun picks the files up again.
     """
+
+
+class CheckpointError(LookalikeError):
+    """A fine-tuning checkpoint that can't be resumed: damaged, or made with other settings or images."""

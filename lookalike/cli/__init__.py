@@ -34,9 +34,9 @@ def main():
 
 
 def _register() -> None:
-    from . import classify, featurize, store
+    from . import classify, featurize, finetune, store
 
-    for module in (featurize, store, classify):
+    for module in (featurize, store, classify, finetune):
         for command in module.COMMANDS:
             main.add_command(command)
 

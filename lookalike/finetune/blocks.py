@@ -1,0 +1,88 @@
+"""A network's blocks, input to output: the units that ``--unfreeze N`` counts and layer decay rates.
+
+The blocks are read off the base model's module tree, since the tapped body (an FX graph)
+keeps the parameter names but not the module types. Containers (``Sequential``,
+``ModuleList``, ``ModuleDict``) are opened; anything else is a unit: an MBConv or
+residual block, a stem convolution. A normalisation layer joins the convolution before
+it (conv + BN is one block), or, after a block, the unit after it (ConvNeXt's
+downsampling). Units without parameters are dropped. This gives timm-like groupings for
+every registered model: Lite0's stem, 16 MBConv blocks and head convolution; ResNet's
+stem and its basic or bottleneck blocks; ConvNeXt's stem, CNBlocks and downsamplers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_PRIMITIVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class Block:
+    """One block: the module names it is made of and the parameter names they hold."""
+
+    name: str
+    modules: list[str] = field(default_factory=list)
+    parameters: list[str] = field(default_factory=list)
+
+    def owns(self, module_name: str) -> bool:
+        return any(module_name == m or module_name.startswith(m + ".") for m in self.modules)
+
+
+def find_blocks(model: nn.Module, present: set[str] | None = None) -> list[Block]:
+    """The blocks of ``model`` (an untapped network), input to output.
+
+    Args:
+        model: the full network as its builder makes it.
+        present: keep only these parameter names (those of a body cut at an earlier layer);
+            blocks left without parameters are dropped.
+    """
+    units = list(_units(model, ""))
+    blocks: list[Block] = []
+    pending_norm: list[tuple[str, nn.Module]] = []
+    previous: nn.Module | None = None
+    for name, module in units:
+        if _is_norm(module) and blocks and isinstance(previous, _PRIMITIVES):
+            _add(blocks[-1], name, module)
+        elif _is_norm(module):
+            pending_norm.append((name, module))
+        else:
+            blocks.append(Block(name))
+            for norm_name, norm in pending_norm + [(name, module)]:
+                _add(blocks[-1], norm_name, norm)
+            pending_norm = []
+        previous = module
+    if pending_norm:  # a trailing norm with nothing after it
+        blocks.append(Block(pending_norm[0][0]))
+        for norm_name, norm in pending_norm:
+            _add(blocks[-1], norm_name, norm)
+    loose = [n for n, _ in model.named_parameters(recurse=False)]  # e.g. a class token on the root
+    if loose:
+        blocks.insert(0, Block("(root)", [], loose))
+    if present is not None:
+        for block in blocks:
+            block.parameters = [p for p in block.parameters if p in present]
+    return [b for b in blocks if b.parameters]
+
+
+def _units(module: nn.Module, prefix: str):
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, _CONTAINERS):
+            yield from _units(child, full)
+        elif any(True for _ in child.parameters()):
+            yield full, child
+
+
+def _add(block: Block, name: str, module: nn.Module) -> None:
+    block.modules.append(name)
+    block.parameters += [f"{name}.{p}" for p, _ in module.named_parameters()]
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or (
+        "Norm" in type(module).__name__ and not any(True for _ in module.children())
+    )
