@@ -33,7 +33,8 @@ class _EpochBar:
         self.bar = progressbar(images, f"{stage.name} {epoch}/{stage.epochs}").__enter__()
 
     def step(self, images: int, loss: float) -> None:
-        self.bar.label = self.bar.label.split("  loss")[0] + f"  loss {loss:.3f}"
+        if not self.bar.is_hidden:  # off a terminal, click prints the label whenever it changes
+            self.bar.label = self.bar.label.split("  loss")[0] + f"  loss {loss:.3f}"
         self.bar.update(images)
 
     def done(self, row: dict) -> None:
@@ -141,4 +142,94 @@ def _show(result) -> None:
                f"curves: {result.model_path}.curves.png)")
 
 
-COMMANDS = (finetune,)
+def _names(ctx, param, value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--models", default="", callback=_names,
+              help="Candidate models, comma-separated (registry names or .lkft files)  [default: every model "
+                   "whose weights are on this machine, see `lookalike models`].")
+@click.option("--model", "more_models", multiple=True, help="A candidate model; repeat for more (same as --models).")
+@click.option("--layers", default="auto", show_default=True,
+              help="auto: the embedding and up to 3 earlier layers spread over depth; or names, comma-separated "
+                   "(`embedding` for the default).")
+@click.option("--classifiers", default="svm,logreg,knn", show_default=True, callback=_names,
+              help="Cross-validated on every (model, layer): svm, logreg, knn.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Stratified folds, shared by every recipe.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--finetune", "with_finetune", is_flag=True,
+              help="Also fine-tune the best frozen candidate on each fold (slow on a CPU).")
+@click.option("--finetune-epochs", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Stage-2 epochs of each fold's fine-tune.")
+@click.option("--unfreeze", default="3", show_default=True, callback=_unfreeze, help="Blocks each fold's fine-tune trains.")
+@click.option("--no-flip", "no_flip", is_flag=True, help="Fine-tune without left-right mirroring (text, digits...).")
+@click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where each (model, layer) keeps its store  [default: SOURCE/.lookalike-advise].")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for advice.json and advice.png  [default: the store folder].")
+@click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON instead of a table.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+def advise(source, models, more_models, layers, classifiers, folds, seed, with_finetune, finetune_epochs, unfreeze,
+           no_flip, store_dir, output, as_json, batch_size, workers, device):
+    """Measure which backbone, layer and recipe suit SOURCE's labels (one subfolder per
+    class, or a CSV of path,label), and print the command that trains the winner.
+
+    Every (model, layer) is embedded once into a store of its own (a rerun embeds
+    nothing), then linear SVM, logistic regression and kNN are cross-validated on
+    the same stratified folds; --finetune adds a short fine-tune per fold of the
+    best frozen candidate. The ranking is also written as JSON and a PNG chart.
+    """
+    from ..finetune import FinetuneConfig
+    from ..finetune.advise import advise as run
+    from ..finetune.advise import write_advice
+    from ..finetune.trainer import Progress
+
+    bars = []
+
+    def on_embedding(label, total):
+        bars.append(progressbar(total, f"Embedding ({label})").__enter__())
+        return bars[-1].update
+
+    epoch_bar = _EpochBar()
+    config = FinetuneConfig(epochs=finetune_epochs, unfreeze=unfreeze, flip=not no_flip, batch_size=batch_size)
+    try:
+        advice = run(source, models=list(models) + list(more_models), layers="auto" if layers == "auto" else _names(None, None, layers),
+                     classifiers=classifiers, folds=folds, seed=seed, finetune=with_finetune, finetune_config=config,
+                     store_dir=store_dir, on_embedding=on_embedding,
+                     extractor_options={"device": device, "batch_size": batch_size, "num_workers": workers},
+                     finetune_progress=Progress(epoch_bar.started, epoch_bar.step, epoch_bar.done))
+    finally:
+        for bar in bars:
+            bar.__exit__(None, None, None)
+        epoch_bar.close()
+    json_path, png_path = write_advice(advice, output or Path(next(iter(advice.embedding.values()))["store"]).parent)
+    if as_json:
+        click.echo(json.dumps(advice.to_dict(), indent=2))
+        return
+    _show_advice(advice, json_path, png_path)
+
+
+def _show_advice(advice, json_path: Path, png_path: Path) -> None:
+    for path, reason in advice.skipped:
+        click.echo(f"skipped {shown(path)}: {reason}", err=True)
+    rows = [(str(i), r.model if not r.model.endswith(".lkft") else shown(r.model), r.layer, r.recipe,
+             f"{r.accuracy:.3f} ± {r.accuracy_std:.3f}", f"{r.macro_f1:.3f}", f"{r.seconds:.1f}s")
+            for i, r in enumerate(advice.rows, 1)]
+    header = ("rank", "model", "layer", "recipe", "accuracy", "macro-F1", "time")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    taps = advice.embedding
+    click.echo(f"\n{advice.folds}-fold cross-validation; accuracy is the mean ± std over folds; time is fitting and "
+               f"scoring. {len(taps)} (model, layer) taps, {advice.embedded} images embedded now "
+               f"({sum(t['seconds'] for t in taps.values()):.0f}s), the rest from their stores.")
+    click.echo(f"reading: {advice.reading}")
+    click.echo(f"recommended:\n  {advice.command}")
+    click.echo(f"advice -> {json_path}, {png_path}")
+
+
+COMMANDS = (finetune, advise)

@@ -14,7 +14,21 @@ def _pyplot():
     return plt
 
 
+def save_png(figure, path: str | os.PathLike) -> None:
+    """Write a figure and free it."""
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+
+
 def curves_png(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    save_png(curves_figure(history, title), path)
+
+
+def ranking_png(rows: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    save_png(ranking_figure(rows, title), path)
+
+
+def curves_figure(history: list[dict], title: str = ""):
     """Loss and accuracy per epoch, train and validation, the stages marked and the kept epoch circled."""
     plt = _pyplot()
     epochs = list(range(1, len(history) + 1))
@@ -39,11 +53,10 @@ def curves_png(history: list[dict], path: str | os.PathLike, title: str = "") ->
     acc_ax.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def ranking_png(rows: list[dict], path: str | os.PathLike, title: str = "") -> None:
+def ranking_figure(rows: list[dict], title: str = ""):
     """Horizontal bars of mean accuracy (± std over folds), best on top, the winner in a darker colour."""
     plt = _pyplot()
     labels = [f"{r['model']} · {r['layer']} · {r['recipe']}" for r in rows]
@@ -61,5 +74,4 @@ def ranking_png(rows: list[dict], path: str | os.PathLike, title: str = "") -> N
     ax.grid(axis="x", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
