@@ -29,7 +29,7 @@ from lookalike.training import predict
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """One tiny fine-tune of Lite0 on texture crops, shared (read-only) by this module's tests."""
-    root = textures(tmp_path_factory.mktemp("set"))
+    root = textures(tmp_path_factory.mktemp("set"), per_class=3)
     result = finetune(root, tmp_path_factory.mktemp("model") / "textures.lkft", FinetuneConfig(**TINY), device="cpu",
                       workers=0)
     return result.model_path, root
@@ -42,7 +42,8 @@ def test_the_file_is_safetensors_with_the_spec_classes_configuration_and_report(
     document = json.loads(metadata["document"])
     assert metadata["format"] == "lookalike.finetuned" and len(metadata["sha256"]) == 64
     assert document["spec"]["base_model"] == "efficientnet_lite0" and document["spec"]["layer"] == "flatten"
-    assert document["spec"]["preprocessing"]["crop_size"] == 224 and document["classes"] == ["brick", "grass", "gravel"]
+    assert document["spec"]["preprocessing"]["crop_size"] == 64 and document["classes"] == ["brick", "grass", "gravel"]
+    assert document["spec"]["preprocessing"]["resize_size"] == round(256 * 64 / 224)  # --image-size 64, Lite0's 256/224
     assert document["config"]["layer_decay"] == 0.6 and document["report"]["history"]
     base = get_model_spec("efficientnet_lite0").builder().state_dict()
     assert sorted(n for n in names if n.startswith("body.")) == sorted("body." + k for k in base)
@@ -55,10 +56,15 @@ def test_model_lkft_builds_the_finetuned_body_and_stores_record_its_sha256(tuned
     extractor = create_extractor(str(path), device="cpu", num_workers=0)
     base = create_extractor("efficientnet_lite0", device="cpu", num_workers=0)
     assert extractor.spec.model == str(path.resolve()) and extractor.spec.layer == "flatten" and extractor.dim == 1280
+    assert extractor.spec.preprocessing.crop_size == 64  # embedded at the size it was tuned at
     assert extractor.spec.weights_sha256 == model.document["spec"]["weights_sha256"] != base.spec.weights_sha256
     assert model.document["spec"]["base_weights_sha256"] == base.spec.weights_sha256
-    image = Image.open(next(root.rglob("*.png")))
-    cosine = (extractor.embed_images([image]) @ base.embed_images([image]).T).item()
+    image = Image.open(next(root.rglob("*.png"))).convert("RGB")
+    pre = extractor.spec.preprocessing
+    with torch.inference_mode():  # the pretrained body on the same 64 px pixels
+        before = torch.nn.functional.normalize(build_backbone(get_model_spec("efficientnet_lite0")).module(
+            pre.normalize(pre(image)[None])), dim=1).numpy()
+    cosine = (extractor.embed_images([image]) @ before.T).item()
     assert 0.5 < cosine < 0.99999  # the tuned body moved the embedding, not beyond recognition
 
 
@@ -75,7 +81,7 @@ def test_predict_is_the_trained_head_on_the_finetuned_body(tuned):
     head = EmbeddingHead(1280, 3)
     head.linear.weight.data = torch.from_numpy(model.head_weight)
     head.linear.bias.data = torch.from_numpy(model.head_bias)
-    pixels = torch.stack([spec.preprocessing(load_image(p, draft_size=256)) for p in paths])
+    pixels = torch.stack([spec.preprocessing(load_image(p, draft_size=spec.preprocessing.resize_size)) for p in paths])
     with torch.inference_mode():
         reference = torch.softmax(head(body(spec.preprocessing.normalize(pixels))), dim=1).numpy()
     for row, prediction in zip(reference, predictions):

@@ -33,7 +33,7 @@ class _EpochBar:
         self.bar = progressbar(images, f"{stage.name} {epoch}/{stage.epochs}").__enter__()
 
     def step(self, images: int, loss: float) -> None:
-        if not self.bar.is_hidden:  # off a terminal, click prints the label whenever it changes
+        if sys.stderr.isatty():  # off a terminal, click would print each new label on a line of its own
             self.bar.label = self.bar.label.split("  loss")[0] + f"  loss {loss:.3f}"
         self.bar.update(images)
 
@@ -64,7 +64,7 @@ class _EpochBar:
               help="Stage 2: epochs with the top blocks unfrozen  [default: by data size: 12, 8 or 5].")
 @click.option("--unfreeze", default="3", show_default=True, callback=_unfreeze,
               help="Stage 2 trains the top N blocks (N or 'all'), the rest stays frozen.")
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Stage 2's rate for the head; the k-th block below it gets lr * layer-decay^k.")
 @click.option("--head-lr", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Stage 1's rate  [default: 10 x --lr].")
@@ -84,6 +84,9 @@ class _EpochBar:
               help="Random resized crop and colour jitter strength; auto: by data size.")
 @click.option("--no-flip", "no_flip", is_flag=True, help="Don't mirror images left-right (text, digits...).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--image-size", default=None, type=click.IntRange(min=32),
+              help="Train (and later embed) at this crop size, e.g. 96 for small images: several times faster "
+                   "on a CPU  [default: the model's own].")
 @click.option("--seed", default=0, show_default=True, type=int, help="The same seed gives the same weights on a CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device].")

@@ -56,9 +56,9 @@ class Augmentation:
 
 
 AUGMENTATIONS = {
-    "light": Augmentation("light", 0.5, 0.1),
-    "medium": Augmentation("medium", 0.35, 0.15),
-    "strong": Augmentation("strong", 0.25, 0.2),
+    "light": Augmentation("light", 0.7, 0.1),
+    "medium": Augmentation("medium", 0.5, 0.15),
+    "strong": Augmentation("strong", 0.35, 0.2),
 }
 
 

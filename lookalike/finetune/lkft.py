@@ -46,7 +46,7 @@ def write_lkft(path: str | os.PathLike, body: dict[str, torch.Tensor], net: Fine
     tensors = {BODY + k: v.contiguous() for k, v in body.items()}
     tensors[HEAD + "weight"] = net.head.linear.weight.detach().to("cpu", torch.float32).contiguous()
     tensors[HEAD + "bias"] = net.head.linear.bias.detach().to("cpu", torch.float32).contiguous()
-    text = json.dumps(document, sort_keys=True, default=_plain)
+    text = json.dumps(document, sort_keys=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "document": text,
                 "sha256": content_sha256(tensors, text)}
     try:
@@ -55,10 +55,3 @@ def write_lkft(path: str | os.PathLike, body: dict[str, torch.Tensor], net: Fine
         raise ModelFileError(f"can't write {path}: {e.strerror or e}") from None
     return json.loads(text)
 
-
-def _plain(value):
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-able: {type(value).__name__}")

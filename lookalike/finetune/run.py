@@ -26,7 +26,7 @@ from ..featurize.decode import DEFAULT_MAX_PIXELS
 from ..featurize.registry import ModelSpec, get_model_spec
 from .checkpoint import TrainingState, checkpoint_path, load_checkpoint
 from .dataset import LabelledImages, check_images, stratified_split
-from .recipe import FinetuneConfig, Recipe, choose_recipe
+from .recipe import FinetuneConfig, Recipe, choose_recipe, input_preprocessing
 from .trainer import Progress, Stage, Training, evaluate, fit
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def finetune_images(paths: Sequence[str], labels: Sequence[str], output: str | o
         raise CheckpointError(f"{checkpoint} holds an interrupted run: add --resume to continue it, "
                               f"or delete it to start over")
     _check_writable(output)
-    good, skipped = check_images(list(paths), base.preprocessing, max_pixels, workers)
+    preprocessing = input_preprocessing(base.preprocessing, config.image_size)
+    good, skipped = check_images(list(paths), preprocessing, max_pixels, workers)
     paths, labels = [paths[i] for i in good], [labels[i] for i in good]
     warnings = _check_classes(labels, where)
     classes = sorted(set(labels))
@@ -101,7 +102,8 @@ def finetune_images(paths: Sequence[str], labels: Sequence[str], output: str | o
         weights, state = load_checkpoint(checkpoint, fingerprint)
     elif resume:
         warnings.append(f"no checkpoint at {checkpoint}: starting from the beginning")
-    training, stages, body = _prepare(base, config, recipe, paths, targets, train_idx, val_idx, torch_device, workers)
+    training, stages, body = _prepare(base, preprocessing, config, recipe, paths, targets, train_idx, val_idx,
+                                      torch_device, workers)
     training.checkpoint, training.fingerprint, training.progress = checkpoint, fingerprint, progress or Progress()
     resumed = len(state.history)
     if resumed:
@@ -148,8 +150,8 @@ def _check_classes(labels: list[str], where: str) -> list[str]:
     return [f"the smallest class has {fewest} images: validation will be noisy"] if fewest < 5 else []
 
 
-def _prepare(base: ModelSpec, config: FinetuneConfig, recipe: Recipe, paths, targets, train_idx, val_idx, device,
-             workers):
+def _prepare(base: ModelSpec, preprocessing, config: FinetuneConfig, recipe: Recipe, paths, targets, train_idx,
+             val_idx, device, workers):
     """The network (body as featurize builds it, new head), its blocks, the stages and the data."""
     from ..featurize.backbone import build_backbone
     from .blocks import find_blocks
@@ -158,7 +160,7 @@ def _prepare(base: ModelSpec, config: FinetuneConfig, recipe: Recipe, paths, tar
 
     backbone = build_backbone(base, layer=config.layer, weights=config.weights)
     head = EmbeddingHead(backbone.dim, len(set(targets)))
-    net = FinetuneNet(backbone.module, head, base.preprocessing)
+    net = FinetuneNet(backbone.module, head, preprocessing)
     net.to(device, memory_format=torch.channels_last)
     present = {original_name(n) for n, _ in backbone.module.named_parameters()}
     blocks = find_blocks(base.builder(), present)
@@ -166,8 +168,8 @@ def _prepare(base: ModelSpec, config: FinetuneConfig, recipe: Recipe, paths, tar
     stages = [s for s in (Stage("head", recipe.head_epochs, 0, recipe.head_lr),
                           Stage("finetune", recipe.epochs, unfreeze, config.lr)) if s.epochs > 0]
     pick = lambda idx: ([paths[i] for i in idx], [targets[i] for i in idx])  # noqa: E731
-    train = LabelledImages(*pick(train_idx), base.preprocessing, augment=recipe.augmentation, seed=config.seed)
-    val = LabelledImages(*pick(val_idx), base.preprocessing) if val_idx else None
+    train = LabelledImages(*pick(train_idx), preprocessing, augment=recipe.augmentation, seed=config.seed)
+    val = LabelledImages(*pick(val_idx), preprocessing) if val_idx else None
     training = Training(net, blocks, config, train, val, device, workers, None, {}, Progress())
     return training, stages, backbone
 
@@ -194,7 +196,7 @@ def _finish(training: Training, state: TrainingState, output: Path, base: ModelS
               "skipped": [{"path": p, "reason": r} for p, r in skipped], "seconds": round(seconds, 1)}
     document = {
         "spec": {"base_model": base.name, "base_weights_sha256": backbone.weights_sha256,
-                 "preprocessing": base.preprocessing.to_dict(), "layer": backbone.layer, "dim": backbone.dim},
+                 "preprocessing": training.net.preprocessing.to_dict(), "layer": backbone.layer, "dim": backbone.dim},
         "classes": classes, "config": config.to_dict(), "report": report,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,0 +1,111 @@
+"""The recipe table on a set unlike ImageNet: what `advise` ranks, against what `train` and `finetune`
+reach on their own on held-out images.
+
+    python benchmarks/bench_recipes.py --per-class 30 --test-per-class 20 --json
+
+The set is scikit-learn's handwritten digits (benchmarks/make_digits.py): 8x8 grayscale
+scans, as 32x32 PNGs, nothing like ImageNet's photos. Steps, all on the CPU:
+1. ``advise`` on the training set: Lite0's embedding and three earlier layers, linear SVM,
+   logistic regression and kNN, and with --finetune a fine-tune per fold, on shared folds.
+2. Each frozen recipe on its own: ``train`` on all the training images (its store is
+   advise's, so nothing is embedded again), scored on a disjoint held-out set.
+3. ``finetune`` on all the training images with the settings advise measured, then
+   ``evaluate`` on the held-out set.
+The table puts advise's cross-validated accuracy next to the held-out accuracy of each
+recipe, and the JSON keeps both rankings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from make_digits import make_digits  # noqa: E402
+import results  # noqa: E402
+
+OPTIONS = {"device": "cpu", "num_workers": 1}
+
+
+def held_out_frozen(row, train_dir: Path, test_dir: Path, work: Path) -> float:
+    """`train` the recipe on every training image, then score it on the held-out images' vectors."""
+    from lookalike.classify.persist import load_model
+    from lookalike.training import labelled_vectors, train
+
+    layer = None if row.layer == "flatten" else row.layer
+    model = work / f"{row.layer}-{row.recipe}.skops"
+    train(train_dir, model, classifier=row.recipe, store=row.store, layer=layer, extractor_options=OPTIONS)
+    X, y, _, _ = labelled_vectors(test_dir, store=work / f"test-{row.layer}", layer=layer, extractor_options=OPTIONS)
+    return float((load_model(model).estimator.predict(X) == y).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-class", type=int, default=30)
+    parser.add_argument("--test-per-class", type=int, default=20)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (stage 2)")
+    parser.add_argument("--unfreeze", default="3")
+    parser.add_argument("--augment", default="light")
+    parser.add_argument("--finetune", action="store_true", help="also run advise's fine-tune per fold (slow)")
+    parser.add_argument("--json", action="store_true", help="write benchmarks/results/recipes_digits.json")
+    args = parser.parse_args()
+
+    from lookalike.finetune import FinetuneConfig, finetune
+    from lookalike.finetune.advise import advise
+    from lookalike.training import evaluate
+
+    work = Path(tempfile.mkdtemp(prefix="lookalike-recipes-"))
+    train_dir, test_dir = work / "train", work / "test"
+    make_digits(train_dir, args.per_class)
+    make_digits(test_dir, args.test_per_class, skip=args.per_class)  # other scans of the same digits
+    unfreeze = args.unfreeze if args.unfreeze == "all" else int(args.unfreeze)
+    config = FinetuneConfig(epochs=args.epochs, unfreeze=unfreeze, augment=args.augment, flip=False)
+    started = time.perf_counter()
+    advice = advise(train_dir, folds=args.folds, finetune=args.finetune, finetune_config=config, extractor_options=OPTIONS)
+    advise_seconds = time.perf_counter() - started
+    print(f"advise: {advise_seconds:.0f}s; recommended: {advice.command}", flush=True)
+
+    measured = []
+    for row in advice.rows:
+        if row.recipe == "finetune":
+            continue
+        measured.append((row, held_out_frozen(row, train_dir, test_dir, work), None))
+        print(f"{row.layer:>11} {row.recipe:<7} advise {row.accuracy:.3f}  held-out {measured[-1][1]:.3f}", flush=True)
+    started = time.perf_counter()
+    tuned = finetune(train_dir, work / "digits.lkft", config, **{"device": "cpu", "workers": 1})
+    finetune_seconds = time.perf_counter() - started
+    report, _ = evaluate(work / "digits.lkft", test_dir, **OPTIONS)
+    tuned_row = next((r for r in advice.rows if r.recipe == "finetune"), None)
+    measured.append((tuned_row, report["accuracy"], finetune_seconds))
+    print(f"finetune: held-out {report['accuracy']:.3f} in {finetune_seconds:.0f}s "
+          f"(kept {tuned.report['best_epoch']['stage']} epoch {tuned.report['best_epoch']['epoch']})", flush=True)
+
+    rows, figures = [], {"advise_seconds": advise_seconds, "finetune_seconds": finetune_seconds, "recipes": []}
+    ranked = sorted(measured, key=lambda m: -m[1])
+    for row, held_out, seconds in measured:
+        name = f"finetune top {args.unfreeze}, {args.epochs} epochs" if row is None or row.recipe == "finetune" else row.recipe
+        layer = row.layer if row is not None else "flatten"
+        cv = f"{row.accuracy:.3f} ± {row.accuracy_std:.3f}" if row is not None else "(not run)"
+        advise_rank = str(advice.rows.index(row) + 1) if row is not None else ""
+        rows.append([f"{layer} · {name}", cv, advise_rank, f"{held_out:.3f}", str(ranked.index((row, held_out, seconds)) + 1)])
+        figures["recipes"].append({"layer": layer, "recipe": name, "advise_accuracy": row.accuracy if row else None,
+                                   "advise_std": row.accuracy_std if row else None, "held_out_accuracy": held_out})
+    settings = {"set": "scikit-learn digits, 32x32 PNG", "per_class": args.per_class, "test_per_class": args.test_per_class,
+                "folds": args.folds, "finetune": config.to_dict(), "advise_finetune": args.finetune,
+                "model": "efficientnet_lite0"}
+    table = {"columns": ["layer · recipe", f"advise ({args.folds}-fold CV)", "advise rank", "held-out accuracy",
+                         "held-out rank"], "rows": rows}
+    for row in rows:
+        print(" | ".join(row))
+    if args.json:
+        print(f"-> {results.save('recipes_digits', settings, figures, {'digits': table})}")
+
+
+if __name__ == "__main__":
+    main()
