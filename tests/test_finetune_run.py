@@ -158,7 +158,8 @@ def _finished_epochs(checkpoint: Path) -> int:
 def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     root = textures(tmp_path / "set")
     out = tmp_path / "killed.lkft"
-    settings = ["--head-epochs", "1", "--epochs", "3", "--unfreeze", "1", "--batch-size", "3", "--val-fraction", "0.25"]
+    settings = ["--head-epochs", "1", "--epochs", "3", "--unfreeze", "1", "--batch-size", "3", "--val-fraction", "0.25",
+                "--image-size", "96"]
     args = [*LOOKALIKE, "finetune", str(root), "-o", str(out), *settings, "--device", "cpu", "--workers", "0"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = checkpoint_path(out)
@@ -178,7 +179,7 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after {done} finished epochs" in resumed.stdout and not checkpoint.exists()
 
-    config = FinetuneConfig(head_epochs=1, epochs=3, unfreeze=1, batch_size=3, val_fraction=0.25)
+    config = FinetuneConfig(head_epochs=1, epochs=3, unfreeze=1, batch_size=3, val_fraction=0.25, image_size=96)
     reference = finetune(root, tmp_path / "uninterrupted.lkft", config, device="cpu", workers=0)
     history = json.loads((tmp_path / "killed.lkft.report.json").read_text())["history"]
     assert len(history) == len(reference.report["history"]) == 4

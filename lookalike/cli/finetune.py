@@ -80,8 +80,8 @@ class _EpochBar:
               help="Stratified share held out for validation and early stopping (0: none, keep the last epoch).")
 @click.option("--patience", default=3, show_default=True, type=click.IntRange(min=1),
               help="Stop after this many epochs without a better validation loss.")
-@click.option("--augment", type=click.Choice(["auto", "light", "medium", "strong"]), default="auto", show_default=True,
-              help="Random resized crop and colour jitter strength; auto: by data size.")
+@click.option("--augment", type=click.Choice(["auto", "none", "light", "medium", "strong"]), default="auto", show_default=True,
+              help="Random resized crop and colour jitter strength; auto: by data size; none: the images as they are.")
 @click.option("--no-flip", "no_flip", is_flag=True, help="Don't mirror images left-right (text, digits...).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--image-size", default=None, type=click.IntRange(min=32),
@@ -167,6 +167,12 @@ def _names(ctx, param, value):
 @click.option("--finetune-epochs", default=4, show_default=True, type=click.IntRange(min=0),
               help="Stage-2 epochs of each fold's fine-tune.")
 @click.option("--unfreeze", default="3", show_default=True, callback=_unfreeze, help="Blocks each fold's fine-tune trains.")
+@click.option("--layer-decay", default=0.6, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Each fold's fine-tune: the rate's factor per block of depth.")
+@click.option("--augment", type=click.Choice(["auto", "none", "light", "medium", "strong"]), default="auto", show_default=True,
+              help="Each fold's fine-tune: augmentation strength.")
+@click.option("--image-size", default=None, type=click.IntRange(min=32),
+              help="Each fold's fine-tune: crop size  [default: the model's own].")
 @click.option("--no-flip", "no_flip", is_flag=True, help="Fine-tune without left-right mirroring (text, digits...).")
 @click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where each (model, layer) keeps its store  [default: SOURCE/.lookalike-advise].")
@@ -177,7 +183,7 @@ def _names(ctx, param, value):
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def advise(source, models, more_models, layers, classifiers, folds, seed, with_finetune, finetune_epochs, unfreeze,
-           no_flip, store_dir, output, as_json, batch_size, workers, device):
+           layer_decay, augment, image_size, no_flip, store_dir, output, as_json, batch_size, workers, device):
     """Measure which backbone, layer and recipe suit SOURCE's labels (one subfolder per
     class, or a CSV of path,label), and print the command that trains the winner.
 
@@ -198,7 +204,8 @@ def advise(source, models, more_models, layers, classifiers, folds, seed, with_f
         return bars[-1].update
 
     epoch_bar = _EpochBar()
-    config = FinetuneConfig(epochs=finetune_epochs, unfreeze=unfreeze, flip=not no_flip, batch_size=batch_size)
+    config = FinetuneConfig(epochs=finetune_epochs, unfreeze=unfreeze, layer_decay=layer_decay, augment=augment,
+                            image_size=image_size, flip=not no_flip, batch_size=batch_size, seed=seed)
     try:
         advice = run(source, models=list(models) + list(more_models), layers="auto" if layers == "auto" else _names(None, None, layers),
                      classifiers=classifiers, folds=folds, seed=seed, finetune=with_finetune, finetune_config=config,

@@ -103,12 +103,13 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
+    """What changed, by setting ("lr: 0.0001 then, 0.5 now") and for the image list as a whole."""
     saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
     out = []
-    for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
-            if isinstance(saved.get(key), list) and isinstance(now.get(key), list):
-                out.append(f"{key}: {len(saved[key])} vs {len(now[key])} entries, or other ones")
-            else:
-                out.append(f"{key}: {saved.get(key)} then, {now.get(key)} now")
+    old, new = saved.get("config", {}), now.get("config", {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            out.append(f"{key}: {old.get(key)} then, {new.get(key)} now")
+    if saved.get("images") != now.get("images"):
+        out.append(f"the images: {len(saved.get('images', []))} then, {len(now.get('images', []))} now, or other ones")
     return out

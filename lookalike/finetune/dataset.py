@@ -29,7 +29,7 @@ class Augmentation:
     """Training-time augmentation: a random resized crop, a horizontal flip, light colour jitter.
 
     Attributes:
-        strength: the name it was chosen by ("light", "medium", "strong").
+        strength: the name it was chosen by ("none", "light", "medium", "strong").
         min_scale: the smallest share of the image a crop keeps.
         jitter: brightness, contrast and saturation vary by up to this factor either way.
         flip: mirror half the images left-right (off for text, digits, anything with a handedness).
@@ -56,6 +56,7 @@ class Augmentation:
 
 
 AUGMENTATIONS = {
+    "none": Augmentation("none", 1.0, 0.0, flip=False),  # the images as the model evaluates them
     "light": Augmentation("light", 0.7, 0.1),
     "medium": Augmentation("medium", 0.5, 0.15),
     "strong": Augmentation("strong", 0.35, 0.2),
@@ -97,7 +98,7 @@ class LabelledImages(Dataset):
             image = load_image(self.paths[i], max_pixels=self.max_pixels, draft_size=pre.resize_size)
         except ImageLoadError as e:  # it was readable when checked: it changed during the run
             raise DatasetError(f"{e.path} can no longer be read ({e.reason}): restore it, or restart without it") from None
-        if self.augment is None:
+        if self.augment is None or self.augment.strength == "none":
             return pre(image), self.targets[i]
         rng = np.random.default_rng([self.seed, *self.epoch, i])
         return self.augment(image, pre.crop_size, pre.interpolation, rng), self.targets[i]

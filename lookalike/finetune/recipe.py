@@ -33,7 +33,7 @@ class FinetuneConfig:
         train_bn: let BatchNorm statistics of trained blocks update (frozen by default).
         val_fraction: stratified share held out for validation and early stopping (0: none).
         patience: stage-2 epochs without a better validation loss before stopping.
-        augment: "auto" (by data size), "light", "medium" or "strong". flip: mirror images left-right.
+        augment: "auto" (by data size), "none", "light", "medium" or "strong". flip: mirror images left-right.
         batch_size, seed: as named; the same seed gives the same weights on a CPU.
         image_size: train (and then embed) at this crop size instead of the model's own, e.g. 96 for
             small images such as digits or icons: several times faster on a CPU. The ``.lkft``

@@ -1,0 +1,73 @@
+"""The round trip in fresh processes: finetune -> index --model OUT.lkft -> query and predict; the store
+records the fine-tuned weights and refuses any other model."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from finetune_data import TINY, textures
+from lookalike.featurize.finetuned import read_finetuned
+from lookalike.finetune import FinetuneConfig, finetune
+
+LOOKALIKE = [sys.executable, "-m", "lookalike"]
+
+
+def _run(*args, check=True):
+    done = subprocess.run([*LOOKALIKE, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def _held_out(folder: Path) -> dict[str, str]:
+    """New crops of the texture photos, at positions the committed ones don't use."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in ("brick", "grass", "gravel"):
+        path = folder / f"new_{name}.png"
+        Image.fromarray(getattr(data, name)()).crop((384, 384, 512, 512)).rotate(90).save(path)
+        out[str(path)] = name
+    return out
+
+
+@pytest.mark.slow
+def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
+    root = textures(tmp_path / "labelled")
+    model = tmp_path / "textures.lkft"
+    done = _run("finetune", root, "-o", model, "--head-epochs", "1", "--epochs", "1", "--unfreeze", "1",
+                "--batch-size", "4", "--device", "cpu", "--workers", "0")  # Lite0's own 224 px crops
+    assert "validation on 3 images" in done.stdout and model.exists()
+    tuned_sha = read_finetuned(model).document["spec"]["weights_sha256"]
+
+    photos = tmp_path / "photos"
+    shutil.copytree(root, photos)
+    _run("index", photos, "--model", model, "--device", "cpu", "--workers", "0")
+    manifest = json.loads((photos / ".lookalike" / "manifest.json").read_text())
+    assert manifest["spec"]["model"] == str(model.resolve()) and manifest["spec"]["weights_sha256"] == tuned_sha
+
+    held_out = _held_out(tmp_path / "new")
+    query = next(p for p, label in held_out.items() if label == "grass")  # not in the store: embedded by the .lkft
+    hits = json.loads(_run("query", query, "-k", "3", "--json", "--store", photos / ".lookalike").stdout)
+    assert [Path(h["path"]).parent.name for h in hits] == ["grass"] * 3
+
+    predicted = json.loads(_run("predict", model, *held_out, "--json", "--device", "cpu").stdout)
+    assert {Path(p["path"]).name: p["labels"][0] for p in predicted} == {Path(k).name: v for k, v in held_out.items()}
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-3 for p in predicted)
+
+    refused = _run("index", photos, "--model", "efficientnet_lite0", "--device", "cpu", check=False)
+    assert refused.returncode == 1 and "this store holds vectors from" in refused.stderr
+
+    # Another fine-tune written over the same path: the store's model name matches, its weights don't.
+    other = finetune(root, tmp_path / "other.lkft", FinetuneConfig(**{**TINY, "image_size": None, "seed": 1}),
+                     device="cpu", workers=0)
+    shutil.copy(other.model_path, model)
+    shutil.copy(next(iter(held_out)), photos / "grass" / "new.png")
+    refused = _run("index", photos, "--device", "cpu", "--workers", "0", check=False)
+    assert refused.returncode == 1 and "weights_sha256" in refused.stderr and "Traceback" not in refused.stderr
