@@ -50,14 +50,17 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (stage 2)")
-    parser.add_argument("--unfreeze", default="3")
-    parser.add_argument("--augment", default="light")
+    parser.add_argument("--unfreeze", default="all")
+    parser.add_argument("--layer-decay", type=float, default=0.8)
+    parser.add_argument("--augment", default="none", help="digits: crops cut strokes, flips make other digits")
+    parser.add_argument("--image-size", type=int, default=64, help="fine-tuning crop size (the digits are 32 px)")
+    parser.add_argument("--name", default="recipes_digits", help="the results file's name")
     parser.add_argument("--finetune", action="store_true", help="also run advise's fine-tune per fold (slow)")
     parser.add_argument("--json", action="store_true", help="write benchmarks/results/recipes_digits.json")
     args = parser.parse_args()
 
     from lookalike.finetune import FinetuneConfig, finetune
-    from lookalike.finetune.advise import advise
+    from lookalike.finetune.advise import advise, config_for
     from lookalike.training import evaluate
 
     work = Path(tempfile.mkdtemp(prefix="lookalike-recipes-"))
@@ -65,7 +68,8 @@ def main() -> None:
     make_digits(train_dir, args.per_class)
     make_digits(test_dir, args.test_per_class, skip=args.per_class)  # other scans of the same digits
     unfreeze = args.unfreeze if args.unfreeze == "all" else int(args.unfreeze)
-    config = FinetuneConfig(epochs=args.epochs, unfreeze=unfreeze, augment=args.augment, flip=False)
+    config = FinetuneConfig(epochs=args.epochs, unfreeze=unfreeze, augment=args.augment, flip=False,
+                            layer_decay=args.layer_decay, image_size=args.image_size)
     started = time.perf_counter()
     advice = advise(train_dir, folds=args.folds, finetune=args.finetune, finetune_config=config, extractor_options=OPTIONS)
     advise_seconds = time.perf_counter() - started
@@ -77,8 +81,16 @@ def main() -> None:
             continue
         measured.append((row, held_out_frozen(row, train_dir, test_dir, work), None))
         print(f"{row.layer:>11} {row.recipe:<7} advise {row.accuracy:.3f}  held-out {measured[-1][1]:.3f}", flush=True)
+    # Fine-tuned as advise fine-tunes: on the best frozen candidate's layer.
+    best_frozen = next(r for r in advice.rows if r.recipe != "finetune")
+    config = config_for(config, best_frozen)
+    # The frozen body at the fine-tune's crop size: the linear probe and head epochs alone (--epochs 0).
+    probe = FinetuneConfig.from_dict({**config.to_dict(), "epochs": 0})
+    finetune(train_dir, work / "probe.lkft", probe, device="cpu", workers=1)
+    probe_accuracy = evaluate(work / "probe.lkft", test_dir, **OPTIONS)[0]["accuracy"]
+    print(f"frozen body, head only at {args.image_size} px: held-out {probe_accuracy:.3f}", flush=True)
     started = time.perf_counter()
-    tuned = finetune(train_dir, work / "digits.lkft", config, **{"device": "cpu", "workers": 1})
+    tuned = finetune(train_dir, work / "digits.lkft", config, device="cpu", workers=1)
     finetune_seconds = time.perf_counter() - started
     report, _ = evaluate(work / "digits.lkft", test_dir, **OPTIONS)
     tuned_row = next((r for r in advice.rows if r.recipe == "finetune"), None)
@@ -86,11 +98,14 @@ def main() -> None:
     print(f"finetune: held-out {report['accuracy']:.3f} in {finetune_seconds:.0f}s "
           f"(kept {tuned.report['best_epoch']['stage']} epoch {tuned.report['best_epoch']['epoch']})", flush=True)
 
-    rows, figures = [], {"advise_seconds": advise_seconds, "finetune_seconds": finetune_seconds, "recipes": []}
+    rows, figures = [], {"advise_seconds": advise_seconds, "finetune_seconds": finetune_seconds, "recipes": [],
+                         "frozen_head_only_held_out": probe_accuracy,
+                         "finetune_kept_epoch": tuned.report["best_epoch"], "finetune_history": tuned.report["history"]}
     ranked = sorted(measured, key=lambda m: -m[1])
     for row, held_out, seconds in measured:
-        name = f"finetune top {args.unfreeze}, {args.epochs} epochs" if row is None or row.recipe == "finetune" else row.recipe
-        layer = row.layer if row is not None else "flatten"
+        name = (f"finetune ({args.unfreeze} blocks, {args.image_size} px)" if row is None or row.recipe == "finetune"
+                else row.recipe)
+        layer = row.layer if row is not None else (config.layer or "flatten")
         cv = f"{row.accuracy:.3f} ± {row.accuracy_std:.3f}" if row is not None else "(not run)"
         advise_rank = str(advice.rows.index(row) + 1) if row is not None else ""
         rows.append([f"{layer} · {name}", cv, advise_rank, f"{held_out:.3f}", str(ranked.index((row, held_out, seconds)) + 1)])
@@ -101,10 +116,12 @@ def main() -> None:
                 "model": "efficientnet_lite0"}
     table = {"columns": ["layer · recipe", f"advise ({args.folds}-fold CV)", "advise rank", "held-out accuracy",
                          "held-out rank"], "rows": rows}
+    rows.append([f"{config.layer or 'flatten'} · frozen body, head only ({args.image_size} px)", "", "",
+                 f"{probe_accuracy:.3f}", ""])
     for row in rows:
         print(" | ".join(row))
     if args.json:
-        print(f"-> {results.save('recipes_digits', settings, figures, {'digits': table})}")
+        print(f"-> {results.save(args.name, settings, figures, {'digits': table})}")
 
 
 if __name__ == "__main__":

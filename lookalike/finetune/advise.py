@@ -211,7 +211,7 @@ def _finetune_row(source, best: AdviceRow, folds: int, seed: int, config: Finetu
     from ..training import predict
     from .run import finetune_images
 
-    config = _fold_config(config, best)
+    config = config_for(config, best)
     images = read_labelled(source, IMAGE_EXTENSIONS)
     paths, labels = np.array(images.paths), np.array(images.labels)
     options = {k: v for k, v in (extractor_options or {}).items() if k in ("device", "num_workers")}
@@ -230,7 +230,7 @@ def _finetune_row(source, best: AdviceRow, folds: int, seed: int, config: Finetu
     return _row(best.model, best.layer, "finetune", per_fold, time.perf_counter() - started)
 
 
-def _fold_config(config: FinetuneConfig | None, best: AdviceRow) -> FinetuneConfig:
+def config_for(config: FinetuneConfig | None, best: AdviceRow) -> FinetuneConfig:
     """The user's fine-tune settings (short by default: 4 epochs), on the best candidate's model and layer."""
     from ..featurize.registry import get_model_spec
 
@@ -253,7 +253,7 @@ def command(source: str, row: AdviceRow, config: FinetuneConfig | None) -> str:
         words = ["lookalike", "train", source, "-o", "model.skops", "--model", row.model, *layer,
                  "--classifier", row.recipe, "--store", row.store]
         return " ".join(shlex.quote(w) for w in words)
-    config = _fold_config(config, row)
+    config = config_for(config, row)
     defaults = FinetuneConfig()
     words = ["lookalike", "finetune", source, "-o", "model.lkft", "--model", row.model, *layer]
     for key, value in config.to_dict().items():
