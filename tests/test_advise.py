@@ -80,7 +80,7 @@ def test_the_command_is_ready_to_paste_and_json_and_chart_are_written(digit_set,
 
 @pytest.mark.slow
 def test_the_finetune_row_is_what_finetune_reaches_on_its_own(digit_set, tmp_path):
-    config = FinetuneConfig(head_epochs=1, epochs=1, unfreeze=1, batch_size=4, val_fraction=0.25, flip=False)
+    config = FinetuneConfig(head_epochs=1, epochs=1, unfreeze=1, batch_size=4, val_fraction=0.25, flip=False, image_size=64)
     advice = advise(digit_set, models=["efficientnet_lite0"], layers=["embedding"], classifiers=["svm"], folds=3,
                     finetune=True, finetune_config=config, extractor_options=OPTIONS)
     tuned = next(r for r in advice.rows if r.recipe == "finetune")
