@@ -39,10 +39,10 @@ def _held_out(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
-    root = textures(tmp_path / "labelled")
+    root = textures(tmp_path / "labelled", per_class=3)
     model = tmp_path / "textures.lkft"
     done = _run("finetune", root, "-o", model, "--head-epochs", "1", "--epochs", "1", "--unfreeze", "1",
-                "--batch-size", "4", "--device", "cpu", "--workers", "0")  # Lite0's own 224 px crops
+                "--val-fraction", "0.34", "--batch-size", "4", "--device", "cpu", "--workers", "0")  # Lite0's 224 px
     assert "validation on 3 images" in done.stdout and model.exists()
     tuned_sha = read_finetuned(model).document["spec"]["weights_sha256"]
 
@@ -55,7 +55,7 @@ def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
     held_out = _held_out(tmp_path / "new")
     query = next(p for p, label in held_out.items() if label == "grass")  # not in the store: embedded by the .lkft
     hits = json.loads(_run("query", query, "-k", "3", "--json", "--store", photos / ".lookalike").stdout)
-    assert [Path(h["path"]).parent.name for h in hits] == ["grass"] * 3
+    assert [Path(h["path"]).parent.name for h in hits] == ["grass"] * 3  # all the grass there is
 
     predicted = json.loads(_run("predict", model, *held_out, "--json", "--device", "cpu").stdout)
     assert {Path(p["path"]).name: p["labels"][0] for p in predicted} == {Path(k).name: v for k, v in held_out.items()}
@@ -64,8 +64,10 @@ def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
     refused = _run("index", photos, "--model", "efficientnet_lite0", "--device", "cpu", check=False)
     assert refused.returncode == 1 and "this store holds vectors from" in refused.stderr
 
-    # Another fine-tune written over the same path: the store's model name matches, its weights don't.
-    other = finetune(root, tmp_path / "other.lkft", FinetuneConfig(**{**TINY, "epochs": 0}), device="cpu", workers=0)
+    # Another fine-tune written over the same path: the store's model name matches, its weights don't
+    # (no validation split, so the last epoch, with a trained block, is kept).
+    config = FinetuneConfig(**{**TINY, "image_size": None, "val_fraction": 0.0})
+    other = finetune(root, tmp_path / "other.lkft", config, device="cpu", workers=0)
     shutil.copy(other.model_path, model)
     shutil.copy(next(iter(held_out)), photos / "grass" / "new.png")
     refused = _run("index", photos, "--device", "cpu", "--workers", "0", check=False)
