@@ -11,8 +11,9 @@ same decoding workers and threads, channels_last, and on CUDA the same fp16 auto
 The plain loop is what a tutorial writes, given every speed-up lookalike has on the model
 side: an ImageFolder-like dataset decoding each file with PIL, torchvision's v2 transforms
 to a float tensor on the workers, a DataLoader. Measured per configuration: the median
-images/s over --epochs epochs after one warm-up epoch, for the head alone (stage 1) and
-the top 3 blocks (stage 2's default).
+images/s over --epochs epochs after one warm-up epoch each, the two loops' epochs taken in
+turn (so a change in a shared machine's load hits both alike), for the head alone (stage 1)
+and the top 3 blocks (stage 2's default).
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def _network(device, unfreeze: int, classes: int):
     return net, blocks, torch.optim.AdamW(groups, lr=config.lr)
 
 
-def lookalike_epochs(paths, targets, args, unfreeze: int) -> list[float]:
-    """lookalike's own loop (trainer._epoch): seeded augmentation on uint8, draft-mode JPEG decoding."""
+def lookalike_loop(paths, targets, args, unfreeze: int):
+    """lookalike's own loop (trainer._epoch): seeded augmentation on uint8, draft-mode JPEG decoding.
+
+    Returns a function that runs one epoch and gives its images/s.
+    """
     from lookalike.finetune.dataset import AUGMENTATIONS, LabelledImages
     from lookalike.finetune.recipe import FinetuneConfig
     from lookalike.finetune.trainer import Progress, Stage, Training, _epoch
@@ -65,15 +69,15 @@ def lookalike_epochs(paths, targets, args, unfreeze: int) -> list[float]:
     training = Training(net, blocks, config, data, None, device, args.workers, None, {}, Progress())
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     stage = Stage("bench", args.epochs + 1, unfreeze, config.lr)
-    rates = []
-    for epoch in range(args.epochs + 1):
-        row = _epoch(training, stage, 1, epoch, optimizer, scaler)
-        rates.append(row["images_per_second"])
-    return rates[1:]
+    epoch = iter(range(args.epochs + 1))
+    return lambda: _epoch(training, stage, 1, next(epoch), optimizer, scaler)["images_per_second"]
 
 
-def plain_epochs(paths, targets, args, unfreeze: int) -> list[float]:
-    """A plain torch loop: PIL + torchvision v2 transforms to float on the workers, the same network and step."""
+def plain_loop(paths, targets, args, unfreeze: int):
+    """A plain torch loop: PIL + torchvision v2 transforms to float on the workers, the same network and step.
+
+    Returns a function that runs one epoch and gives its images/s.
+    """
     import torch.nn.functional as F
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -103,8 +107,8 @@ def plain_epochs(paths, targets, args, unfreeze: int) -> list[float]:
     loader = DataLoader(Files(), batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    rates = []
-    for _ in range(args.epochs + 1):
+
+    def epoch() -> float:
         net.train()
         _sync(device)
         start, seen = time.perf_counter(), 0
@@ -118,8 +122,17 @@ def plain_epochs(paths, targets, args, unfreeze: int) -> list[float]:
             optimizer.zero_grad(set_to_none=True)
             seen += len(y)
         _sync(device)
-        rates.append(seen / (time.perf_counter() - start))
-    return rates[1:]
+        return seen / (time.perf_counter() - start)
+
+    return epoch
+
+
+def interleaved(paths, targets, args, unfreeze: int) -> tuple[list[float], list[float]]:
+    """Epochs of the two loops taken in turn, so a change in the machine's load hits both alike."""
+    mine, plain = lookalike_loop(paths, targets, args, unfreeze), plain_loop(paths, targets, args, unfreeze)
+    mine(), plain()  # warm-up
+    rates = [(mine(), plain()) for _ in range(args.epochs)]
+    return [r[0] for r in rates], [r[1] for r in rates]
 
 
 def _sync(device) -> None:
@@ -142,9 +155,10 @@ def main() -> None:
     targets = [i % 4 for i in range(len(paths))]
     figures, rows = {}, []
     for label, unfreeze in (("head only (stage 1)", 0), ("top 3 blocks (stage 2)", 3)):
-        mine = statistics.median(lookalike_epochs(paths, targets, args, unfreeze))
-        plain = statistics.median(plain_epochs(paths, targets, args, unfreeze))
-        figures[f"unfreeze_{unfreeze}"] = {"lookalike_images_per_s": mine, "plain_images_per_s": plain, "ratio": mine / plain}
+        mine_epochs, plain_epochs = interleaved(paths, targets, args, unfreeze)
+        mine, plain = statistics.median(mine_epochs), statistics.median(plain_epochs)
+        figures[f"unfreeze_{unfreeze}"] = {"lookalike_images_per_s": mine, "plain_images_per_s": plain, "ratio": mine / plain,
+                                           "lookalike_epochs": mine_epochs, "plain_epochs": plain_epochs}
         rows.append([label, f"{mine:.1f}", f"{plain:.1f}", f"{mine / plain:.2f}x"])
         print(f"{label:<24} lookalike {mine:7.1f} img/s   plain torch {plain:7.1f} img/s   ratio {mine / plain:.2f}", flush=True)
     settings = {"n": args.n, "epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
