@@ -1,210 +1,208 @@
-"""Featurizing throughput: lookalike end to end against its baselines, side by side in one run.
+"""CPU featurizing against the fastest configuration anyone could pick, side by side in one run.
 
-    python benchmarks/bench_featurize.py --n 500 --json featurize.json               # CPU
-    python benchmarks/bench_featurize.py --device cuda --batch-size 256 --n 2000     # GPU
+    python benchmarks/bench_featurize.py
 
-Measured on the same photos and the same network, medians over --repeats:
-- model only: uint8 batches already on the device, through normalise + forward + copy back;
-- decode only (GPU): the files' bytes already in memory, through nvJPEG batches, orientation
-  and resize on the GPU, on the same threads (--threads-per-gpu) as lookalike;
-- decode on one core (CPU): what the reader's workers do per file, in this process;
-- lookalike: ``Extractor.embed_paths`` on the files, what ``lookalike index`` runs (on a GPU
-  also with --no-gpu-decode, i.e. PIL on CPU workers);
-- naive: per image, PIL open + convert, torchvision transforms, a batch of one, forward in
-  fp32 without channels_last (the img2vec / tutorial pattern); on a GPU over --naive-n files.
-The ratios are lookalike over min(model only, decode only) and over naive. Prints the
-hardware, versions and settings, then the table, and writes JSON with --json.
+One command, defaults for this project's 2-core machine: about 15 minutes the first time
+(the photos are generated and the networks exported once; both are cached), about 10 after.
+Setup: the `bench` extra (``pip install -e '.[bench]'``: img2vec-pytorch, simplejpeg) and,
+for larger source photos, ``apt-get install mate-backgrounds`` (see make_photos.py).
+Writes benchmarks/results/featurize_cpu.json; ``python benchmarks/results.py --write`` then
+renders the README's tables. Measured, each a median over --repeats interleaved rounds:
+
+- model only, each runtime (ONNX Runtime; torch channels_last in inference mode) x threads x
+  forward batch (uint8 pixels in memory, vectors out);
+  the fastest of them is the denominator of every model ratio, and lookalike's default
+  (``Extractor`` on the same pixels) is measured against it;
+- decoding on one core: lookalike's per-file work (PIL draft mode, resize, crop) and the
+  alternatives (simplejpeg with DCT scaling, torchvision's decode_jpeg, PIL without draft),
+  with their largest pixel difference from lookalike's after the same resize;
+- end to end, ``Extractor.embed_paths`` on small (at most 1 MP) and large (4-12 MP) camera-like
+  JPEGs, lookalike's defaults and a sweep of decoding workers x network threads; for large
+  photos the bound that decoding and the network sharing the cores allow;
+- peers on the large photos: a naive per-image loop, and img2vec-pytorch's resnet-18 against
+  lookalike's resnet18 with the same random weights from a temporary torch hub cache;
+- start-up, in fresh processes: re-indexing an unchanged folder of 1,000 files, and querying
+  an indexed image and a new one (benchmarks/featurize_startup.py), and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
+import featurize_peers
+import featurize_startup
+import numpy as np
+import results
 import torch
+from make_photos import bytes_per_mp, make_photos
 
-from make_photos import make_photos
-
-
-def _sync(device: torch.device, stream_only: bool = False) -> None:
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize() if stream_only else torch.cuda.synchronize(device)
+BATCHES = (1, 2, 4, 8, 16, 32)
 
 
-def _timed(fn, device, repeats: int) -> list[float]:
-    """Seconds of ``fn``: the first (warm-up) call, then each repeat."""
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    times = [time.perf_counter() - start]
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+def rounds(configs: dict, repeats: int) -> dict[str, float]:
+    """Seconds per config: one warm-up call each, then ``repeats`` interleaved rounds; the median."""
+    for fn in configs.values():
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    times = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, fn in configs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _count(batches) -> int:
-    return sum(len(batch.keys) for batch in batches)
+def sample_pixels(paths: list[str], preprocessing, n: int) -> np.ndarray:
+    from lookalike.featurize.batches import file_pixels
+
+    rows = [file_pixels(p, preprocessing)[0] for p in paths[:n]]
+    return np.stack([rows[i % len(rows)] for i in range(n)])
 
 
-def bench(paths: list[str], args) -> dict:
-    from torchvision.transforms import v2 as T
-
+def model_only(args, pixels: np.ndarray, cores: int) -> dict:
+    """images/s of each runtime x threads x forward batch, and of lookalike's default on the same pixels."""
     from lookalike import create_extractor
-    from lookalike.featurize.jpeg import decode_jpegs, read_jpeg
+    from lookalike.featurize.onnx_cache import model_path
+    from lookalike.featurize.onnx_runtime import OnnxNetwork
 
-    options = dict(device=args.device, batch_size=args.batch_size, num_workers=args.workers, weights=args.weights,
-                   precision=args.precision)
-    extractor = create_extractor(args.model, compile=args.compile, jpeg_on_device=args.gpu_decode, **options)
-    extractor.threads_per_gpu = args.threads_per_gpu
-    device, pre = extractor.device, extractor.model_spec.preprocessing
-    n, batch_size = len(paths), args.batch_size
-    batches = -(-n // batch_size)
-    pixels = torch.randint(0, 256, (batch_size, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8, device=device)
-    measures = {}
-
-    def model_only():
-        for _ in range(batches):
-            extractor._forward(pixels)
-
-    measures["model_only"] = (model_only, batches * batch_size)
-
-    if extractor.jpeg_on_device:
-        jpegs = [read_jpeg(p, max_pixels=extractor.max_pixels, draft_size=pre.resize_size, max_aspect_ratio=100) for p in paths]
-        assert all(jpegs), "every benchmark photo should be a plain JPEG"
-        chunks = [jpegs[i : i + batch_size] for i in range(0, n, batch_size)]
-
-        def decode_batch(chunk, lane):
-            images = decode_jpegs(chunk, lane.device)
-            stacked = torch.stack([pre.resize_tensor(image, j.draft_scale) for image, j in zip(images, chunk)])
-            _sync(lane.device, stream_only=True)  # this thread's stream: the batch is decoded
-            return stacked
-
-        def decode_only():
-            for _ in extractor.lane_pool().map_in_order(decode_batch, chunks):
-                pass
-
-        measures["decode_only"] = (decode_only, n)
-    else:
-        from lookalike.featurize.reader import ImageFiles
-
-        files = ImageFiles(paths, pre, extractor.max_pixels)
-
-        def decode_one_core():  # what the reader's workers do, in this process
-            for i in range(len(files)):
-                files[i]
-
-        measures["decode_1_core"] = (decode_one_core, n)
-    if extractor.jpeg_on_device and not args.compile:  # one compiled network per run is enough
-        cpu_decode = create_extractor(args.model, jpeg_on_device=False, compile=args.compile, **options)
-        cpu_decode.threads_per_gpu = args.threads_per_gpu
-        measures["lookalike_cpu_decode"] = (lambda: _count(cpu_decode.embed_paths(paths)), n)
-
-    measures["lookalike"] = (lambda: _count(extractor.embed_paths(paths)), n)
-
-    naive_transform = T.Compose([
-        T.Resize(pre.resize_size, interpolation=T.InterpolationMode(pre.interpolation), antialias=True),
-        T.CenterCrop(pre.crop_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std),
-    ])
-    network = create_extractor(args.model, device=args.device, weights=args.weights, precision="fp32").module
-    network = network.to(memory_format=torch.contiguous_format)  # as tutorials leave it
-    naive_paths = paths[: args.naive_n] if args.naive_n else paths
-
-    def naive():
-        from PIL import Image
-
-        with torch.inference_mode():
-            for path in naive_paths:
-                x = naive_transform(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
-                network(x).cpu()
-
-    measures["naive"] = (naive, len(naive_paths))
-
-    results = {"images": n}
-    for name, (fn, images) in measures.items():
-        times = _timed(fn, device, args.repeats)
-        seconds = statistics.median(times[1:])
-        results[name] = {"seconds": seconds, "images": images, "images_per_s": images / seconds, "first_call_s": times[0],
-                         "all_s": times[1:]}
-        print(f"  {name}: {images / seconds:.1f} images/s", flush=True)
-    ceiling = min(results[m]["images_per_s"] for m in ("model_only", "decode_only") if m in results)
-    results["lookalike_vs_ceiling"] = results["lookalike"]["images_per_s"] / ceiling
-    if "decode_1_core" in results:
-        # On a CPU the model and decoding share the cores: with the model taking all of them
-        # for 1/model s an image and decoding 1/decode core-seconds, the machine does about
-        # 1 / (1/model + 1/(cores * decode)) images/s end to end (more only if the model
-        # uses the cores better when it shares them than alone).
-        cores = len(os.sched_getaffinity(0))
-        bound = 1 / (1 / results["model_only"]["images_per_s"] + 1 / (cores * results["decode_1_core"]["images_per_s"]))
-        results["cpu_bound"] = {"images_per_s": bound, "cores": cores}
-        results["lookalike_vs_cpu_bound"] = results["lookalike"]["images_per_s"] / bound
-    results["lookalike_vs_naive"] = results["lookalike"]["images_per_s"] / results["naive"]["images_per_s"]
-    results["settings"] = {
-        "model": args.model, "batch_size": batch_size, "workers": extractor.num_workers, "devices": [str(d) for d in extractor.devices],
-        "precision": str(extractor.autocast_dtype or "fp32"), "compile": args.compile, "gpu_decode": extractor.jpeg_on_device,
-        "threads_per_gpu": args.threads_per_gpu,
-    }
-    return results
+    default = create_extractor(args.model, device="cpu", runtime="onnx")
+    torch_extractor = create_extractor(args.model, device="cpu", runtime="torch")
+    path = model_path(default.spec)
+    configs = {}
+    for threads in sorted({1, cores}):
+        for spinning in (True, False):  # ORT's own default spins idle threads; lookalike's doesn't
+            network = OnnxNetwork(path, threads=threads, spinning=spinning)
+            for batch in BATCHES:
+                configs[f"onnxruntime{', spinning' if spinning else ''}|{threads}|{batch}"] = _onnx_pass(network, pixels, batch)
+    for threads in sorted({1, cores}):
+        for batch in BATCHES:
+            configs[f"torch channels_last|{threads}|{batch}"] = _torch_pass(torch_extractor, pixels, batch, threads)
+    configs["lookalike|default|default"] = lambda: [default._embed_pixels(pixels[i : i + default.batch_size])
+                                                    for i in range(0, len(pixels), default.batch_size)]
+    seconds = rounds(configs, args.repeats)
+    rates = {name: len(pixels) / s for name, s in seconds.items()}
+    best = max((r, name) for name, r in rates.items() if not name.startswith("lookalike"))
+    return {"rates": rates, "fastest": best[1], "fastest_rate": best[0],
+            "lookalike_settings": {"forward_batch": default.forward_batch, "threads": default.threads}}
 
 
-def hardware() -> dict:
-    import torchvision
+def _onnx_pass(network, pixels, batch):
+    return lambda: network.run(pixels, batch)
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine()}
-    if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info
+
+def _torch_pass(extractor, pixels, batch, threads):
+    """torch as lookalike runs it (channels_last, inference mode), ``threads`` intra-op threads."""
+    normalize, module = extractor.model_spec.preprocessing.normalize, extractor.module
+    x = torch.from_numpy(pixels)
+
+    @torch.inference_mode()
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for i in range(0, len(x), batch):
+                module(normalize(x[i : i + batch]).contiguous(memory_format=torch.channels_last))
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def decoding(args, sets: dict[str, list[str]]) -> dict:
+    """Decoders on one core (this process), and their largest pixel difference from lookalike's."""
+    from lookalike import create_extractor
+
+    preprocessing = create_extractor(args.model, device="cpu", runtime="onnx").model_spec.preprocessing
+    out = {}
+    for kind, paths in sets.items():
+        paths = paths[: args.decode_n]
+        decoders = featurize_peers.decoders(preprocessing)
+        torch.set_num_threads(1)
+        seconds = rounds({name: (lambda f=f, paths=paths: [f(p) for p in paths]) for name, f in decoders.items()}, args.repeats)
+        torch.set_num_threads(os.cpu_count() or 1)
+        ours = [decoders["lookalike (PIL draft)"](p) for p in paths[:16]]
+        out[kind] = {name: {"images_per_s": len(paths) / s,
+                            "max_level_difference": max(int(np.abs(a.astype(int) - decoders[name](p).astype(int)).max())
+                                                        for a, p in zip(ours, paths[:16]))}
+                     for name, s in seconds.items()}
+    return out
+
+
+def end_to_end(args, sets: dict[str, list[str]], cores: int) -> dict:
+    """``embed_paths`` with lookalike's defaults, a sweep of workers x threads, and the torch runtime."""
+    from lookalike import create_extractor
+
+    out = {}
+    for kind, paths in sets.items():
+        configs = {"lookalike default": create_extractor(args.model, device="cpu")}
+        for workers in sorted({1, cores}):
+            for threads in sorted({1, cores}):
+                configs[f"onnx, {workers} workers, {threads} threads"] = create_extractor(
+                    args.model, device="cpu", runtime="onnx", num_workers=workers, threads=threads)
+        configs["torch default"] = create_extractor(args.model, device="cpu", runtime="torch")
+        seconds = rounds({name: (lambda e=e, paths=paths: sum(len(b.keys) for b in e.embed_paths(paths)))
+                          for name, e in configs.items()}, args.repeats)
+        default = configs["lookalike default"]
+        out[kind] = {"rates": {name: len(paths) / s for name, s in seconds.items()},
+                     "default_settings": {"workers": default.num_workers, "threads": default.threads,
+                                          "forward_batch": default.forward_batch, "batch_size": default.batch_size}}
+    return out
+
+
+def photo_sets(args) -> dict[str, list[str]]:
+    jobs = os.cpu_count() or 1
+    return {kind: [str(p) for p in make_photos(args.folder / kind, n, kind, jobs=jobs)]
+            for kind, n in (("small", args.small), ("large", args.large))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=Path("/tmp/lookalike-bench-photos"))
-    parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--weights", default=None, help="A state dict file instead of the pretrained weights.")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--threads-per-gpu", type=int, default=2)
-    parser.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
-                        help="Decode JPEGs on the device [default: on a GPU]; on a CPU, tests that path.")
-    parser.add_argument("--naive-n", type=int, default=None, help="Time the naive loop on the first N files only.")
+    parser.add_argument("--small", type=int, default=256, help="Small photos (at most 1 MP) end to end.")
+    parser.add_argument("--large", type=int, default=96, help="Large photos (4-12 MP) end to end.")
+    parser.add_argument("--model-images", type=int, default=64, help="Images per model-only pass.")
+    parser.add_argument("--decode-n", type=int, default=48, help="Files per decoder on one core.")
+    parser.add_argument("--naive-n", type=int, default=24, help="Large photos for the naive loop and img2vec.")
+    parser.add_argument("--startup-files", type=int, default=1000)
+    parser.add_argument("--startup-runs", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--name", default="featurize_cpu", help="benchmarks/results/NAME.json")
     args = parser.parse_args()
 
-    paths = sorted(str(p) for p in args.folder.glob("*.jpg"))[: args.n]
-    if len(paths) < args.n:
-        paths = [str(p) for p in make_photos(args.folder, args.n, jobs=os.cpu_count() or 1)]
-    machine = hardware()
-    print(json.dumps(machine), flush=True)
-    results = {"hardware": machine, **bench(paths, args)}
-    print(json.dumps(results["settings"]))
-    print(f"\n{'measure':<22}{'images/s':>10}{'seconds':>10}{'images':>8}{'1st call':>10}   (median of {args.repeats})")
-    for name in ("model_only", "decode_only", "decode_1_core", "lookalike", "lookalike_cpu_decode", "naive"):
-        if name in results:
-            r = results[name]
-            print(f"{name:<22}{r['images_per_s']:>10.1f}{r['seconds']:>10.2f}{r['images']:>8}{r['first_call_s']:>10.2f}")
-    ceiling = "min(model only, decode only)" if "decode_only" in results else "model only"
-    print(f"\nlookalike / {ceiling}: {results['lookalike_vs_ceiling']:.2f}   "
-          f"lookalike / naive: {results['lookalike_vs_naive']:.2f}")
-    if "cpu_bound" in results:
-        print(f"CPU bound, model and decoding sharing {results['cpu_bound']['cores']} cores: "
-              f"{results['cpu_bound']['images_per_s']:.1f} images/s; lookalike / bound: {results['lookalike_vs_cpu_bound']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    cores = len(os.sched_getaffinity(0))
+    sets = photo_sets(args)
+    photos = {kind: bytes_per_mp([Path(p) for p in paths]) for kind, paths in sets.items()}
+    for kind, stats in photos.items():
+        print(f"{kind} photos: {stats['files']} files, {stats['mean_mp']:.1f} MP, {stats['mb_per_mp']:.3f} MB/MP", flush=True)
+    from lookalike import create_extractor
+
+    preprocessing = create_extractor(args.model, device="cpu", runtime="onnx").model_spec.preprocessing
+    figures = {"photos": photos, "cores": cores}
+    figures["model"] = model_only(args, sample_pixels(sets["small"], preprocessing, args.model_images), cores)
+    print(f"model only: fastest {figures['model']['fastest']} {figures['model']['fastest_rate']:.1f} images/s", flush=True)
+    figures["decode"] = decoding(args, sets)
+    figures["end_to_end"] = end_to_end(args, sets, cores)
+    print("end to end:", {k: round(v["rates"]["lookalike default"], 1) for k, v in figures["end_to_end"].items()}, flush=True)
+    figures["peers"] = featurize_peers.peers(args, sets["large"][: args.naive_n], cores, rounds)
+    figures["startup"] = featurize_startup.startup(args, sets["small"])
+    figures["memory"] = featurize_startup.memory(args, sets["small"])
+    tables, figures["targets"] = report(figures, cores)
+    for name, table in tables.items():
+        print(f"\n{name}\n" + results.markdown(table))
+    path = results.save(args.name, {k: str(v) for k, v in vars(args).items()}, figures, tables)
+    print(f"-> {path}")
+
+
+def report(f: dict, cores: int) -> tuple[dict, dict]:
+    """The README's tables and the issue's targets, each with its measure and verdict."""
+    from featurize_report import tables_and_targets
+
+    return tables_and_targets(f, cores)
 
 
 if __name__ == "__main__":

@@ -36,15 +36,15 @@ import results  # noqa: E402
 def _network(device, unfreeze: int, classes: int):
     from lookalike.featurize import get_model_spec
     from lookalike.featurize.backbone import build_backbone
-    from lookalike.finetune.blocks import find_blocks
+    from lookalike.finetune.blocks import body_blocks
     from lookalike.finetune.groups import parameter_groups
-    from lookalike.finetune.head import EmbeddingHead, FinetuneNet, original_name
+    from lookalike.finetune.head import EmbeddingHead, FinetuneNet
     from lookalike.finetune.recipe import FinetuneConfig
 
     spec = get_model_spec("efficientnet_lite0")
     backbone = build_backbone(spec)
     net = FinetuneNet(backbone.module, EmbeddingHead(backbone.dim, classes), spec.preprocessing)
-    blocks = find_blocks(spec.builder(), {original_name(n) for n, _ in backbone.module.named_parameters()})
+    blocks = body_blocks(spec.builder, backbone.module, spec.preprocessing.crop_size)
     config = FinetuneConfig()
     groups, _ = parameter_groups(net.body, net.head, blocks, unfreeze=unfreeze, lr=config.lr,
                                  layer_decay=config.layer_decay, weight_decay=config.weight_decay)

@@ -1,12 +1,12 @@
 """Search and open: a lookalike store against raw FAISS on the same index file, in one run.
 
-    python benchmarks/bench_search.py --n 1000000 --json search.json
+    python benchmarks/bench_search.py --n 1000000        # -> benchmarks/results/search.json
 
 Builds (or reuses, under --folder) a real store of --n synthetic L2-normalised vectors: a
 mixture of --clusters gaussian clusters of varied spread, written in chunks through
 ``StoreWriter.write`` as the indexer writes, then indexed by the store's own
-``sync_index`` (the factory it chooses for that size: ``IVF4096,Flat`` at 1M on a machine
-with over 10.3 GiB of RAM, trained on min(n, 256 * nlist) vectors, i.e. all of them at 1M).
+``sync_index`` (the factory it plans for that size, e.g. ``IVF4096,Flat`` at 1M on a machine
+with 12 GiB of RAM or more, trained on min(n, 256 * nlist) vectors, i.e. all of them at 1M).
 Then, medians over --repeats on one batch of --queries fresh query vectors:
 
 - search: ``index.search(q, k)`` on the index as the store reads it (``read_index``,
@@ -14,8 +14,8 @@ Then, medians over --repeats on one batch of --queries fresh query vectors:
   reopens the index, checks the catalog generation and maps ids to paths; target <= 1.10;
 - open: ``Store.open`` + a first one-query search, in this process and as a fresh
   ``python -c`` process, against ``faiss.read_index`` without mmap (a full load) of the
-  same file; target <= 2 s. ``--evict`` drops the store's files from the page cache
-  (posix_fadvise) before each open, for a cold-disk number.
+  same file; target <= 2 s. Then the same with the store's files dropped from the page
+  cache (posix_fadvise) before each open, for a cold-disk number (--cold-repeats times).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+import results
 from lookalike.index import faiss_index
 from lookalike.index.store import INDEX, MANIFEST, STORE_DIRNAME, STORE_FILES, Store
 
@@ -171,6 +172,32 @@ def _summary(times: dict[str, list[float]]) -> dict:
     return {"raw_s": raw, "lookalike_s": ours, "ratio": ours / raw, "times": times}
 
 
+def tables(found: dict, args) -> dict:
+    """What the README shows: the setup, and lookalike against raw FAISS."""
+    index, build = found["index"], found["build"]
+    setup = [["vectors", f"{args.n:,} synthetic, {SPEC['dim']}-d, {args.clusters:,} gaussian clusters"],
+             ["index", f"{build['index_factory']}, nprobe {index.get('nprobe', '-')}, built by the store's writer"],
+             ["queries", f"{args.queries:,} fresh draws of the same clusters, k = {args.k}"],
+             ["repeats", f"median of {args.repeats} (cold opens: {args.cold_repeats})"],
+             ["same top-k ids as raw FAISS", f"{found['search']['same_top_k']:.1%} of queries"]]
+    if not build.get("reused"):
+        setup.append(["build", f"writing {build['write_s']:.0f} s, indexing {build['index_s']:.0f} s"])
+    rows = []
+    for key, label, baseline in (
+        ("search", "search (`store.search` vs `index.search` on the same index)", "raw FAISS"),
+        ("open", "open + first search, page cache warm", "`faiss.read_index`, full load"),
+        ("open_fresh_process", "the same in a fresh Python process", ""),
+        ("cold_open", "open + first search, files evicted from the page cache", ""),
+        ("cold_open_fresh_process", "the same in a fresh Python process", ""),
+    ):
+        row = found[key]
+        ratio = f"{row['ratio']:.2f}" if key == "search" else ""
+        rows.append([label, f"{row['lookalike_s']:.2f} s", f"{row['raw_s']:.2f} s" + (f" ({baseline})" if baseline else ""),
+                     ratio])
+    return {"setup": {"columns": ["setting", "value"], "rows": setup},
+            "search": {"columns": ["measure", "lookalike", "baseline", "ratio"], "rows": rows}}
+
+
 def hardware() -> dict:
     return {"python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
             "cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
@@ -187,36 +214,32 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--evict", action="store_true", help="cold page cache before each open")
+    parser.add_argument("--cold-repeats", type=int, default=3, help="opens with the page cache evicted first")
     parser.add_argument("--rebuild", action="store_true", help="build the store again even if it fits")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--name", default="search", help="the results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
 
+    settings = {key: value for key, value in vars(args).items()}
+    settings.update(folder=str(args.folder), code_at_start=results.commit())
     if args.rebuild:
         shutil.rmtree(args.folder / STORE_DIRNAME, ignore_errors=True)
     mixture = Mixture(args.clusters, SPEC["dim"])
     store, build = build_store(args.folder, args.n, mixture, args.chunk)
-    results = {"hardware": hardware(), "settings": {key: value for key, value in vars(args).items() if key != "json"},
-               "build": build}
+    found = {"hardware": hardware(), "build": build}
     queries = mixture.rows(0, args.queries, stream=1)  # not stored vectors: fresh draws of the same clusters
-    results.update(bench_search(store.directory, queries, args.k, args.repeats))
-    results.update(bench_open(store.directory, queries[:1], args.k, args.repeats, args.evict))
-    results["settings"]["folder"] = str(args.folder)
-    print(json.dumps(results["hardware"]), json.dumps(results["settings"]), json.dumps(build),
-          json.dumps(results["index"]), sep="\n")
-    print(f"\n{'measure (median of ' + str(args.repeats) + ')':<34}{'lookalike s':>12}{'baseline s':>12}{'ratio':>8}   target")
-    labels = {"search": (f"search {args.queries} q, k={args.k}", "raw index.search", f"ratio <= {TARGET_SEARCH_RATIO}"),
-              "open": ("open + first search", "faiss.read_index full", f"<= {TARGET_OPEN_S} s"),
-              "open_fresh_process": ("  same, fresh python process", "same, fresh process", f"<= {TARGET_OPEN_S} s")}
-    for name, (label, baseline, target) in labels.items():
-        row = results[name]
-        verdict = "ok" if row["within_target"] else "MISSED"
-        print(f"{label:<34}{row['lookalike_s']:>12.4f}{row['raw_s']:>12.4f}{row['ratio']:>8.3f}   {target} {verdict}"
-              f"   (baseline: {baseline})")
-    print(f"\nsame top-{args.k} ids as raw FAISS: {results['search']['same_top_k']:.1%} of queries"
-          f"{'   (page cache evicted before each open)' if args.evict else ''}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    found.update(bench_search(store.directory, queries, args.k, args.repeats))
+    found.update(bench_open(store.directory, queries[:1], args.k, args.repeats, cold=False))
+    cold = bench_open(store.directory, queries[:1], args.k, args.cold_repeats, cold=True)
+    found.update(cold_open=cold["open"], cold_open_fresh_process=cold["open_fresh_process"])
+    shown = tables(found, args)
+    path = results.save(args.name, settings, found, shown)
+    print(json.dumps(found["hardware"]), json.dumps(settings), json.dumps(build), json.dumps(found["index"]), sep="\n")
+    for table in shown.values():
+        print("\n" + results.markdown(table))
+    for key in ("search", "open", "open_fresh_process", "cold_open", "cold_open_fresh_process"):
+        target = f"ratio <= {TARGET_SEARCH_RATIO}" if key == "search" else f"<= {TARGET_OPEN_S} s"
+        print(f"{key:<26} {'ok' if found[key]['within_target'] else 'MISSED'} ({target})")
+    print(f"-> {path}")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,25 @@
-"""Peak memory of indexing against the number of images: it should stay flat, in one run.
+"""Peak memory of indexing against the number of images, and of the index build against its plan.
 
-    python benchmarks/bench_store.py --json store.json
-    python benchmarks/bench_store.py --large --sizes 200 800 3200 --json store.json
+    python benchmarks/bench_store.py                                   # -> results/store_memory.json
+    python benchmarks/bench_store.py --name store_build_1m --writer-sizes 1000000 --sizes \\
+        --batch-size 4096                                              # -> results/store_build_1m.json
 
 Every measurement is a fresh child process, so peaks never mix:
 
 - floor (the baseline): import lookalike and build the default extractor, nothing indexed;
 - writer N: ``StoreWriter.write`` of N synthetic 1280-d vectors in batches of --batch-size,
-  as ``index_folder`` writes them (N = 10k, 100k; 1M with --large). The write phase and the
-  index sync on exit are reported apart: the peak is reset in between (``/proc/self/clear_refs``);
-- index N: the real ``lookalike index FOLDER`` CLI, default model on CPU, on N generated
-  320x240 JPEGs (random crops of scikit-image photos).
+  as ``index_folder`` writes them. The write phase and the index build on exit are reported
+  apart: the peak is reset in between (``/proc/self/clear_refs``). For the build, the child
+  records the plan the store makes (``faiss_index.plan_build``: factory, training rows, the
+  peak it planned for, the budget) and the RSS it had before the build; the build is within
+  its plan when peak RSS - RSS before <= planned peak;
+- index N: the real ``python -m lookalike index FOLDER`` on N generated 320x240 JPEGs
+  (random crops of scikit-image photos), default model on the CPU.
 
 "peak RSS" is the kernel's high-water mark of the largest process of the tree (``wait4``
 rusage; the child's own VmHWM for the writer phases); "tree PSS" samples the proportional
 set size of the CLI and its decoding workers together every 50 ms. A least-squares line
-through (N, peak) gives bytes per image; bytes per image x 100,000 is what 100k images add
-to the peak beyond the smallest size measured, which is how runs of a few thousand images
-show the 100k-image behaviour; the writer rows measure 100k (1M with --large) directly,
-without the CNN. File-backed pages count in RSS: reading the memory-mapped vectors to build
-the index shows up there though the kernel can drop those pages. The index itself is held in
-memory while it is built (an IVF index with Flat codes is 5 KiB a vector at 1280-d), so the
-index sync, unlike the write phase, grows with N by design.
+through (N, peak) gives bytes per image.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,16 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
+import results
+
 DIM = 1280
 SPEC = {"model": "synthetic", "layer": "none", "dim": DIM, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {}}
 
 
-def hwm_bytes() -> int:
-    """This process's peak RSS so far (VmHWM)."""
+def status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory field (VmHWM: peak RSS so far; VmRSS: now), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def reset_hwm() -> None:
@@ -59,27 +58,34 @@ def child_floor() -> dict:
     from lookalike import create_extractor
 
     create_extractor(device="cpu")
-    return {"peak": hwm_bytes()}
+    return {"peak": status_bytes("VmHWM")}
 
 
 def child_writer(n: int, batch_size: int) -> dict:
+    from lookalike.index import faiss_index
     from lookalike.index.store import Store
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir="/tmp") as folder:
         store = Store.create(Path(folder) / ".lookalike", folder, SPEC)
-        base = hwm_bytes()
+        base = status_bytes("VmHWM")
+        started = time.perf_counter()
         with store.writer(sync=False) as writer:
             for start in range(0, n, batch_size):
                 count = min(batch_size, n - start)
                 vectors = rng.standard_normal((count, DIM), dtype=np.float32)
                 vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 writer.write([(f"photos/{i:07d}.jpg", 50_000, i) for i in range(start, start + count)], vectors, [])
-        write_peak = hwm_bytes()
+        write_peak, write_s = status_bytes("VmHWM"), time.perf_counter() - started
+        plan = faiss_index.plan_build(n, DIM, store.manifest.index_factory)  # as the writer's sync plans it
         reset_hwm()
+        before_build = status_bytes("VmRSS")
+        started = time.perf_counter()
         with store.writer():  # on exit: the index build `lookalike index` ends with
             pass
-        return {"base": base, "peak": write_peak, "index_peak": hwm_bytes(), "factory": store.info()["index_factory"]}
+        return {"base": base, "peak": write_peak, "write_s": write_s, "index_peak": status_bytes("VmHWM"),
+                "before_build": before_build, "build_s": time.perf_counter() - started,
+                "factory": store.info()["index_factory"], "plan": plan._asdict()}
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
@@ -127,9 +133,9 @@ def tree_pss(pid: int) -> int:
 
 
 def run_cli(folder: Path, batch_size: int) -> dict:
-    """``lookalike index`` in a fresh store: its peak RSS (exact) and tree PSS (sampled)."""
+    """``python -m lookalike index`` in a fresh store: its peak RSS (exact) and tree PSS (sampled)."""
     with tempfile.TemporaryDirectory(dir="/tmp") as store:
-        command = [str(Path(sys.executable).with_name("lookalike")), "index", str(folder), "--store", store,
+        command = [sys.executable, "-m", "lookalike", "index", str(folder), "--store", store,
                    "--device", "cpu", "--batch-size", str(batch_size)]
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -160,68 +166,83 @@ def slope(sizes: list[int], peaks: list[int]) -> float:
     return float(np.polyfit(sizes, peaks, 1)[0]) if len(set(sizes)) > 1 else 0.0
 
 
-def hardware() -> dict:
-    import faiss
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
-            "numpy": np.__version__, "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-
-
 def mib(x: float) -> str:
-    return f"{x / 2**20:.0f}"
+    return f"{x / 2**20:,.0f}"
+
+
+def tables(figures: dict) -> dict:
+    """What the README shows: the write phase, the build against its plan, and the CLI, each against where it started."""
+    rows = []
+    for n, r in figures["writer"].items():
+        rows.append([f"store writer, writing vectors (batches of {figures['batch_size']:,})", f"{int(n):,}", mib(r["peak"]),
+                     mib(r["peak"] - r["base"]), "", ""])
+    for n, r in figures["writer"].items():
+        plan, grown = r["plan"], r["index_peak"] - r["before_build"]
+        rows.append([f"index build at the end ({r['factory']}, trained on {plan['train_rows']:,})", f"{int(n):,}",
+                     mib(r["index_peak"]), mib(grown), mib(plan["peak_bytes"]),
+                     "yes" if grown <= plan["peak_bytes"] else "**no**"])
+    for n, r in figures["index"].items():
+        rows.append([f"`lookalike index` on 320x240 JPEGs (CLI, Lite0, CPU; tree PSS {mib(r['tree_pss'])} MiB)",
+                     f"{int(n):,}", mib(r["peak"]), mib(r["peak"] - figures["floor"]["peak"]), "", ""])
+    columns = ["measure", "N", "peak RSS, MiB", "above its start, MiB", "planned, MiB", "within plan"]
+    return {"memory": {"columns": columns, "rows": rows}}
+
+
+def render_again(name: str) -> Path:
+    """Rewrite the tables of results/NAME.json from its figures (nothing measured again, nothing else changed)."""
+    path = results.RESULTS / f"{name}.json"
+    record = json.loads(path.read_text())
+    record["tables"] = tables(record["figures"])
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def measure(args) -> dict:
+    figures = {"batch_size": args.batch_size, "floor": in_child("floor")}
+    figures["writer"] = {n: in_child("writer", str(n), "--batch-size", str(args.batch_size)) for n in args.writer_sizes}
+    figures["index"] = {}
+    for n in args.sizes:
+        make_jpegs(args.photos / str(n), n)
+        figures["index"][n] = run_cli(args.photos / str(n), args.batch_size)
+    writer_n, index_n = list(figures["writer"]), list(figures["index"])
+    figures["bytes_per_image"] = {
+        "writer": slope(writer_n, [r["peak"] for r in figures["writer"].values()]),
+        "writer index build": slope(writer_n, [r["index_peak"] for r in figures["writer"].values()]),
+        "lookalike index": slope(index_n, [r["peak"] for r in figures["index"].values()]),
+        "lookalike index, tree PSS": slope(index_n, [r["tree_pss"] for r in figures["index"].values()]),
+    }
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--writer-sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--large", action="store_true", help="add 1,000,000 to --writer-sizes")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 800, 2000], help="images for the CLI runs")
+    parser.add_argument("--writer-sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[200, 800, 2000], help="images for the CLI runs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--photos", type=Path, default=Path("/tmp/lookalike-bench-jpegs"))
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--name", default="store_memory", help="the results file: benchmarks/results/NAME.json")
+    parser.add_argument("--render", action="store_true", help="only rewrite NAME.json's tables from its figures")
     args = parser.parse_args()
+    if args.render:
+        print(f"-> {render_again(args.name)}")
+        return
     if args.child:
         kind, *rest = args.child
-        result = child_floor() if kind == "floor" else child_writer(int(rest[0]), args.batch_size)
-        print(json.dumps(result))
+        print(json.dumps(child_floor() if kind == "floor" else child_writer(int(rest[0]), args.batch_size)))
         return
 
-    writer_sizes = sorted(set(args.writer_sizes + ([1_000_000] if args.large else [])))
-    results = {"hardware": hardware(), "settings": {"writer_sizes": writer_sizes, "sizes": args.sizes,
-                                                     "batch_size": args.batch_size, "model": "efficientnet_lite0 (default)",
-                                                     "device": "cpu"}}
-    results["floor"] = in_child("floor")
-    results["writer"] = {n: in_child("writer", str(n), "--batch-size", str(args.batch_size)) for n in writer_sizes}
-    results["index"] = {}
-    for n in args.sizes:
-        make_jpegs(args.photos / str(n), n)
-        results["index"][n] = run_cli(args.photos / str(n), args.batch_size)
-    writer_n, index_n = list(results["writer"]), list(results["index"])
-    fits = {"writer": slope(writer_n, [r["peak"] for r in results["writer"].values()]),
-            "writer index sync": slope(writer_n, [r["index_peak"] for r in results["writer"].values()]),
-            "lookalike index": slope(index_n, [r["peak"] for r in results["index"].values()]),
-            "lookalike index, tree PSS": slope(index_n, [r["tree_pss"] for r in results["index"].values()])}
-    results["bytes_per_image"] = fits
-    floor = results["floor"]["peak"]
-
-    print(json.dumps(results["hardware"]), json.dumps(results["settings"]), sep="\n")
-    print(f"\n{'measure':<26}{'N':>9}{'peak MiB':>10}{'baseline':>10}{'ratio':>7}   baseline: what the process held before")
-    for n, r in results["writer"].items():
-        for label, peak in (("writer, write phase", r["peak"]), ("writer, index sync", r["index_peak"])):
-            print(f"{label:<26}{n:>9}{mib(peak):>10}{mib(r['base']):>10}{peak / r['base']:>7.2f}"
-                  f"   {'import store' if 'write' in label else r['factory']}")
-    for n, r in results["index"].items():
-        print(f"{'lookalike index (CLI)':<26}{n:>9}{mib(r['peak']):>10}{mib(floor):>10}{r['peak'] / floor:>7.2f}"
-              f"   floor: import + create_extractor; tree PSS {mib(r['tree_pss'])} MiB,"
-              f" {n / r['seconds']:.1f} img/s with start-up")
-    print(f"\n{'fit':<28}{'bytes/image':>12}{'x 100k, MiB':>13}")
-    for name, b in fits.items():
-        print(f"{name:<28}{b:>12.0f}{mib(b * 100_000):>13}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    settings = {"writer_sizes": args.writer_sizes, "sizes": args.sizes, "batch_size": args.batch_size, "dim": DIM,
+                "model": "efficientnet_lite0 (default)", "device": "cpu",
+                "code_at_start": results.commit()}  # the JSON's own commit is taken when it is saved, hours later
+    figures = measure(args)
+    shown = tables(figures)
+    path = results.save(args.name, settings, figures, shown)
+    print(results.markdown(shown["memory"]))
+    print(f"floor (import + create_extractor): {mib(figures['floor']['peak'])} MiB")
+    for name, b in figures["bytes_per_image"].items():
+        print(f"{name:<28}{b:>12.0f} bytes/image")
+    print(f"-> {path}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import results as results_module
 from lookalike import create_extractor
 from lookalike.featurize import load_image
 
@@ -48,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(str(p) for p in args.folder.glob("*.jpg"))[: args.n]
 
-    cpu = create_extractor(device="cpu", batch_size=32)
+    cpu = create_extractor(device="cpu", batch_size=32, runtime="torch")  # the reference: torch fp32 on the CPU
     pixels = torch.stack([cpu.model_spec.preprocessing(load_image(p)) for p in paths])
     reference = cpu._forward(pixels)
     results = {}
@@ -61,14 +62,18 @@ def main() -> None:
     results["pipeline vs full decode"] = _cosines(on_gpu, full)
     results["pipeline, as shipped"] = _cosines(on_gpu, _vectors(cpu, paths))
 
-    name = torch.cuda.get_device_name(0) if gpu.device.type == "cuda" else "no GPU: a dry run on the CPU"
-    print(f"GPU vs CPU vectors on {len(paths)} photos ({name}; "
+    device_name = torch.cuda.get_device_name(0) if gpu.device.type == "cuda" else "no GPU: a dry run on the CPU"
+    print(f"GPU vs CPU vectors on {len(paths)} photos ({device_name}; "
           f"shipped precision {gpu.autocast_dtype}, gpu decode {gpu.jpeg_on_device})")
     print(f"{'comparison':<26}{'min cos':>10}{'mean cos':>10}")
     for name, r in results.items():
         print(f"{name:<26}{r['min']:>10.5f}{r['mean']:>10.5f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if gpu.device.type == "cuda":  # benchmarks/results/featurize_gpu_vectors.json, for the README to render
+        rows = [[name, f"{r['min']:.5f}", f"{r['mean']:.5f}"] for name, r in results.items()]
+        results_module.save("featurize_gpu_vectors", {"photos": len(paths), "gpu": device_name}, results,
+                            {"cosines": {"columns": ["GPU against CPU", "min cosine", "mean cosine"], "rows": rows}})
 
 
 if __name__ == "__main__":

@@ -103,5 +103,28 @@ class TransientError(LookalikeError):
     """
 
 
+# The web app and JSON API (lookalike.serve).
+
+
+class UploadError(LookalikeError, ValueError):
+    """An uploaded image the server refuses (empty, too large, not an image, truncated); ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class UnknownImageError(StoreError):
+    """No embedded image in the store has the id asked for."""
+
+
+class ServeError(LookalikeError, OSError):
+    """The server can't start: the port is taken, the host unknown, or a file it needs is unreadable."""
+
+
+class OnnxExportError(LookalikeError):
+    """A network could not be exported to ONNX, or its export disagreed with torch; it runs on torch instead."""
+
+
 class CheckpointError(LookalikeError):
     """A fine-tuning checkpoint that can't be resumed: damaged, or made with other settings or images."""

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError, StoreMismatchError
+from .errors import StoreError, StoreMismatchError, TransientError
 from .index.discover import FoundFile, discover
+from .index.faiss_index import check_factory
+from .index.layout import CATALOG, LOCK, MANIFEST, STORE_DIRNAME, find_store, remove_store_files
+from .index.lock import lock_store
 from .index.manifest import describe_spec
-from .index.store import LOCK, MANIFEST, STORE_DIRNAME, STORE_FILES, Store, find_store, lock_store
+from .index.store import Store
+from .index.writer import StoreWriter
 
 
 @dataclass
@@ -27,6 +31,7 @@ class IndexSummary:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    retried: int = 0  # files that had failed, tried again
     failed: int = 0
     embedded: int = 0  # images the CNN ran on
     seconds: float = 0.0
@@ -41,6 +46,7 @@ def index_folder(
     weights: str | os.PathLike | None = None,
     reset: bool = False,
     index_factory: str | None = None,
+    retry_failed: bool = False,
     extractor_options: dict | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -48,12 +54,16 @@ def index_folder(
 ) -> IndexSummary:
     """Index the images under ``root``: embed new and changed files, drop deleted ones.
 
+    A file that failed is tried again once its size, mtime, ctime or mode changes (a chmod
+    changes the last two), and always with ``retry_failed``.
+
     Args:
         root: the folder.
         store: the store folder (default ``root/.lookalike``).
         model, layer, weights: the featurizer; default the store's, else ``efficientnet_lite0``.
         reset: delete the store first and start over.
         index_factory: force a FAISS index type (factory string) instead of choosing by size.
+        retry_failed: try every file that failed before again, changed or not.
         extractor_options: passed to ``create_extractor`` (device, batch_size, num_workers, precision...).
         on_start: told how many files will be embedded; on_batch: how many more are done.
         only: index just these files under ``root`` (a CSV's list), removing nothing else.
@@ -61,70 +71,93 @@ def index_folder(
     Raises:
         StoreMismatchError: the store was built with another model, layer or preprocessing.
         StoreLockedError: another process is indexing into the store.
+        TransientError: the featurizer ran out of memory or hit an I/O error that says nothing
+            about the file; nothing was recorded against any file, and a rerun resumes.
     """
-    from .featurize import IMAGE_EXTENSIONS
-
     started = time.perf_counter()
     root = Path(root).resolve()
     store_dir = Path(store) if store is not None else root / STORE_DIRNAME
     if reset:
         _remove_store(store_dir)
+    existing = _open_existing(store_dir, root)
+    if existing is not None:
+        model, layer, weights = _same_featurizer(existing, model, layer, weights)
+        if index_factory:
+            check_factory(index_factory, existing.dim)
+    todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
+    if only is not None:
+        removed, summary.removed = [], 0
+    if on_start:
+        on_start(len(todo))
+    if todo or existing is None:
+        extractor = _extractor(model, layer, weights, extractor_options)
+        if index_factory:
+            check_factory(index_factory, extractor.dim)
+        spec = extractor.spec.to_dict()
+        if existing is None:
+            existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
+        existing.manifest.check_spec(spec)
+    with existing.writer() as writer:  # with nothing to embed, no CNN runs; the index still catches up
+        writer.use_factory(index_factory)
+        writer.remove(removed)
+        if todo:
+            _embed(extractor, todo, writer, summary, on_batch)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _files(root: Path, store_dir: Path, only: list[str] | None) -> list[FoundFile]:
+    from .featurize import IMAGE_EXTENSIONS
+
+    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
+    if only is not None:
+        wanted = {os.path.abspath(p) for p in only}
+        files = [f for f in files if os.path.abspath(f.path) in wanted]
+    return files
+
+
+def _open_existing(store_dir: Path, root: Path) -> Store | None:
     existing = Store.open(store_dir) if (store_dir / MANIFEST).exists() else None
     if existing is not None and existing.root != root:
         raise StoreError(
             f"the store {store_dir} indexes {existing.root}, not {root}: give this folder its own --store, "
             f"or --reset to replace what the store holds"
         )
-    if existing is not None:
-        model, layer, weights = _same_featurizer(existing, model, layer, weights)
-        if index_factory and index_factory != existing.manifest.index_factory:
-            from .index.faiss_index import check_factory
+    return existing
 
-            check_factory(index_factory, existing.dim)
-            existing.manifest.index_factory = index_factory  # the next index sync rebuilds with it
-            existing.manifest.write(store_dir / MANIFEST)
-    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
-    if only is not None:
-        wanted = {os.path.abspath(p) for p in only}
-        files = [f for f in files if os.path.abspath(f.path) in wanted]
-    todo, removed, summary = _plan(existing, files, store_dir)
-    if only is not None:
-        removed, summary.removed = [], 0
-    if on_start:
-        on_start(len(todo))
-    if not todo and existing is not None:
-        with existing.writer() as writer:  # nothing to embed: no CNN; the index still catches up
-            writer.remove(removed)
-        summary.seconds = time.perf_counter() - started
-        return summary
 
-    extractor = _extractor(model, layer, weights, extractor_options)
-    if index_factory:
-        from .index.faiss_index import check_factory
-
-        check_factory(index_factory, extractor.dim)
-    spec = extractor.spec.to_dict()
-    if existing is None:
-        existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
-    else:
-        existing.manifest.check_spec(spec)
+def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: IndexSummary, on_batch) -> None:
+    """Run the CNN over ``todo`` and write each batch; a transient error stops the run, recording nothing."""
     by_path = {f.path: f for f in todo}
-    with existing.writer() as writer:
-        writer.remove(removed)
+    try:
         for batch in extractor.embed_paths(list(by_path)):
-            embedded = [(f.key, f.size, f.mtime_ns) for f in map(by_path.get, batch.keys)]
-            failed = [(by_path[f.key].key, by_path[f.key].size, by_path[f.key].mtime_ns, f.reason) for f in batch.failures]
+            embedded = [_stat(by_path[key]) for key in batch.keys]
+            failed = [(*_stat(by_path[f.key]), f.reason) for f in batch.failures]
             writer.write(embedded, batch.vectors, failed)
             summary.embedded += len(batch.keys)
             summary.failed += len(batch.failures)
             if on_batch:
                 on_batch(len(batch.keys) + len(batch.failures))
-    summary.seconds = time.perf_counter() - started
-    return summary
+    except (TransientError, MemoryError) as e:
+        reason = str(e) or type(e).__name__
+        raise TransientError(
+            f"indexing stopped by a transient error ({reason}), which says nothing about the files: none was marked "
+            f"as failed. The {summary.embedded + summary.failed} files done are saved: run the same command again to resume"
+        ) from e
 
 
-def _plan(store: Store | None, files: list[FoundFile], store_dir: Path) -> tuple[list[FoundFile], list[str], IndexSummary]:
-    """Which files to embed (new or changed by size or mtime) and which keys to remove."""
+def _stat(f: FoundFile) -> tuple[str, int, int, int, int]:
+    return f.key, f.size, f.mtime_ns, f.ctime_ns, f.mode
+
+
+def _plan(store: Store | None, files: list[FoundFile], store_dir: Path,
+          retry_failed: bool = False) -> tuple[list[FoundFile], list[str], IndexSummary]:
+    """Which files to embed and which keys to remove.
+
+    New files; embedded files whose size or mtime changed; failed files whose size, mtime,
+    ctime or mode changed (a chmod that fixed "permission denied" changes the last two), or
+    all of them with ``retry_failed``.
+    """
     summary = IndexSummary(store=store_dir)
     if store is None:
         summary.added = len(files)
@@ -136,12 +169,15 @@ def _plan(store: Store | None, files: list[FoundFile], store_dir: Path) -> tuple
         record = known.get(f.key)
         if record is None:
             summary.added += 1
-            todo.append(f)
+        elif record.status == "failed" and (retry_failed or _stat(f)[1:] != (record.size, record.mtime_ns,
+                                                                             record.ctime_ns, record.mode)):
+            summary.retried += 1
         elif (record.size, record.mtime_ns) != (f.size, f.mtime_ns):
             summary.updated += 1
-            todo.append(f)
         else:
             summary.unchanged += 1
+            continue
+        todo.append(f)
     present = {f.key for f in files}
     removed = [key for key in known if key not in present]
     summary.removed = len(removed)
@@ -175,13 +211,10 @@ def _extractor(model, layer, weights, options):
 
 def _remove_store(store_dir: Path) -> None:
     """Delete a store's own files (never anything else that shares its folder), under its lock."""
-    if not (store_dir / MANIFEST).exists():
-        return
+    if not (store_dir / MANIFEST).exists() and not (store_dir / CATALOG).exists():
+        return  # not a store, nor the start of one: never touch files that only share a store's names
     with lock_store(store_dir):  # works on a damaged store too: nothing is opened but the lock
-        for name in STORE_FILES:
-            for path in store_dir.glob(name + "*"):  # with SQLite's -wal/-shm and temporary files
-                if path.name != LOCK:
-                    path.unlink(missing_ok=True)
+        remove_store_files(store_dir)
     with contextlib.suppress(OSError):
         (store_dir / LOCK).unlink()
         store_dir.rmdir()  # only if nothing else is in it

@@ -27,9 +27,20 @@ def photos() -> dict[str, Image.Image]:
     return {name: photo(name) for name in PHOTOS}
 
 
+@pytest.fixture(scope="session")
+def onnx_cache_dir(tmp_path_factory) -> Path:
+    """One ONNX export cache for the whole session: each network is exported once, not once per test."""
+    return tmp_path_factory.mktemp("lookalike_cache")
+
+
 @pytest.fixture(autouse=True)
-def no_network(tmp_path, monkeypatch):
-    """Tests never download: an empty hub cache per test, and downloads that fail like a machine offline."""
+def no_network(tmp_path, monkeypatch, onnx_cache_dir):
+    """Tests never download: an empty hub cache per test, and downloads that fail like a machine offline.
+
+    ONNX exports go to the session's cache (``LOOKALIKE_CACHE``, inherited by subprocesses);
+    tests of the cache itself point it elsewhere.
+    """
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -42,10 +53,26 @@ def no_network(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def lite0():
-    """The bundled default model on the CPU, built once."""
+    """The bundled default model on the CPU with torch, built once."""
     from lookalike import create_extractor
 
-    return create_extractor(device="cpu", batch_size=8, num_workers=0)
+    return create_extractor(device="cpu", batch_size=8, num_workers=0, runtime="torch")
+
+
+@pytest.fixture(scope="session")
+def lite0_onnx(onnx_cache_dir):
+    """The bundled default model on ONNX Runtime (exported into the session's cache), built once."""
+    from lookalike import create_extractor
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
+        return create_extractor(device="cpu", batch_size=8, num_workers=0, runtime="onnx")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def extractor(request):
+    """Lite0 on each runtime, for tests whose behaviour both must share."""
+    return request.getfixturevalue("lite0" if request.param == "torch" else "lite0_onnx")
 
 
 def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:

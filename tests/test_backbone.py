@@ -10,7 +10,7 @@ from lookalike.featurize.weights import load_state_dict
 
 
 def test_an_earlier_layer_is_global_average_pooled(photos):
-    extractor = create_extractor(layer="_blocks.5", device="cpu")
+    extractor = create_extractor(layer="_blocks.5", device="cpu", runtime="torch")  # ONNX: test_onnx_runtime.py
     assert extractor.dim == 80
     assert extractor.spec.layer == "_blocks.5"
 
@@ -53,7 +53,8 @@ def test_channels_last_activations_are_pooled_over_space_not_channels(tmp_path, 
     model = convnext_tiny().eval()
     torch.save(model.state_dict(), tmp_path / "convnext.pth")
     layer = "features.1.0.block.2"  # LayerNorm inside the first block, NHWC
-    extractor = create_extractor("convnext_tiny", layer=layer, device="cpu", weights=tmp_path / "convnext.pth")
+    extractor = create_extractor("convnext_tiny", layer=layer, device="cpu", weights=tmp_path / "convnext.pth",
+                                 runtime="torch")
     assert extractor.dim == 96
 
     seen = {}

@@ -67,7 +67,7 @@ def test_embed_writes_vectors_and_reports_each_bad_file(corpus_dir, tmp_path, li
     ],
 )
 def test_errors_are_one_line_and_a_nonzero_exit(args, message, tmp_path, monkeypatch):
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     result = CliRunner().invoke(main, args)
@@ -83,19 +83,17 @@ def test_embed_with_no_images_says_so(tmp_path):
     assert "no image files" in result.stderr
 
 
-def test_installed_entry_point_runs_end_to_end(tmp_path, photos):
-    executable = Path(sys.executable).with_name("lookalike")
-    if not executable.exists():
-        pytest.skip("the lookalike console script is not installed in this environment")
+def test_python_m_lookalike_runs_end_to_end(tmp_path, photos):
     for name in ("chelsea", "coffee"):
         photos[name].save(tmp_path / f"{name}.jpg")
     out = tmp_path / "v.npz"
-    done = subprocess.run([str(executable), "embed", str(tmp_path), "-o", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "lookalike", "embed", str(tmp_path), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "2 embedded, 0 failed" in done.stdout
     vectors = np.load(out)["vectors"]
     assert vectors.shape == (2, 1280)
-    assert vectors[0] @ vectors[1] < 0.5  # a cat and a coffee cup are not alike
+    assert vectors[0] @ vectors[1] < 0.1  # a cat and a coffee cup are not alike: measured 0.088
 
 
 def test_an_unwritable_output_fails_before_any_embedding(tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
-"""The store through the command line: end to end, errors as one line, SIGKILL, concurrent queries."""
+"""The store through the command line: end to end, errors as one line, Ctrl-C.
+
+Kills at every step are in test_crash.py, queries during indexing in test_concurrency.py.
+"""
 
 import json
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,13 +16,10 @@ from click.testing import CliRunner
 
 from conftest import photo
 from lookalike.cli import main
-from lookalike.index.store import CATALOG, MANIFEST
+from lookalike.crashpoints import PAUSE_FILE_ENV
 from lookalike.indexing import index_folder, open_store
+from test_crash import BATCH, lookalike_subprocess, make_images
 from test_indexing import make_photo_folder
-
-LOOKALIKE = Path(sys.executable).with_name("lookalike")
-needs_entry_point = pytest.mark.skipif(not LOOKALIKE.exists(), reason="the lookalike console script is not installed")
-
 
 def _cli(*args, cwd=None):
     if cwd:
@@ -55,7 +53,10 @@ def test_index_then_query_an_edited_copy(folder, tmp_path):
     first = result.stdout.splitlines()[1].split(",")  # an indexed path reuses its vector and skips itself
     assert first[1] == "1" and not first[3].endswith("chelsea.jpg")
 
-    assert "1 files failed" in _cli("failures").stderr
+    failures = _cli("failures")
+    assert "1 files failed" in failures.stderr and "broken.jpg: " in failures.stdout and "[recorded 20" in failures.stdout
+    (failure,) = json.loads(_cli("failures", "--json").stdout)
+    assert failure["path"].endswith("broken.jpg") and failure["recorded"].endswith("+00:00")
     assert "consistent" in _cli("check").output
     details = json.loads(_cli("info", "--json").output)
     assert (details["embedded"], details["failed"], details["spec"]["model"]) == (6, 1, "efficientnet_lite0")
@@ -82,7 +83,7 @@ def test_export_npy_holds_vectors_with_their_paths(folder, tmp_path):
 
 
 def test_export_parquet_holds_vectors_with_their_paths(folder, tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq  # the dev extra has it: a missing one fails
     index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
     result = _cli("export", tmp_path / "out.parquet", "--format", "parquet", "--store", folder / ".lookalike")
     assert result.exit_code == 0, result.output
@@ -118,107 +119,31 @@ def test_errors_are_one_line_and_a_nonzero_exit(folder, tmp_path, monkeypatch, s
     assert "Traceback" not in result.output + result.stderr
 
 
-def _make_many(folder: Path, n: int) -> None:
-    """n distinct real-photo crops."""
-    folder.mkdir()
-    sources = [photo(name) for name in ("chelsea", "coffee", "astronaut", "rocket")]
-    for i in range(n):
-        image = sources[i % 4]
-        w, h = image.size
-        image.crop((i * 7 % 60, i * 5 % 40, w - i * 3 % 50, h - i * 11 % 30)).resize((160, 120)).save(folder / f"{i:03}.jpg")
-
-
-def _generation(store_dir: Path) -> int:
-    try:
-        with sqlite3.connect(store_dir / CATALOG, timeout=5) as db:
-            return db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
-    except (sqlite3.Error, TypeError):
-        return -1
-
-
-def _spawn(folder: Path, store_dir: Path, capture: bool = False) -> subprocess.Popen:
-    command = [LOOKALIKE, "index", folder, "--store", store_dir, "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    output = subprocess.PIPE if capture else subprocess.DEVNULL
-    return subprocess.Popen([str(c) for c in command], stdout=output, stderr=output, text=True)
-
-
-def _wait_for_generation(store_dir: Path, target: int, process: subprocess.Popen) -> None:
-    """Until the indexer has committed ``target`` batches, exited, or two minutes passed."""
-    deadline = time.monotonic() + 120
-    while _generation(store_dir) < target and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
-@needs_entry_point
-def test_sigkill_at_any_moment_loses_nothing_committed(tmp_path):
-    folder = tmp_path / "many"
-    _make_many(folder, 20)
-    (folder / "bad.jpg").write_text("not an image")
-    index_folder(folder, store=tmp_path / "baseline", extractor_options={"device": "cpu", "num_workers": 0})
-    baseline = open_store(tmp_path / "baseline")
-
-    store_dir = tmp_path / "killed"
-    for target in (0, 2, 6):  # before the first commit, after the second batch, later
-        process = _spawn(folder, store_dir)
-        _wait_for_generation(store_dir, target, process)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert subprocess.run([str(LOOKALIKE), "index", str(folder), "--store", str(store_dir), "--device", "cpu"],
-                          capture_output=True, timeout=300).returncode == 0
-
-    resumed = open_store(store_dir)
-    assert resumed.check() == []
-    paths = [p for p, _ in baseline]
-    assert [p for p, _ in resumed] == paths
-    np.testing.assert_allclose(resumed.get_vectors(paths), baseline.get_vectors(paths), atol=1e-5)
-    assert [(f.path, f.reason) for f in resumed.failures()] == [(f.path, f.reason) for f in baseline.failures()]
-    assert _cli("check", "--store", store_dir).output.startswith("consistent")
-
-
-@pytest.mark.slow
-@needs_entry_point
-def test_a_query_during_indexing_answers_from_a_consistent_state(tmp_path):
-    folder = tmp_path / "many"
-    _make_many(folder, 24)
-    store_dir = tmp_path / "store"
-    process = _spawn(folder, store_dir)
-    answers = []
-    from lookalike import create_extractor
-
-    query = create_extractor(device="cpu").embed_images([photo("chelsea").resize((160, 120))])
-    try:
-        while process.poll() is None:
-            if _generation(store_dir) < 1 or not (store_dir / MANIFEST).exists():
-                time.sleep(0.05)
-                continue
-            (hits,) = open_store(store_dir).search(query, k=1)
-            answers.append(hits[0])
-    finally:
-        process.wait(timeout=300)
-    assert process.returncode == 0 and len(answers) >= 3
-    final = open_store(store_dir)
-    for hit in answers:  # every answer names a stored file with the score of its committed vector
-        np.testing.assert_allclose(hit.score, float(final.get_vectors([hit.path])[0] @ query[0]), atol=1e-5)
-
-
-@pytest.mark.slow
-@needs_entry_point
 def test_ctrl_c_keeps_what_was_done_and_says_how_to_resume(tmp_path):
-    folder = tmp_path / "many"
-    _make_many(folder, 16)
-    store_dir = tmp_path / "store"
-    process = _spawn(folder, store_dir, capture=True)
-    _wait_for_generation(store_dir, 2, process)
+    """SIGINT lands at a known step (after the 2nd commit); an indexer that ignored it would finish with 0 and fail here."""
+    folder, store_dir, pause = tmp_path / "many", tmp_path / "store", tmp_path / "paused"
+    make_images(folder, range(16))
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: give the
+    # indexer the default, as a terminal's foreground process has, so only lookalike can ignore it.
+    process = lookalike_subprocess("index", folder, "--store", store_dir, *BATCH,
+                                   env={"LOOKALIKE_CRASH": "catalog.after_commit:2=pause", PAUSE_FILE_ENV: str(pause)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not pause.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pause.exists(), "the indexer never reached its second commit"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    if process.returncode == 0:
-        pytest.skip("the indexer finished before the interrupt arrived")
-    assert process.returncode == 1
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        pause.unlink()  # it ignored the interrupt: let it run on, and fail below
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, f"exit {process.returncode}: the interrupt was ignored\n{stderr[-2000:]}"
     assert "interrupted: what was indexed is saved" in stderr and "Traceback" not in stderr
     interrupted = open_store(store_dir)
-    assert interrupted.check() == []  # the index was brought up to what was committed
-    kept = len(interrupted)
-    assert 0 < kept < 16
+    assert interrupted.check() == [] and interrupted.index_lag()[0] == interrupted.index_lag()[1]  # index caught up
+    assert len(interrupted) == 4  # the two committed batches
     summary = index_folder(folder, store=store_dir, extractor_options={"device": "cpu", "num_workers": 0})
-    assert (summary.unchanged, summary.added, len(open_store(store_dir))) == (kept, 16 - kept, 16)
+    assert (summary.unchanged, summary.added, len(open_store(store_dir))) == (4, 12, 16)

@@ -116,3 +116,40 @@ def test_exif_orientation_is_applied_to_images_opened_by_the_caller(corpus_dir):
     with Image.open(root / "12_exif_rotated.jpg") as opened:
         assert opened.size == (300, 451)  # stored on its side
         assert upright_rgb(opened).size == (451, 300)
+
+
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (OSError(5, "Input/output error"), "Input/output error (errno 5)"),
+        (InterruptedError(4, "Interrupted system call"), "Interrupted system call"),
+        (MemoryError(), "out of memory"),
+    ],
+    ids=["EIO", "EINTR", "MemoryError"],
+)
+def test_trouble_that_is_not_the_files_is_transient_not_a_failure(tmp_path, monkeypatch, error, words):
+    from lookalike.errors import TransientError
+
+    path = tmp_path / "fine.png"
+    photo("coffee").save(path)
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image.Image, "load", failing)
+    with pytest.raises(TransientError) as info:
+        load_image(path)
+    assert not isinstance(info.value, ImageLoadError)  # never recorded as the file's failure
+    assert str(path) in str(info.value) and words in str(info.value) and "run again" in str(info.value)
+
+
+def test_an_oserror_of_the_files_own_stays_a_failure(tmp_path, monkeypatch):
+    path = tmp_path / "fine.png"
+    photo("coffee").save(path)
+
+    def truncated(*args, **kwargs):
+        raise OSError("image file is truncated (3 bytes not processed)")  # PIL's, without an errno
+
+    monkeypatch.setattr(Image.Image, "load", truncated)
+    with pytest.raises(ImageLoadError, match="truncated"):
+        load_image(path)

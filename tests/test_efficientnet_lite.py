@@ -9,7 +9,7 @@ from lookalike.featurize.efficientnet_lite import efficientnet_lite0
 from lookalike.featurize.weights import load_state_dict
 
 CATS = {281: "tabby", 282: "tiger cat", 285: "Egyptian cat"}
-COFFEE = {967: "espresso", 968: "cup"}
+COFFEE = {967: "espresso"}  # measured: espresso 0.951, cup 0.015
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_names_real_photos_correctly(classifier, photos):
     with torch.inference_mode():
         top1 = classifier(_batch(photos, ["chelsea", "coffee"])).argmax(1).tolist()
     assert top1[0] in CATS, top1
-    assert top1[1] in COFFEE, top1
+    assert top1[1] in COFFEE, top1  # the README says espresso
 
 
 def test_reproduces_timm_tf_efficientnet_lite0(classifier, photos):

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,11 @@ def test_every_good_file_gets_its_own_vector_and_every_bad_file_a_reason(lite0, 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("unreadable_as_root")
-def test_batch_size_and_worker_count_do_not_change_vectors(corpus_paths):
+def test_batch_size_worker_count_and_runtime_do_not_change_vectors(corpus_paths):
     paths, _ = corpus_paths
-    runs = [
-        _run(create_extractor(device="cpu", batch_size=batch_size), paths, num_workers=workers)
-        for batch_size, workers in ((1, 0), (32, 0), (32, 2), (3, 2))
+    runs = [  # torch's DataLoader and the ONNX path's process pool, against torch one file at a time
+        _run(create_extractor(device="cpu", batch_size=batch_size, runtime=runtime), paths, num_workers=workers)
+        for batch_size, workers, runtime in ((1, 0, "torch"), (32, 2, "torch"), (32, 0, "onnx"), (3, 2, "onnx"))
     ]
     keys, vectors, failures = runs[0]
     for other_keys, other_vectors, other_failures in runs[1:]:
@@ -111,7 +113,9 @@ def test_gpu_vectors_match_cpu_vectors(lite0, photos):
     gpu = create_extractor(device="cuda")
     images = list(photos.values())
     cosine = (gpu.embed_images(images) * lite0.embed_images(images)).sum(1)
-    assert cosine.min() >= 0.999
+    # Not measurable here (no GPU): set from the README's H200 figure, the network in fp16 on the
+    # same pixels against fp32 on the CPU, minimum over 64 photos 0.99995.
+    assert cosine.min() >= 0.9999
 
 
 @pytest.mark.slow
@@ -119,10 +123,11 @@ def test_autocast_path_runs_on_cpu_and_stays_close_to_fp32(lite0, photos):
     # The GPU's bf16 autocast code path, exercised where CI can run it (bf16 is slow on this CPU).
     bf16 = create_extractor(device="cpu", precision="bf16")
     assert bf16.autocast_dtype == torch.bfloat16
-    images = [photos["chelsea"]]
+    images = [photos["chelsea"], photos["rocket"]]
     low, full = bf16.embed_images(images), lite0.embed_images(images)
     assert low.dtype == np.float32
-    assert (low * full).sum(1).min() > 0.98
+    # Measured here (CPU bf16 autocast): chelsea 0.99984, rocket 0.99896 (the README's H200 bf16: 0.9985).
+    assert (low * full).sum(1).min() >= 0.998
 
 
 def test_a_batch_that_overflows_in_fp16_is_recomputed_in_fp32(lite0, photos, caplog):
@@ -155,3 +160,61 @@ def test_a_thin_strip_is_one_failure(lite0, tmp_path):
 def test_unsupported_or_missing_devices_are_refused(device):
     with pytest.raises(LookalikeError, match="not supported|no CUDA|only cuda"):
         resolve_device(device)
+
+
+def _fail_on(monkeypatch, name: str, error: BaseException) -> None:
+    """Make decoding ``name`` fail with ``error``, in this process and in forked workers."""
+    from PIL import Image
+
+    real_open = Image.open
+
+    def open_(fp, *args, **kwargs):
+        if str(fp).endswith(name):
+            raise error
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_io_error_stops_embedding_with_a_transient_error_not_a_failure(extractor, corpus_paths, monkeypatch, workers):
+    import errno
+
+    from lookalike.errors import TransientError
+
+    paths, expected = corpus_paths
+    good = [p for p in paths if expected[p.rsplit("/", 1)[1]] is None]
+    _fail_on(monkeypatch, "05_coffee.webp", OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(TransientError) as info:
+        list(extractor.embed_paths(good, num_workers=workers))
+    message = str(info.value)
+    assert "05_coffee.webp" in message and "Input/output error" in message and "run again" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_a_decoding_worker_that_dies_is_a_transient_error(extractor, corpus_paths, monkeypatch):
+    from lookalike.errors import TransientError
+
+    paths, expected = corpus_paths
+    good = [p for p in paths if expected[p.rsplit("/", 1)[1]] is None]
+    from PIL import Image
+
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: os._exit(9) if str(fp).endswith("03_coffee.png") else real_open(fp, *a, **k))
+    with pytest.raises(TransientError, match="died|killed"):
+        list(extractor.embed_paths(good, num_workers=1))
+
+
+def test_running_out_of_memory_in_the_network_is_transient(extractor, photos, monkeypatch):
+    from lookalike.errors import TransientError
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+
+    if extractor.runtime == "torch":
+        monkeypatch.setattr(extractor, "_forward_chunk", out_of_memory)
+    else:
+        monkeypatch.setattr(extractor.network, "run", out_of_memory)
+    with pytest.raises(TransientError, match="out of memory"):
+        extractor.embed_images([photos["chelsea"]])

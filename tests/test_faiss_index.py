@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError, MissingDependencyError
+from lookalike.index import factory as factories
+from lookalike.index import gpu
 from lookalike.index import faiss_index as fi
+from lookalike.index import vectors as vectors_module
 from lookalike.index.faiss_index import (
     DimensionMismatchError,
     IndexFileError,
@@ -121,19 +124,23 @@ def large():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", [None, 30 * 2**20], ids=["default-budget", "30MiB"])
+@pytest.mark.parametrize("budget", [None, 60 * 2**20], ids=["default-budget", "60MiB"])
 def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
     vectors, ids, queries, truth = large
-    factory = fi.choose_factory(*vectors.shape, memory_budget_bytes=budget)
+    plan = fi.plan_build(*vectors.shape, memory_budget_bytes=budget)
+    factory = plan.factory
 
-    index = fi.build_index(vectors, ids, factory)
+    index = fi.build_index(vectors, ids, factory, train_size=plan.train_rows)
 
     info = fi.describe(index)
     assert info["factory"] == factory and info["ntotal"] == len(ids)
+    if budget is not None:  # the sample shrank to fit, keeping at least 39 rows a list
+        assert 39 * info["nlist"] <= plan.train_rows < 256 * info["nlist"] and plan.peak_bytes <= budget
     assert info["type"] == ("IndexIVFFlat" if budget is None else "IndexIVFScalarQuantizer")
     recall = recall_at(fi.search(index, queries, 10)[1], truth)
     print(f"\nrecall@10 {recall:.4f} with {factory}, nprobe {info['nprobe']}")
-    assert recall >= 0.95
+    # measured (2 threads): 0.995 with IVF1024,Flat; 0.9808 with IVF1024,SQ8 trained on 56,250 rows
+    assert recall >= (0.99 if budget is None else 0.975)
 
 
 def test_compressed_codes_rank_like_exact_search():
@@ -146,8 +153,8 @@ def test_compressed_codes_rank_like_exact_search():
     sq8 = fi.build_index(vectors, ids, "IVF64,SQ8")
     pq = fi.build_index(vectors, ids, "IVF64,PQ8")  # 8 dims a sub-quantizer train fast
 
-    assert recall_at(fi.search(sq8, queries, k)[1], truth) >= 0.9
-    assert recall_at(fi.search(pq, queries, k)[1], truth) >= 0.3  # 8 bytes a vector: coarse, but not noise
+    assert recall_at(fi.search(sq8, queries, k)[1], truth) >= 0.98  # measured 0.984
+    assert recall_at(fi.search(pq, queries, k)[1], truth) >= 0.42  # 8 bytes a vector: coarse, but not noise; measured 0.428
 
 
 # --- choosing a factory ---------------------------------------------------------------
@@ -170,19 +177,35 @@ def test_large_stores_get_ivf_with_about_4_sqrt_n_lists(n):
 
 
 def test_ivf_lists_keep_39_training_points_when_the_threshold_is_low(monkeypatch):
-    monkeypatch.setattr(fi, "EXACT_THRESHOLD", 100)
+    monkeypatch.setattr(factories, "EXACT_THRESHOLD", 100)
     factory = fi.choose_factory(1000, 16)
     assert n_lists(factory) <= 1000 / 39
 
 
 def test_codes_shrink_to_fit_the_memory_budget():
     n, dim = 1_000_000, 128  # float32 codes: 512 MB; SQ8: 128 MB; PQ64: 64 MB (+ 8 MB of ids each)
-    assert fi.choose_factory(n, dim, 600 * 10**6) == "IVF4096,Flat"
-    assert fi.choose_factory(n, dim, 300 * 10**6) == "IVF4096,SQ8"
-    assert fi.choose_factory(n, dim, 100 * 10**6) == "IVF4096,PQ64"
-    assert fi.choose_factory(n, dim, 30 * 10**6) == "IVF4096,PQ16"
+    assert fi.choose_factory(n, dim, 700 * 10**6) == "IVF4096,Flat"  # 624 MB of lists with their slack
+    assert fi.choose_factory(n, dim, 600 * 10**6) == "IVF4096,SQ8"
+    sq8 = fi.plan_build(n, dim, memory_budget_bytes=300 * 10**6)
+    assert sq8.factory == "IVF4096,SQ8" and 39 * 4096 <= sq8.train_rows < 256 * 4096  # a smaller sample fits
+    assert sq8.peak_bytes <= 300 * 10**6
+    # The floor under every IVF4096 build is training: k-means on 39 rows a list (82 MB of floats)
+    # and PQ's encoder sample with its residuals; PQ64's lists (72 MB) fit under it.
+    floor = fi.estimate_build_bytes(n, dim, "IVF4096,PQ16", 39 * 4096)
+    assert floor > 39 * 4096 * 4 * dim + 16 * n
+    assert fi.choose_factory(n, dim, floor) == "IVF4096,PQ64"
     with pytest.raises(InvalidFactoryError, match="memory_budget_bytes"):
-        fi.choose_factory(n, dim, 10 * 10**6)
+        fi.choose_factory(n, dim, floor - 1)
+
+
+def test_the_training_sample_is_counted_in_the_plan():
+    n, dim = 1_000_000, 1280
+    plan = fi.plan_build(n, dim, "IVF4096,Flat", memory_budget_bytes=2**50)
+    assert plan.train_rows == n  # 256 a list would be 1,048,576 rows: every row, 4.9 GiB copied
+    index_bytes = n * (4 * dim + 8)
+    assert plan.peak_bytes >= index_bytes + n * 16
+    smaller = fi.plan_build(n, dim, "IVF4096,SQ8", memory_budget_bytes=3 * 2**30)
+    assert smaller.peak_bytes <= 3 * 2**30 and smaller.train_rows < n
 
 
 def test_default_budget_is_half_the_ram_or_4_gib():
@@ -315,7 +338,7 @@ def test_train_size_caps_the_training_sample(small):
     with pytest.raises(InvalidFactoryError, match="got 10"):
         fi.build_index(vectors, ids, "IVF16,Flat", train_size=10)
     index = fi.build_index(vectors, ids, "IVF16,Flat", train_size=16 * 39)
-    assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.9
+    assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.99  # measured 1.0
 
 
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
@@ -324,7 +347,7 @@ def test_chunks_of_mapped_rows_build_the_index_one_array_builds(small, tmp_path,
     path = tmp_path / "vectors.f32"
     vectors[::-1].tofile(path)  # stored in another order than indexed, as files are re-embedded
     rows = np.arange(len(vectors))[::-1].copy()
-    monkeypatch.setattr(fi, "ADD_CHUNK_ROWS", 300)  # several chunks, the last one short
+    monkeypatch.setattr(vectors_module, "READ_CHUNK_ROWS", 300)  # several chunks, the last one short
 
     chunked = fi.build_index(RowView(np.memmap(path, dtype="float32", mode="r", shape=vectors.shape), rows), ids, factory)
     whole = fi.build_index(vectors, ids, factory)
@@ -432,8 +455,8 @@ def test_describe_reports_what_info_needs(small, small_ivf):
 def test_gpu_path_gives_the_cpu_result(small, monkeypatch):
     """The GPU plumbing (k-means and list assignment on a copied flat index) with a CPU stand-in for the GPU."""
     vectors, ids, queries = small
-    monkeypatch.setattr(fi, "gpu_available", lambda: True)
-    monkeypatch.setattr(fi, "_to_gpu", faiss.clone_index)
+    monkeypatch.setattr(gpu, "gpu_available", lambda: True)
+    monkeypatch.setattr(gpu, "to_gpu", faiss.clone_index)
 
     on_gpu = fi.build_index(vectors, ids, "IVF16,SQ8", use_gpu=True)
     on_cpu = fi.build_index(vectors, ids, "IVF16,SQ8", use_gpu=False)

@@ -7,9 +7,9 @@ import torch
 from lookalike.errors import LookalikeError
 from lookalike.featurize import get_model_spec
 from lookalike.featurize.backbone import build_backbone
-from lookalike.finetune.blocks import find_blocks
+from lookalike.finetune.blocks import body_blocks, find_blocks, original_name
 from lookalike.finetune.groups import parameter_groups, unfrozen_count
-from lookalike.finetune.head import EmbeddingHead, FinetuneNet, original_name
+from lookalike.finetune.head import EmbeddingHead, FinetuneNet
 from lookalike.finetune.trainer import lr_factor
 
 
@@ -17,16 +17,17 @@ from lookalike.finetune.trainer import lr_factor
 def lite0_parts():
     spec = get_model_spec("efficientnet_lite0")
     backbone = build_backbone(spec)
-    present = {original_name(n) for n, _ in backbone.module.named_parameters()}
-    return spec, backbone, find_blocks(spec.builder(), present)
+    return spec, backbone, body_blocks(spec.builder, backbone.module, 64)
 
 
 def test_lite0_blocks_are_the_stem_the_16_mbconv_blocks_and_the_head_convolution(lite0_parts):
     spec, backbone, blocks = lite0_parts
     assert [b.name for b in blocks] == ["_conv_stem"] + [f"_blocks.{i}" for i in range(16)] + ["_conv_head"]
     assert blocks[0].modules == ["_conv_stem", "_bn0"] and blocks[-1].modules == ["_conv_head", "_bn1"]
-    body = {original_name(n) for n, _ in backbone.module.named_parameters()}
-    assert sorted(p for b in blocks for p in b.parameters) == sorted(body)  # every parameter, once
+    body = {original_name(n, backbone.module) for n, _ in backbone.module.named_parameters()}
+    counted = [p for b in blocks for p in b.parameters]
+    assert len(counted) == len(set(counted))  # each parameter once
+    assert body - set(counted) == {"_fc.weight", "_fc.bias"}  # all but the ImageNet classifier the embedding skips
 
 
 def test_resnet_blocks_follow_its_residual_blocks_and_an_earlier_layer_drops_the_rest():
@@ -61,7 +62,7 @@ def test_rates_fall_with_depth_by_exactly_layer_decay_and_frozen_blocks_get_no_g
     loss = net(torch.randn(2, 3, 224, 224)).logsumexp(1).sum() + net.head.linear.weight.sum()
     loss.backward()
     for name, p in net.body.named_parameters():
-        if original_name(name) in trained:
+        if original_name(name, net.body) in trained:
             assert p.requires_grad and p.grad is not None, name
         else:
             assert not p.requires_grad and p.grad is None, name

@@ -1,14 +1,15 @@
 """Indexing real photos: incremental by (path, size, mtime), model mismatch refused, plain-tool files."""
 
+import json
 import os
 import sqlite3
+import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import photo
-from lookalike.errors import StoreMismatchError
+from lookalike.errors import StoreMismatchError, TransientError
 from lookalike.featurize import Extractor
 from lookalike.index.store import CATALOG, INDEX, VECTORS
 from lookalike.indexing import index_folder, open_store
@@ -64,7 +65,7 @@ def test_an_edited_copy_finds_its_original(folder, tmp_path):
     store = open_store(folder)
     (hits,) = store.search([tmp_path / "copy.jpg"], k=3)
     assert os.path.basename(hits[0].path) == "chelsea.jpg"
-    assert hits[0].score > 0.8 > hits[1].score
+    assert hits[0].score > 0.9 and hits[1].score < 0.15  # measured 0.9225 and 0.1289
     assert [r.reason for r in store.failures()] and store.failures()[0].path == "broken.jpg"
 
 
@@ -102,7 +103,7 @@ def test_another_model_is_refused_naming_both(folder):
 
 
 def test_store_files_open_with_plain_tools(folder):
-    faiss = pytest.importorskip("faiss")
+    import faiss
     index_folder(folder, extractor_options=_options())
     store_dir = folder / ".lookalike"
     store = open_store(folder)
@@ -132,7 +133,7 @@ def test_a_bad_index_factory_is_refused_before_any_embedding(folder, recorded):
 
 
 def test_a_forced_index_factory_is_used(folder):
-    faiss = pytest.importorskip("faiss")
+    import faiss
     index_folder(folder, index_factory="IVF2,Flat", extractor_options=_options())
     index = faiss.read_index(str(folder / ".lookalike" / INDEX))
     assert faiss.extract_index_ivf(index).nlist == 2
@@ -174,3 +175,98 @@ def test_reset_rebuilds_a_damaged_store(folder):
     (folder / ".lookalike" / VECTORS).write_bytes(b"")  # vectors lost
     summary = index_folder(folder, reset=True, extractor_options=_options())
     assert summary.embedded == 6 and open_store(folder).check() == []
+
+
+@pytest.fixture
+def permissions_enforced(monkeypatch):
+    """As root (CI) a chmod 000 file is still readable: refuse to open one without read bits, as for a user."""
+    if os.geteuid() != 0:
+        return
+    import builtins
+
+    real_open = builtins.open
+
+    def checked(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.isfile(file) and not os.stat(file).st_mode & 0o444:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", checked)
+
+
+@pytest.mark.usefixtures("permissions_enforced")
+def test_a_failure_heals_when_its_permissions_are_fixed_and_on_retry_failed(folder, recorded):
+    locked = folder / "locked.jpg"
+    photo("camera").resize((200, 150)).save(locked)
+    os.chmod(locked, 0)
+    started = time.time()
+    index_folder(folder, extractor_options=_options())
+    failures = {r.path: r for r in open_store(folder).failures()}
+    assert failures["locked.jpg"].reason == "permission denied"
+    assert started - 1 <= failures["locked.jpg"].recorded <= time.time()
+    size, mtime = locked.stat().st_size, locked.stat().st_mtime_ns
+
+    recorded.clear()
+    os.chmod(locked, 0o644)  # only ctime and mode change
+    assert (locked.stat().st_size, locked.stat().st_mtime_ns) == (size, mtime)
+    summary = index_folder(folder, extractor_options=_options())
+    assert recorded == ["locked.jpg"] and (summary.retried, summary.embedded, summary.unchanged) == (1, 1, 7)
+    assert [r.path for r in open_store(folder).failures()] == ["broken.jpg"]
+
+    recorded.clear()  # broken.jpg has not changed: tried again only when asked
+    assert index_folder(folder, extractor_options=_options()).embedded == 0 and recorded == []
+    summary = index_folder(folder, retry_failed=True, extractor_options=_options())
+    assert recorded == ["broken.jpg"] and (summary.retried, summary.failed) == (1, 1)
+
+
+def test_after_an_upgrade_from_format_1_only_failures_are_tried_again(folder, recorded):
+    index_folder(folder, extractor_options=_options())
+    store_dir = folder / ".lookalike"
+    with sqlite3.connect(store_dir / CATALOG) as db:  # a store lookalike 0.1 wrote: no ctime, mode, recorded
+        for column in ("ctime_ns", "mode", "recorded"):
+            db.execute(f"ALTER TABLE files DROP COLUMN {column}")
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    (store_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    recorded.clear()
+    summary = index_folder(folder, extractor_options=_options())
+    assert recorded == ["broken.jpg"] and (summary.unchanged, summary.retried) == (6, 1)
+
+
+class _TransientOnBatch:
+    """The real extractor, whose ``embed_paths`` raises ``error`` instead of giving batch ``failing``."""
+
+    def __init__(self, extractor, error: BaseException, failing: int = 2):
+        self._extractor, self._error, self._failing = extractor, error, failing
+
+    def __getattr__(self, name):
+        return getattr(self._extractor, name)
+
+    def embed_paths(self, paths, **kwargs):
+        for number, batch in enumerate(self._extractor.embed_paths(paths, **kwargs), 1):
+            if number == self._failing:
+                raise self._error
+            yield batch
+
+
+@pytest.mark.parametrize("error", [TransientError("CUDA out of memory"), MemoryError()], ids=["transient", "memory"])
+def test_a_transient_error_stops_indexing_records_no_failure_and_a_rerun_resumes(folder, monkeypatch, error):
+    from click.testing import CliRunner
+
+    import lookalike.indexing
+    from lookalike.cli import main
+
+    real = lookalike.indexing._extractor
+    monkeypatch.setattr(lookalike.indexing, "_extractor", lambda *a: _TransientOnBatch(real(*a), error))
+    args = ["index", str(folder), "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 75, result.output
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("Error: indexing stopped by a transient error") and "run the same command again" in line
+    assert "Traceback" not in result.output
+    stopped = open_store(folder)  # batch 1 ([broken.jpg chelsea.jpg]) only; nothing of batch 2 failed
+    assert [r.path for r in stopped.failures()] == ["broken.jpg"] and len(stopped) == 1 and stopped.check() == []
+
+    monkeypatch.setattr(lookalike.indexing, "_extractor", real)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "5 added" in result.output and "(5 embedded" in result.output
+    assert [r.path for r in open_store(folder).failures()] == ["broken.jpg"]

@@ -123,18 +123,19 @@ def test_device_decoding_gives_the_cpu_path_keys_failures_and_vectors(lite0, mix
     for key, c in zip(keys, cosine):
         if key.endswith(".jpg") and "cmyk" not in key:
             # Decoded by decode_jpeg and resized on tensors; large ones stand in for draft mode.
-            assert c >= (0.995 if "/large" in key else 0.9995), key
+            # Measured here: large 0.99953-0.99979, the others 1.000000 to six places.
+            assert c >= (0.999 if "/large" in key else 0.99999), key
         else:
             assert c >= 0.99999, key  # decoded by PIL either way
 
 
 def test_two_lanes_give_one_lane_results_in_order(lite0, mixed_paths):
     from lookalike.featurize.backbone import build_backbone
-    from lookalike.featurize.extractor import Extractor
+    from lookalike.featurize.torch_extractor import TorchExtractor
 
     cpu = torch.device("cpu")
     spec = lite0.model_spec
-    two = Extractor(spec, build_backbone(spec), device=cpu, devices=[cpu, cpu], batch_size=3, num_workers=0)
+    two = TorchExtractor(spec, build_backbone(spec), device=cpu, devices=[cpu, cpu], batch_size=3, num_workers=0)
     good = [p for p in mixed_paths if "chelsea" in p or "/large" in p]
     keys, vectors, _ = _run(two, good)
     one_keys, one_vectors, _ = _run(lite0, good)
@@ -163,5 +164,6 @@ def test_nvjpeg_on_a_gpu_gives_the_cpu_keys_failures_and_vectors(lite0, mixed_pa
     assert keys == cpu_keys
     assert failures == cpu_failures
     cosine = (vectors * cpu_vectors).sum(1)
-    for key, c in zip(keys, cosine):
-        assert c >= (0.995 if "/large" in key else 0.999), key
+    # Not measurable here (no GPU): set from the README's H200 figure, GPU pipeline against the
+    # CPU pipeline, minimum over 64 photos 0.9992 (fp16, nvJPEG, block averaging for draft mode).
+    assert cosine.min() >= 0.999, dict(zip(keys, cosine))

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +77,27 @@ def test_absurdly_thin_images_are_refused_instead_of_resized_to_gigabytes():
     with pytest.raises(ValueError, match="aspect ratio"):
         spec.preprocessing(Image.new("RGB", (10_000, 1)))
     assert spec.preprocessing(Image.new("RGB", (1000, 10))).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50", "efficientnet_b3"])
+def test_the_torch_free_pixels_equal_torchvisions_resize_and_crop_exactly(name):
+    """``pixels`` (PIL and numpy only, what the ONNX Runtime path runs) against torchvision's own
+    functions on the same PIL image: identical uint8 values, also where the crop is larger than
+    the image (padded with black) and where the centre falls on a half pixel."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    spec = get_model_spec(name).preprocessing
+    base = photo("astronaut")
+    images = _test_images() + [base.resize(size) for size in ((301, 451), (257, 999), (1001, 256), (100, 80), (5, 300))]
+    images.append(Preprocessing(200, 240, "bilinear"))  # a crop larger than the resize: black borders
+    for image in images:
+        pre = spec
+        if isinstance(image, Preprocessing):
+            pre, image = image, base
+        size = [pre.resize_size, pre.resize_size] if pre.crop_mode == "squash" else [pre.resize_size]
+        resized = F.resize(image, size, interpolation=InterpolationMode(pre.interpolation), antialias=True)
+        expected = F.pil_to_tensor(F.center_crop(resized, [pre.crop_size])).numpy()
+        ours = pre.pixels(image)
+        assert ours.dtype == np.uint8 and ours.flags.c_contiguous
+        np.testing.assert_array_equal(ours, expected)

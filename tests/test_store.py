@@ -1,10 +1,16 @@
 """The store on synthetic vectors: search against brute force, crash leftovers, locking, repair."""
 
+import json
+import sqlite3
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from lookalike.errors import StoreError, StoreLockedError, StoreMismatchError
-from lookalike.index.store import INDEX, VECTORS, Store
+from lookalike.index import faiss_index
+from lookalike.index.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
 from lookalike.index.vectors import VectorFile
 
 DIM = 16
@@ -79,9 +85,16 @@ def test_a_half_written_batch_is_cut_off_by_the_next_writer(store):
 
 
 def test_only_one_writer_at_a_time(store):
+    code = "import sys; from lookalike.index.store import Store; Store.open(sys.argv[1]).writer(sync=False).__enter__()"
+    take = [sys.executable, "-c", code, str(store.directory)]
     with store.writer():
-        with pytest.raises(StoreLockedError, match="another lookalike process"):
+        with pytest.raises(StoreLockedError, match="this process is already writing"):
             store.writer().__enter__()
+        # The refused writer must not have dropped the lock (closing any descriptor of a record
+        # lock's file drops it): another process is still refused.
+        other = subprocess.run(take, capture_output=True, text=True, timeout=60)
+        assert other.returncode == 1 and "another lookalike process" in other.stderr
+    assert subprocess.run(take, capture_output=True, timeout=60).returncode == 0
 
 
 def test_check_finds_a_missing_index_and_repair_rebuilds_it(store):
@@ -165,3 +178,43 @@ def test_the_store_moves_with_its_folder(tmp_path):
     shutil.move(root, tmp_path / "moved")
     moved = Store.open(tmp_path / "moved" / ".lookalike")
     assert [p for p, _ in moved] == [str(tmp_path / "moved" / "a.jpg")]
+
+
+def test_check_accepts_an_index_behind_the_catalog_and_catches_one_that_is_wrong(store):
+    rng = np.random.default_rng(9)
+    with store.writer() as writer:
+        _write(writer, [f"a{i}.jpg" for i in range(8)], _unit(rng, 8))
+    with store.writer(sync=False) as writer:  # as a killed run leaves it: committed, index not updated
+        _write(writer, ["b.jpg", "a1.jpg"], _unit(rng, 2))
+        writer.remove(["a2.jpg"])
+    written, generation = store.index_lag()
+    assert 0 <= written < generation and store.check() == []
+
+    ids, _, vectors = store.vectors()
+    wrong = faiss_index.build_index(vectors[:5], ids[:5], faiss_index.EXACT_FACTORY)  # leaves out a6, a7 (and b, new)
+    faiss_index.write_index(wrong, store.directory / INDEX)
+    assert store.check() == ["index.faiss holds 5 ids: 2 embedded files are missing from it, 0 of its ids name no "
+                             "embedded file"]
+    store.repair()
+    assert store.check() == [] and store.index_lag()[0] == store.index_lag()[1]
+
+
+def test_a_store_of_format_1_is_upgraded_in_place(store):
+    with store.writer() as writer:
+        _write(writer, ["a.jpg", "b.jpg"], _unit(np.random.default_rng(10), 2), failed=["bad.jpg"])
+    with sqlite3.connect(store.directory / CATALOG) as db:  # what lookalike 0.1 wrote
+        for column in ("ctime_ns", "mode", "recorded"):
+            db.execute(f"ALTER TABLE files DROP COLUMN {column}")
+    manifest = json.loads((store.directory / MANIFEST).read_text())
+    (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+
+    upgraded = Store.open(store.directory)
+    assert upgraded.manifest.format_version == 2
+    assert json.loads((store.directory / MANIFEST).read_text())["format_version"] == 2
+    (failure,) = upgraded.failures()
+    assert (failure.path, failure.reason, failure.ctime_ns, failure.recorded) == ("bad.jpg", "bad", None, None)
+    assert len(upgraded) == 2 and upgraded.check() == []
+
+    (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(StoreError, match="store format 3.*--reset"):
+        Store.open(store.directory)

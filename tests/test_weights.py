@@ -45,7 +45,7 @@ def test_cached_torchvision_weights_give_the_penultimate_embedding(name, head, p
     model = _random_torchvision(name)
     _cache(name, model)
     assert weights_available(get_model_spec(name))
-    extractor = create_extractor(name, device="cpu")
+    extractor = create_extractor(name, device="cpu", runtime="torch")  # ONNX: tests/test_onnx_runtime.py
 
     # Reference: torchvision's own transforms and the model with its last layer removed.
     parent, _, leaf = head.rpartition(".")
@@ -60,9 +60,9 @@ def test_cached_torchvision_weights_give_the_penultimate_embedding(name, head, p
 def test_weights_path_is_used_and_recorded(tmp_path, photos):
     path = tmp_path / "mine.pth"
     torch.save(_random_torchvision("resnet18", seed=1).state_dict(), path)
-    a = create_extractor("resnet18", device="cpu", weights=path)
+    a = create_extractor("resnet18", device="cpu", weights=path, runtime="torch")
     _cache("resnet18", _random_torchvision("resnet18", seed=2))
-    b = create_extractor("resnet18", device="cpu")
+    b = create_extractor("resnet18", device="cpu", runtime="torch")
     assert a.spec.weights_sha256 != b.spec.weights_sha256
     assert a.spec.model == b.spec.model
     assert not np.allclose(a.embed_images([photos["coffee"]]), b.embed_images([photos["coffee"]]))
@@ -108,7 +108,7 @@ def test_timm_model_offline_is_a_clear_error_and_takes_a_weights_file(tmp_path, 
     reference = timm.create_model("resnet18", pretrained=False).eval()
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    extractor = create_extractor("timm:resnet18", device="cpu", weights=path)
+    extractor = create_extractor("timm:resnet18", device="cpu", weights=path, runtime="torch")
     assert extractor.dim == 512
 
     reference.reset_classifier(0)

@@ -16,8 +16,11 @@ class _Group(click.Group):
     """Turns the library's errors into one red line and exit code 1, never a traceback."""
 
     def invoke(self, ctx):
+        from .options import warning_lines
+
         try:
-            return super().invoke(ctx)
+            with warning_lines():
+                return super().invoke(ctx)
         except LookalikeError as e:
             raise click.ClickException(str(e)) from e
 
@@ -34,9 +37,9 @@ def main():
 
 
 def _register() -> None:
-    from . import classify, featurize, finetune, store
+    from . import classify, featurize, finetune, serve, store
 
-    for module in (featurize, store, classify, finetune):
+    for module in (featurize, store, classify, finetune, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

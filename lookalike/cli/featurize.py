@@ -58,41 +58,6 @@ def layers(model):
         click.echo(name)
 
 
-def _featurizer_options(default_model: str | None):
-    """The options every command that runs the CNN shares."""
-    model_help = "A name from `lookalike models`, or timm:<name>." + (
-        "" if default_model else "  [default: the store's model, else efficientnet_lite0]")
-    options = [
-        click.option("--model", default=default_model, show_default=bool(default_model), help=model_help),
-        click.option("--layer", default=None, help="Tap an earlier layer (see `lookalike layers MODEL`)."),
-        click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="A state dict file to use instead of the pretrained weights."),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
-        click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device]."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help="auto is fp16 autocast on CUDA, fp32 elsewhere."),
-        click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(min=1),
-                     help="Larger images are skipped as failures."),
-        click.option("--compile", "compile_", is_flag=True,
-                     help="Run the network through torch.compile: a slow first batch, then faster (best on a GPU)."),
-        click.option("--gpu-decode/--no-gpu-decode", default=None,
-                     help="Decode JPEGs on the GPU with nvJPEG  [default: on, where there is a GPU]."),
-    ]
-
-    def decorate(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
-
-
-def _extractor_options(batch_size, workers, device, precision, max_pixels, compile_, gpu_decode) -> dict:
-    return {"batch_size": batch_size, "num_workers": workers, "device": device, "precision": precision,
-            "max_pixels": max_pixels, "compile": compile_, "jpeg_on_device": gpu_decode}
-
-
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -29,6 +32,9 @@ def featurizer_options(default_model: str | None):
                      help="Run the network through torch.compile: a slow first batch, then faster (best on a GPU)."),
         click.option("--gpu-decode/--no-gpu-decode", default=None,
                      help="Decode JPEGs on the GPU with nvJPEG  [default: on, where there is a GPU]."),
+        click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+                     help="auto: ONNX Runtime on the CPU (the network exported once and cached in "
+                          "$LOOKALIKE_CACHE, default ~/.cache/lookalike), torch on a GPU. Vectors from both mix in one store."),
     ]
 
     def decorate(command):
@@ -39,13 +45,97 @@ def featurizer_options(default_model: str | None):
     return decorate
 
 
-def extractor_options(batch_size, workers, device, precision, max_pixels, compile_, gpu_decode) -> dict:
+def extractor_options(batch_size, workers, device, precision, max_pixels, compile_, gpu_decode, runtime="auto") -> dict:
     return {"batch_size": batch_size, "num_workers": workers, "device": device, "precision": precision,
-            "max_pixels": max_pixels, "compile": compile_, "jpeg_on_device": gpu_decode}
+            "max_pixels": max_pixels, "compile": compile_, "jpeg_on_device": gpu_decode, "runtime": runtime}
 
 
 def progressbar(length: int, label: str):
+    """A progress bar on a terminal; elsewhere (a log, a pipe, CI) a few plain lines (``SparseProgress``)."""
+    if not _is_terminal(sys.stderr):
+        return SparseProgress(length, label)
     return click.progressbar(length=length, label=label, show_eta=True, show_pos=True, file=sys.stderr)
+
+
+class SparseProgress:
+    """Progress for a stream that is not a terminal: a line at each quarter, and at least one a minute.
+
+    It takes what ``click.progressbar`` takes from the commands (``update``, a changing
+    ``label``, use as a context manager), but only ever prints whole lines, each with the
+    label of that moment.
+    """
+
+    STEPS = 4
+    EVERY_S = 60.0
+
+    def __init__(self, length: int, label: str):
+        self.length, self.label = length, label
+        self.pos, self._shown = 0, 0
+        self._start = self._last = time.monotonic()
+
+    def __enter__(self) -> SparseProgress:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self.pos != self._shown:
+            self._line()
+
+    def update(self, n: int) -> None:
+        before = self.pos * self.STEPS // max(self.length, 1)
+        self.pos = min(self.pos + n, self.length)
+        quarter = self.pos * self.STEPS // max(self.length, 1) > before
+        if quarter or time.monotonic() - self._last >= self.EVERY_S:
+            self._line()
+
+    def _line(self) -> None:
+        self._shown, self._last = self.pos, time.monotonic()
+        percent = 100 * self.pos // max(self.length, 1)
+        click.echo(f"{self.label}: {self.pos}/{self.length} ({percent}%, {self._last - self._start:.0f}s)", err=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _WarningLine(logging.Handler):
+    """The library's warnings as one line each on stderr (``warning: ...``), and its notes about a
+    slow first time (exporting a network, compiling one) as plain lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        if record.levelno >= logging.WARNING:
+            text = click.style("warning: ", fg="yellow") + text
+        elif record.name not in FIRST_TIME_NOTES:
+            return
+        click.echo(text, err=True)
+
+
+# Loggers whose INFO records explain a pause the user would otherwise wonder about.
+FIRST_TIME_NOTES = ("lookalike.featurize.onnx_export", "lookalike.featurize.torch_extractor")
+
+
+@contextlib.contextmanager
+def warning_lines():
+    """While a command runs, show lookalike's logged warnings (and first-time notes) one line each, and nothing twice."""
+    logger = logging.getLogger("lookalike")
+    handler = _WarningLine(logging.INFO)
+    propagate = logger.propagate
+    notes = [logging.getLogger(name) for name in FIRST_TIME_NOTES]
+    levels = [note.level for note in notes]
+    logger.addHandler(handler)
+    logger.propagate = False
+    for note in notes:
+        note.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        for note, level in zip(notes, levels):
+            note.setLevel(level)
 
 
 def check_writable(output: Path) -> None:

@@ -21,19 +21,28 @@ from .options import (
     write_text,
 )
 
+EXIT_TRANSIENT = 75  # sysexits.h EX_TEMPFAIL: try again later
+
+
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @store_option
 @featurizer_options(None)
 @click.option("--reset", is_flag=True, help="Delete the store and index from scratch (e.g. to change model).")
 @click.option("--index-factory", default=None, help="Force a FAISS index type, e.g. 'IVF1024,Flat' or 'HNSW32'.")
-def index(folder, store, model, layer, weights, reset, index_factory, **options):
+@click.option("--retry-failed", is_flag=True,
+              help="Try again every file that failed before, changed or not (changed ones always are).")
+def index(folder, store, model, layer, weights, reset, index_factory, retry_failed, **options):
     """Index the images under FOLDER, so that `lookalike query` can search them.
 
     Only new or changed files (by size and modification time) go through the CNN;
-    deleted ones are removed. Interrupt it at any moment: what was done is kept,
-    and running it again resumes.
+    deleted ones are removed. A file that failed is tried again once it changes
+    (size, modification time, or its permissions: ctime and mode), or with
+    --retry-failed. Interrupt it at any moment, or kill it: what was done is kept,
+    and running it again resumes. A transient error (out of memory, an I/O error)
+    stops it with exit code 75, recording nothing against any file.
     """
+    from ..errors import TransientError
     from ..indexing import index_folder
 
     state = {}
@@ -51,18 +60,23 @@ def index(folder, store, model, layer, weights, reset, index_factory, **options)
     try:
         summary = index_folder(
             folder, store=store, model=model, layer=layer, weights=weights, reset=reset, index_factory=index_factory,
-            extractor_options=extractor_options(**options),
+            retry_failed=retry_failed, extractor_options=extractor_options(**options),
             on_start=on_start, on_batch=on_batch,
         )
     except KeyboardInterrupt:
         raise click.ClickException("interrupted: what was indexed is saved; run the same command again to resume") from None
+    except TransientError as e:
+        error = click.ClickException(str(e))
+        error.exit_code = EXIT_TRANSIENT
+        raise error from None
     finally:
         if state.get("bar"):
             state["bar"].__exit__(None, None, None)
     rate = f", {summary.embedded / summary.seconds:.1f} images/s" if summary.embedded else ""
+    retried = f"{summary.retried} retried, " if summary.retried else ""
     click.echo(
         f"{summary.added} added, {summary.updated} updated, {summary.removed} removed, {summary.unchanged} unchanged, "
-        f"{summary.failed} failed ({summary.embedded} embedded in {summary.seconds:.1f}s{rate}) -> {summary.store}"
+        f"{retried}{summary.failed} failed ({summary.embedded} embedded in {summary.seconds:.1f}s{rate}) -> {summary.store}"
     )
     if summary.failed:
         click.echo(f"{summary.failed} files could not be read: `lookalike failures` lists them with reasons", err=True)
@@ -188,29 +202,44 @@ def info(as_json, store):
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
 @store_option
 def failures(fmt, store):
-    """List the files that could not be indexed, with the reason for each."""
+    """List the files that could not be indexed: the reason for each, and when it was recorded.
+
+    A failed file is tried again when it changes (size, modification time, permissions),
+    or by `lookalike index --retry-failed`.
+    """
     opened = open_store_for(store)
     root = opened.root
-    rows = [(shown(str(root / r.path)), r.reason) for r in opened.failures()]
+    rows = [(shown(str(root / r.path)), r) for r in opened.failures()]
     if fmt == "json":
-        click.echo(json.dumps([{"path": p, "reason": reason} for p, reason in rows], indent=2))
+        click.echo(json.dumps([{"path": p, "reason": r.reason, "recorded": r.recorded_utc} for p, r in rows], indent=2))
     elif fmt == "csv":
-        echo_csv(["path", "reason"], rows)
+        echo_csv(["path", "reason", "recorded"], [(p, r.reason, r.recorded_utc or "") for p, r in rows])
     else:
-        for path, reason in rows:
-            click.echo(f"{path}: {reason}")
+        for path, r in rows:
+            local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.recorded)) if r.recorded is not None else "before format 2"
+            click.echo(f"{path}: {r.reason}  [recorded {local}]")
         click.echo(f"{len(rows)} files failed", err=True)
 
 
 @click.command()
 @store_option
 def check(store):
-    """Verify that catalog, vectors and index agree; rebuild the index from the vectors if not."""
+    """Verify that catalog, vectors and index agree; rebuild the index from the vectors if not.
+
+    An index behind the catalog (after an interrupted or killed run) is brought up to date.
+    """
     opened = open_store_for(store)
     with opened.writer(sync=False):  # no writer may change the store while it is checked
         problems = opened.check()
     if not problems:
-        click.echo(f"consistent: {len(opened)} vectors, catalog, vectors and index agree")
+        written, generation = opened.index_lag()
+        if written != generation:
+            with opened.writer():  # on exit: the index catches up with the catalog
+                pass
+            how = "rebuilt" if written < 0 else f"brought up to date (it reflected generation {written} of {generation})"
+            click.echo(f"consistent: {len(opened)} vectors, catalog and vectors agree; the index was {how}")
+        else:
+            click.echo(f"consistent: {len(opened)} vectors, catalog, vectors and index agree")
         return
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)

@@ -2,8 +2,9 @@
 and globally average-pooled, so that it maps normalised images (N, 3, H, W) to vectors (N, D).
 
 Features are taken through the libraries' own APIs: torchvision's
-``create_feature_extractor`` (also for the bundled model) and timm's ``num_classes=0`` or
-its FX feature extractor for earlier layers.
+``create_feature_extractor``, timm's ``num_classes=0`` or its FX feature extractor for
+earlier layers, and the bundled model's ``forward_head(pre_logits=True)`` for its embedding
+(importing ``torchvision.models`` for its feature extractor would cost more than a second).
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import InvalidWeightsError, LookalikeError, MissingDependencyError, UnknownLayerError, WeightsNotFoundError
-from .registry import ModelSpec
+from ..errors import (
+    InvalidWeightsError,
+    LookalikeError,
+    UnknownLayerError,
+    WeightsNotFoundError,
+)
+from .registry import ModelSpec, import_timm
 from .weights import load_state_dict, state_dict_sha256
 
 
@@ -45,6 +51,17 @@ class GlobalPool(nn.Module):
         return out.reshape(out.shape[0], -1)
 
 
+class PreLogits(nn.Module):
+    """A model's pooled pre-logits through its own ``forward_head(..., pre_logits=True)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
 def build_backbone(spec: ModelSpec, layer: str | None = None, weights: str | os.PathLike | None = None) -> Backbone:
     """Build a spec's pretrained network, headless, in eval mode on the CPU.
 
@@ -68,7 +85,10 @@ def build_backbone(spec: ModelSpec, layer: str | None = None, weights: str | os.
     model.eval()
     sha = state_dict_sha256(model.state_dict())
     node = layer or spec.feature_node
-    body = model if node is None else _tap(spec, model, node)
+    if layer is None and spec.source == "bundled":
+        body = PreLogits(model)  # its own API gives the same node's output, without torchvision.models' import
+    else:
+        body = model if node is None else _tap(spec, model, node)
     if layer is None and spec.dim:
         return Backbone(GlobalPool(body).eval(), spec.dim, node, sha)
     pool_dims, dim = _probe(body, spec, node or "pre_logits")
@@ -79,15 +99,6 @@ def list_layers(spec: ModelSpec) -> list[str]:
     """The graph nodes and modules ``layer=`` can tap, input to output (the model is built without weights)."""
     model = _timm_model(spec, None, headless=False, pretrained=False) if spec.source == "timm" else _classifier(spec)
     return _node_names(spec, model.eval())
-
-
-def import_timm():
-    try:
-        import timm
-        import timm.data
-    except ImportError:
-        raise MissingDependencyError("timm models need the timm extra: pip install 'lookalike[timm]'") from None
-    return timm
 
 
 def _classifier(spec: ModelSpec) -> nn.Module:

@@ -2,7 +2,8 @@
 
 Every way a file can be bad (empty, truncated, not an image, too many pixels, no
 permission, an exotic mode) ends here as one ``ImageLoadError``, so the reader can
-record it and carry on.
+record it and carry on. Trouble that is not the file's (out of memory, an I/O error, an
+interrupted read) raises ``TransientError`` instead, and is never recorded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
+from .failures import raise_if_transient
 
 # Well under PIL's decompression-bomb limit (about 89.5 MP), above a 48 MP phone photo.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -48,6 +50,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     Raises:
         ImageLoadError: with a short ``reason``, for any file that cannot be used.
+        TransientError: reading or decoding failed for a reason that is not the file's.
     """
     path = os.fspath(path)
     try:
@@ -78,6 +81,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except Image.DecompressionBombError as e:
         raise ImageLoadError(path, f"refused as a decompression bomb: {e}") from None
     except Exception as e:  # noqa: BLE001 - a bad file must cost one line, never the run
+        raise_if_transient(e, f"reading {path}")
         raise ImageLoadError(path, f"cannot decode: {e}" if str(e) else f"cannot decode: {type(e).__name__}") from None
 
 

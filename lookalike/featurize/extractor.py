@@ -1,40 +1,39 @@
-"""The extractor: decoded batches in, L2-normalised float32 vectors out.
+"""Images in, L2-normalised float32 vectors out: the ``Extractor`` interface and ``create_extractor``.
 
-It owns, in one place, the devices, ``torch.inference_mode()``, autocast, channels_last,
-torch.compile, and normalisation of pixels and of vectors. Each GPU gets a replica of the
-network (a ``Lane``); a ``LanePool`` runs batches on two threads per GPU, so that one
-batch's JPEG decoding and host-to-device copy overlap another's forward pass.
+Two runtimes run the same network. ONNX Runtime (``onnx_runtime.py``) is the CPU's: the
+network is exported once and cached, and a process that finds the export of a stored spec
+in the cache embeds without importing torch. torch (``torch_extractor.py``) runs CUDA, MPS,
+reduced precision and ``torch.compile``, and any network the exporter can't take.
+``runtime="auto"`` picks ONNX Runtime on the CPU and torch elsewhere; vectors from either
+are interchangeable (the export is verified against torch), so the spec records the
+runtime without comparing it.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import os
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
 from importlib import metadata
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import ImageLoadError, LookalikeError, SpecMismatchError
-from .backbone import Backbone, build_backbone
-from .decode import DEFAULT_MAX_PIXELS, load_image, upright_rgb
-from .jpeg import decode_jpegs, device_decoding_available
-from .lanes import Lane, LanePool
-from .reader import Decoded, Failure, default_num_workers, make_loader
+from ..errors import LookalikeError, OnnxExportError, SpecMismatchError
+from .decode import DEFAULT_MAX_PIXELS, upright_rgb
+from .devices import is_cpu
+from .failures import Failure
 from .registry import DEFAULT_MODEL, ModelSpec, get_model_spec
 from .spec import EmbeddingSpec
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 class Batch(NamedTuple):
@@ -45,103 +44,36 @@ class Batch(NamedTuple):
     failures: list[Failure]
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA, then MPS, then CPU. An explicit device must exist.
-
-    Raises:
-        LookalikeError: the device asked for is not available here.
-    """
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as e:
-        raise LookalikeError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from e
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise LookalikeError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu")
-        if resolved.index is not None and resolved.index >= count:
-            raise LookalikeError(f"device {device!r} asked for, but only cuda:0..cuda:{count - 1} exist")
-    elif resolved.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise LookalikeError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
-    elif resolved.type != "cpu":
-        raise LookalikeError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
-    return resolved
-
-
-def _all_devices(requested: str | torch.device | None, resolved: torch.device) -> list[torch.device]:
-    """Every visible GPU for ``auto``/``cuda`` (one lane each); otherwise just the one asked for."""
-    if resolved.type == "cuda" and resolved.index is None and str(requested or "auto") in ("auto", "cuda"):
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [resolved]
-
-
-def _check_arguments(batch_size: int, precision: str, device: torch.device) -> torch.dtype | None:
-    """Validate before any model is built; returns the autocast dtype, or None for plain fp32.
-
-    ``precision="auto"`` is fp16 autocast on CUDA, fp32 elsewhere. Not bf16: its 8-bit
-    mantissa moves EfficientNet-Lite0 vectors to cosine ~0.9988 of fp32, fp16's to 0.99997.
-    """
-    if batch_size < 1:
-        raise LookalikeError(f"batch_size must be at least 1, not {batch_size}")
-    if precision not in PRECISIONS:
-        raise LookalikeError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.float16
-    return _DTYPES.get(precision)
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise each row, as ``torch.nn.functional.normalize`` does (eps 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class Extractor:
-    """Turns images into embeddings with one model. Build it with ``create_extractor``."""
+    """Turns images into embeddings with one model. Build it with ``create_extractor``.
 
-    def __init__(
-        self,
-        model_spec: ModelSpec,
-        backbone: Backbone,
-        *,
-        device: torch.device,
-        batch_size: int = 32,
-        num_workers: int | None = None,
-        precision: str = "auto",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        compile: bool = False,
-        jpeg_on_device: bool | None = None,
-        devices: Sequence[torch.device] | None = None,
-    ):
-        self.autocast_dtype = _check_arguments(batch_size, precision, device)
+    Attributes:
+        spec: the ``EmbeddingSpec`` of the vectors it makes.
+        runtime: ``"onnxruntime"`` or ``"torch"``.
+        batch_size: files per ``Batch`` (the unit decoded, yielded and written).
+        forward_batch: images per forward pass of the network.
+        num_workers: decoding processes for ``embed_paths``.
+    """
+
+    runtime = ""
+    # Images per forward pass on a CPU: few enough that a pass's activations stay in the cache
+    # (each runtime sets its own; benchmarks/bench_featurize.py sweeps it).
+    cpu_forward_batch = 4
+
+    def __init__(self, model_spec: ModelSpec, spec: EmbeddingSpec, *, batch_size: int, forward_batch: int | None,
+                 num_workers: int, max_pixels: int):
+        check_batch_sizes(batch_size, forward_batch)
         self.model_spec = model_spec
-        self.devices = list(devices) if devices else [device]
-        self.device = self.devices[0]
+        self.spec = dataclasses.replace(spec, versions=versions(), runtime=self.runtime)
         self.batch_size = batch_size
-        self.num_workers = default_num_workers(device) if num_workers is None else num_workers
+        self.forward_batch = forward_batch or min(batch_size, self.cpu_forward_batch)
+        self.num_workers = num_workers
         self.max_pixels = max_pixels
-        self.compiled = compile
-        self.jpeg_on_device = device_decoding_available(device) if jpeg_on_device is None else jpeg_on_device
-        self.module = _to_device(backbone.module, self.device)
-        modules = [self.module] + [_to_device(copy.deepcopy(self.module), d) for d in self.devices[1:]]
-        if compile:
-            modules = [torch.compile(m) for m in modules]
-        self._lanes = [Lane(d, m) for d, m in zip(self.devices, modules)]
-        self._warm = not compile
-        self._warm_lock = threading.Lock()
-        self.threads_per_gpu = 2  # on an H200, 4 were no faster
-        self._pool: LanePool | None = None
-        self.spec = EmbeddingSpec(
-            model=model_spec.name,
-            weights_sha256=backbone.weights_sha256,
-            layer=backbone.layer,
-            dim=backbone.dim,
-            preprocessing=model_spec.preprocessing,
-            versions=_versions(),
-        )
 
     @property
     def dim(self) -> int:
@@ -158,17 +90,14 @@ class Extractor:
             ValueError: an image is thinner than 1:100.
         """
         preprocess = self.model_spec.preprocessing
-        pixels = [preprocess(upright_rgb(image)) for image in images]
+        pixels = [preprocess.pixels(upright_rgb(image)) for image in images]
         if not pixels:
             return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = [self._forward(torch.stack(pixels[i : i + self.batch_size])) for i in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(chunks)
+        return np.concatenate([self._embed_pixels(np.stack(pixels[i : i + self.batch_size]))
+                               for i in range(0, len(pixels), self.batch_size)])
 
     def embed_paths(self, paths: Iterable[str | os.PathLike], *, num_workers: int | None = None) -> Iterator[Batch]:
         """Embed image files, decoding on worker processes with bounded look-ahead.
-
-        On a GPU, JPEGs are decoded there in batches (nvJPEG) unless built with
-        ``jpeg_on_device=False``; other files, and JPEGs it refuses, are decoded on the CPU.
 
         Args:
             paths: image files; each key is the path as given (``os.fspath``).
@@ -177,99 +106,26 @@ class Extractor:
         Yields:
             ``Batch(keys, vectors, failures)`` in input order, one per ``batch_size`` paths.
             Files that can't be decoded are in ``failures`` with a reason, never raised.
+
+        Raises:
+            TransientError: trouble that is not a file's (out of memory, an I/O error): nothing
+                is recorded for the batch in hand, and a rerun picks its files up again.
         """
         keys = [os.fspath(p) for p in paths]
-        if not keys:
-            return
-        loader = make_loader(
-            keys,
-            self.model_spec.preprocessing,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers if num_workers is None else num_workers,
-            pin_memory=self.device.type == "cuda",
-            max_pixels=self.max_pixels,
-            jpeg_on_device=self.jpeg_on_device,
-        )
-        self._warm_up()
-        yield from self.lane_pool().map_in_order(self._embed_batch, loader)
+        if keys:
+            yield from self._embed_files(keys, self.num_workers if num_workers is None else num_workers)
 
-    def lane_pool(self) -> LanePool:
-        """The threads that run batches: ``threads_per_gpu`` per GPU, one on a CPU; kept for reuse,
-        since a new thread pays again for its CUDA stream, cuDNN handle and convolution plans."""
-        with self._warm_lock:
-            threads = self.threads_per_gpu if self.device.type == "cuda" else 1
-            if self._pool is None or self._pool.threads_per_lane != threads:
-                self._pool = LanePool(self._lanes, threads)
-            return self._pool
+    def _embed_files(self, keys: list[str], num_workers: int) -> Iterator[Batch]:
+        """``embed_paths`` for a non-empty list of keys, with the number of workers decided."""
+        raise NotImplementedError
 
-    def _embed_batch(self, decoded: Decoded, lane: Lane) -> Batch:
-        keys, pixels, failures = decoded.keys, decoded.pixels, list(decoded.failures)
-        if decoded.jpeg_info:
-            keys, pixels, more = self._decode_on_device(decoded, lane.device)
-            failures += more
-        if pixels is None:
-            return Batch(keys, np.zeros((0, self.dim), dtype=np.float32), failures)
-        return Batch(keys, self._forward(pixels, lane), failures)
-
-    def _decode_on_device(self, decoded: Decoded, device: torch.device) -> tuple[list[str], torch.Tensor | None, list[Failure]]:
-        """Decode a batch's JPEGs on the device and put every row in key order; the CPU takes what it refuses."""
-        preprocess = self.model_spec.preprocessing
-        jpegs = decoded.jpegs
-        images = decode_jpegs(jpegs, device)
-        done, failures = {}, []
-        for jpeg, image in zip(jpegs, images):
-            try:
-                if image is not None:
-                    done[jpeg.key] = preprocess.resize_tensor(image, jpeg.draft_scale)
-                else:
-                    cpu_image = load_image(jpeg.key, max_pixels=self.max_pixels, draft_size=preprocess.resize_size)
-                    done[jpeg.key] = preprocess(cpu_image).to(device)
-            except ImageLoadError as e:
-                failures.append(Failure(jpeg.key, e.reason))
-            except Exception as e:  # noqa: BLE001 - as in the reader: one file's problem
-                failures.append(Failure(jpeg.key, f"cannot preprocess: {e}"))
-        rows = iter(decoded.pixels.to(device, non_blocking=True)) if decoded.pixels is not None else iter(())
-        encoded = {jpeg.key for jpeg in jpegs}
-        keys, pixels = [], []
-        for key in decoded.keys:
-            row = done.get(key) if key in encoded else next(rows)
-            if row is not None:
-                keys.append(key)
-                pixels.append(row)
-        return keys, torch.stack(pixels) if pixels else None, failures
-
-    def _warm_up(self) -> None:
-        """Compile each replica on a full dummy batch before the threads share it (once)."""
-        with self._warm_lock:
-            if self._warm:
-                return
-            crop = self.model_spec.preprocessing.crop_size
-            for lane in self._lanes:
-                logger.info("compiling %s on %s (first batch only)", self.spec.model, lane.device)
-                self._forward(torch.zeros((self.batch_size, 3, crop, crop), dtype=torch.uint8), lane)
-            self._warm = True
-
-    @torch.inference_mode()
-    def _forward(self, pixels: torch.Tensor, lane: Lane | None = None) -> np.ndarray:
-        device, module = lane or self._lanes[0]
-        n = len(pixels)
-        if self.compiled and n < self.batch_size:  # one shape, so torch.compile never recompiles
-            pixels = torch.cat([pixels, pixels.new_zeros((self.batch_size - n, *pixels.shape[1:]))])
-        x = pixels.to(device, non_blocking=True)
-        x = self.model_spec.preprocessing.normalize(x).contiguous(memory_format=torch.channels_last)
-        # No autocast context at all in fp32: older torch refuses one for MPS even when disabled.
-        autocast = torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
-        with autocast:
-            out = module(x)[:n]
-        vectors = F.normalize(out.float(), dim=1).cpu().numpy()
-        if self.autocast_dtype == torch.float16 and not np.isfinite(vectors).all():
-            logger.warning("fp16 overflowed in %s: this batch is recomputed in fp32", self.spec.model)
-            vectors = F.normalize(module(x)[:n].float(), dim=1).cpu().numpy()
-        return vectors
+    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """L2-normalised vectors of uint8 pixels (N, 3, H, W)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
-        devices = ", ".join(str(d) for d in self.devices)
-        return f"Extractor(model={self.spec.model!r}, layer={self.spec.layer!r}, dim={self.dim}, device='{devices}')"
+        return (f"Extractor(model={self.spec.model!r}, layer={self.spec.layer!r}, dim={self.dim}, "
+                f"device='cpu', runtime={self.runtime!r})")
 
 
 def create_extractor(
@@ -284,6 +140,9 @@ def create_extractor(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     compile: bool = False,
     jpeg_on_device: bool | None = None,
+    runtime: str = "auto",
+    forward_batch: int | None = None,
+    threads: int | None = None,
 ) -> Extractor:
     """Build an extractor for a registered model.
 
@@ -293,50 +152,74 @@ def create_extractor(
             default is the model's penultimate embedding.
         device: ``"auto"``/None (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
             ``"auto"`` and ``"cuda"`` use every visible GPU, with a copy of the network on each.
-        batch_size: images per forward pass.
+        batch_size: images per ``Batch`` that ``embed_paths`` yields (and per GPU forward pass).
         weights: a state dict file instead of the pretrained weights.
-        num_workers: decoding processes for ``embed_paths``; default depends on the device.
+        num_workers: decoding processes for ``embed_paths``; default: one per core on ONNX Runtime,
+            half the cores (at most 4) for torch on a CPU, up to 8 for a GPU.
         precision: ``"auto"`` (fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
             A batch whose fp16 output overflows is recomputed in fp32.
         max_pixels: larger images are recorded as failures instead of decoded.
         compile: run the network through ``torch.compile`` (a slow first batch, then faster).
         jpeg_on_device: decode JPEGs on the GPU; default: on CUDA, where torchvision has nvJPEG.
+        runtime: ``"auto"`` (ONNX Runtime on the CPU in fp32 without compile, else torch),
+            ``"onnx"`` or ``"torch"``. The network is exported to ONNX once, verified against torch
+            and cached in ``$LOOKALIKE_CACHE`` (default ``~/.cache/lookalike``); where that fails,
+            ``auto`` logs one warning and runs on torch.
+        forward_batch: images per forward pass on the CPU (default 2 on ONNX Runtime, 4 on torch: a pass that fits the cache).
+        threads: the ONNX Runtime network's threads (default: every core; decoding shares them); past 8,
+            several sessions of up to 8 threads run batches side by side.
 
     Raises:
         UnknownModelError, UnknownLayerError, WeightsNotFoundError, InvalidWeightsError,
-        MissingDependencyError, LookalikeError (bad device or precision).
+        MissingDependencyError, LookalikeError (bad device, precision or runtime),
+        OnnxExportError (``runtime="onnx"`` for a network that can't be exported).
     """
     spec = get_model_spec(name)
-    resolved = resolve_device(device)
-    _check_arguments(batch_size, precision, resolved)  # fail fast, before loading weights
+    use_onnx = _wants_onnx(runtime, device, precision, compile, jpeg_on_device)
+    check_batch_sizes(batch_size, forward_batch)
+    if not use_onnx:
+        from .devices import resolve_device
+        from .torch_extractor import autocast_dtype
+
+        autocast_dtype(precision, resolve_device(device))  # fail fast, before loading weights
+    from .backbone import build_backbone
+
     backbone = build_backbone(spec, layer=layer, weights=weights)
-    return Extractor(
-        spec,
-        backbone,
-        device=resolved,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        precision=precision,
-        max_pixels=max_pixels,
-        compile=compile,
-        jpeg_on_device=jpeg_on_device,
-        devices=_all_devices(device, resolved),
-    )
+    embedding = EmbeddingSpec(spec.name, backbone.weights_sha256, backbone.layer, backbone.dim, spec.preprocessing)
+    common = dict(batch_size=batch_size, forward_batch=forward_batch, num_workers=num_workers, max_pixels=max_pixels)
+    if use_onnx:
+        try:
+            return _onnx_from_backbone(spec, backbone, embedding, threads=threads, **common)
+        except OnnxExportError as e:
+            if runtime == "onnx":
+                raise OnnxExportError(f"{spec.name} cannot run on ONNX Runtime: {e}. Use --runtime torch (or auto)") from e
+            logger.warning("%s runs on torch: its ONNX export failed (%s)", spec.name, e)
+    return _torch(spec, backbone, device=device, precision=precision, compile=compile,
+                  jpeg_on_device=jpeg_on_device, **common)
 
 
 def extractor_for_spec(spec: dict, *, weights: str | os.PathLike | None = None, **options) -> Extractor:
     """An extractor that makes vectors the way a stored spec (``EmbeddingSpec.to_dict()``) says.
 
+    On the CPU with ONNX Runtime, an export of that very network (same weights sha256) found
+    in the cache is used as it is: neither torch nor the weights file is loaded.
+
     Args:
         spec: the stored record; its model and layer are rebuilt.
         weights: the weights file it was made with, if not the pretrained weights.
-        options: for ``create_extractor`` (device, batch_size, num_workers...).
+        options: for ``create_extractor`` (device, batch_size, num_workers, runtime...).
 
     Raises:
         SpecMismatchError: the model built here makes different vectors (other weights or preprocessing).
     """
     stored = EmbeddingSpec.from_dict(spec)
-    default_layer = get_model_spec(stored.model).feature_node or "pre_logits"
+    model_spec = get_model_spec(stored.model)
+    if _wants_onnx(options.get("runtime", "auto"), options.get("device"), options.get("precision", "auto"),
+                   options.get("compile", False), options.get("jpeg_on_device")) and model_spec.preprocessing == stored.preprocessing:
+        cached = _cached_onnx(model_spec, stored, options)
+        if cached is not None:
+            return cached
+    default_layer = model_spec.feature_node or "pre_logits"
     layer = None if stored.layer == default_layer else stored.layer
     extractor = create_extractor(stored.model, layer=layer, weights=weights, **options)
     differences = extractor.spec.differences(stored)
@@ -348,19 +231,74 @@ def extractor_for_spec(spec: dict, *, weights: str | os.PathLike | None = None, 
     return extractor
 
 
-def _to_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to the device in channels_last, which convolutions run faster in; some graphs (5-D) refuse it."""
-    try:
-        return module.to(device, memory_format=torch.channels_last).eval()
-    except RuntimeError:
-        return module.to(device).eval()
+def check_batch_sizes(batch_size: int, forward_batch: int | None) -> None:
+    if batch_size < 1:
+        raise LookalikeError(f"batch_size must be at least 1, not {batch_size}")
+    if forward_batch is not None and forward_batch < 1:
+        raise LookalikeError(f"forward_batch must be at least 1, not {forward_batch}")
 
 
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in ("lookalike", "torch", "torchvision", "timm", "pillow"):
+def versions() -> dict[str, str]:
+    """Library versions for the spec's record (package metadata: nothing is imported)."""
+    found = {}
+    for package in ("lookalike", "torch", "torchvision", "onnxruntime", "timm", "pillow"):
         try:
-            versions[package] = metadata.version(package)
+            found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             pass
-    return versions
+    return found
+
+
+def _wants_onnx(runtime: str, device, precision: str, compile: bool, jpeg_on_device: bool | None) -> bool:
+    """Whether to run on ONNX Runtime; raises where ``runtime="onnx"`` can't honour the other options."""
+    if runtime not in RUNTIMES:
+        raise LookalikeError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "torch":
+        return False
+    conflicts = [what for what, bad in (
+        (f"device {device}", not is_cpu(device)),
+        (f"precision {precision}", precision not in ("auto", "fp32")),
+        ("compile", compile),
+        ("GPU decoding", bool(jpeg_on_device)),
+    ) if bad]
+    if runtime == "onnx" and conflicts:
+        raise LookalikeError(f"the ONNX runtime runs fp32 on the CPU, not with {', '.join(conflicts)}: use --runtime torch or auto")
+    return not conflicts
+
+
+def _onnx_from_backbone(model_spec, backbone, embedding, *, threads, batch_size, forward_batch, num_workers, max_pixels):
+    from .onnx_export import cached_export
+    from .onnx_runtime import THREADS_PER_SESSION, OnnxExtractor, default_threads, default_workers, sessions
+
+    workers = default_workers() if num_workers is None else num_workers
+    threads = threads or default_threads()
+    network = cached_export(backbone, embedding, threads=min(threads, THREADS_PER_SESSION), spinning=False)
+    return OnnxExtractor(model_spec, embedding, sessions(network, threads), batch_size=batch_size,
+                         forward_batch=forward_batch, num_workers=workers, max_pixels=max_pixels)
+
+
+def _cached_onnx(model_spec: ModelSpec, stored: EmbeddingSpec, options: dict) -> Extractor | None:
+    """An ONNX Runtime extractor from the cached export of ``stored``, or None if there is none."""
+    from .onnx_cache import export_key, model_path
+    from .onnx_runtime import THREADS_PER_SESSION, OnnxExtractor, default_threads, default_workers, open_network, sessions
+
+    batch_size, forward_batch = options.get("batch_size", 32), options.get("forward_batch")
+    check_batch_sizes(batch_size, forward_batch)
+    workers = options.get("num_workers")
+    workers = default_workers() if workers is None else workers
+    threads = options.get("threads") or default_threads()
+    key = export_key(stored)
+    network = open_network(model_path(stored, key), key, threads=min(threads, THREADS_PER_SESSION), spinning=False)
+    if network is None:
+        return None
+    return OnnxExtractor(model_spec, stored, sessions(network, threads), batch_size=batch_size, forward_batch=forward_batch,
+                         num_workers=workers, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS))
+
+
+def _torch(model_spec, backbone, *, device, precision, compile, jpeg_on_device, **common):
+    from .devices import all_devices, resolve_device
+    from .torch_extractor import TorchExtractor
+
+    resolved = resolve_device(device)
+    return TorchExtractor(model_spec, backbone, device=resolved, precision=precision, compile=compile,
+                          jpeg_on_device=jpeg_on_device, devices=all_devices(device, resolved), **common)

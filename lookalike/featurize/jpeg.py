@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
+from .failures import raise_if_transient
+
 logger = logging.getLogger(__name__)
 
 _ORIENTATION = 0x0112
@@ -66,7 +68,8 @@ def read_jpeg(path: str, *, max_pixels: int, draft_size: int, max_aspect_ratio: 
                 orientation = image.getexif().get(_ORIENTATION, 1)
                 image.draft("RGB", (draft_size, draft_size))
                 draft_scale = max(1, round(width / image.size[0]))
-    except Exception:  # noqa: BLE001 - the CPU path will say what is wrong with it
+    except Exception as e:  # noqa: BLE001 - the CPU path will say what is wrong with it
+        raise_if_transient(e, f"reading {path}")
         return None
     if orientation not in range(1, 9):
         orientation = 1
@@ -84,12 +87,14 @@ def decode_jpegs(jpegs: list[EncodedJpeg], device: torch.device) -> list[torch.T
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
         try:
             images = decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
+        except RuntimeError as e:
+            raise_if_transient(e, f"decoding {len(jpegs)} JPEGs on {device}")  # out of memory is no file's fault
             images = []
             for jpeg in jpegs:
                 try:
                     images.append(decode_jpeg(jpeg.data, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError as e:
+                    raise_if_transient(e, f"decoding {jpeg.key} on {device}")
                     logger.debug("%s: decoded on the CPU instead (%s)", jpeg.key, str(e).splitlines()[0] if str(e) else e)
                     images.append(None)
     return [None if image is None else upright(image, jpeg.orientation) for image, jpeg in zip(images, jpegs)]

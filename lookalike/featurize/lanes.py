@@ -2,6 +2,9 @@
 
 Each thread is bound to one lane for its life (on CUDA with its own stream), so that one
 batch's decoding and copying overlap another's forward pass, and several GPUs work at once.
+On a CPU with many cores, ONNX Runtime sessions are lanes too (device ``"cpu"``): several
+sessions of a few threads each keep more cores busy on small batches than one session of
+many threads. torch is imported only for CUDA lanes.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from typing import NamedTuple
-
-import torch
+from typing import Any, NamedTuple
 
 
 class Lane(NamedTuple):
-    """One device and the copy of the network that lives on it."""
+    """One device (a ``torch.device``, or ``"cpu"`` for ONNX Runtime) and the copy of the network on it."""
 
-    device: torch.device
-    module: torch.nn.Module
+    device: Any
+    module: Any
+
+
+def _is_cuda(device) -> bool:
+    return getattr(device, "type", device) == "cuda"
 
 
 class LanePool:
@@ -48,11 +52,23 @@ class LanePool:
 
     def _bind(self) -> None:
         lane = self._local.lane = self._free.get()
-        self._local.stream = torch.cuda.Stream(lane.device) if lane.device.type == "cuda" else None
+        self._local.stream = None
+        if _is_cuda(lane.device):
+            import torch
+
+            self._local.stream = torch.cuda.Stream(lane.device)
 
     def _run(self, fn: Callable, item):
-        with torch.cuda.stream(self._local.stream) if self._local.stream is not None else nullcontext():
+        if self._local.stream is None:
             return fn(item, self._local.lane)
+        import torch
+
+        with torch.cuda.stream(self._local.stream):
+            return fn(item, self._local.lane)
+
+    def shutdown(self) -> None:
+        """End the threads (a pool kept for an extractor's lifetime never needs this)."""
+        self._executor.shutdown(wait=True)
 
     def map_in_order(self, fn: Callable, items: Iterable) -> Iterator:
         pending: deque = deque()

@@ -1,25 +1,40 @@
 """The preprocessing contract of a model: resize, crop, then normalise.
 
-Geometry runs on decoded PIL images in the reader's workers and yields uint8 tensors
-(a quarter of float32's bytes to move to the device); normalisation runs in float on the
-device inside the extractor. Split this way, the result equals torchvision's
-``weights.transforms()`` and timm's eval transform applied to the same image.
+Geometry runs on decoded PIL images (in the reader's workers) and yields uint8 pixels, a
+quarter of float32's bytes to move; normalisation runs in float inside the network's own
+process (in the ONNX graph, or on the torch device). ``pixels`` does the geometry with PIL
+and numpy alone, so the ONNX Runtime path never imports torch; it performs the very PIL
+calls torchvision's ``resize`` and ``center_crop`` make for a PIL image, so the result
+equals torchvision's ``weights.transforms()`` and timm's eval transform on the same image
+(the tests check both).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as nnf
+import numpy as np
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+
+# torchvision's InterpolationMode values and the PIL filters its PIL kernels use for them.
+PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 # Resizing the short side of a 10000x1 strip to 256 px would need gigabytes; nothing that
 # thin is a photo a CNN can read anyway.
@@ -33,7 +48,7 @@ class Preprocessing:
     Attributes:
         resize_size: the shorter side is resized to this (``crop_mode="center"``).
         crop_size: the square side fed to the network.
-        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        interpolation: ``"bilinear"``, ``"bicubic"``, ``"nearest"`` (or another of torchvision's modes).
         mean, std: per-channel normalisation of pixels scaled to [0, 1].
         antialias: antialias when downscaling (PIL always does).
         crop_mode: ``"center"`` (resize the shorter side, keeping the aspect ratio) or
@@ -49,21 +64,30 @@ class Preprocessing:
     crop_mode: str = "center"
 
     def __post_init__(self):
-        InterpolationMode(self.interpolation)  # raises ValueError on an unknown mode
+        if self.interpolation not in PIL_FILTERS:
+            raise ValueError(f"interpolation must be one of {', '.join(PIL_FILTERS)}, not {self.interpolation!r}")
         if self.crop_mode not in ("center", "squash"):
             raise ValueError(f"crop_mode must be 'center' or 'squash', not {self.crop_mode!r}")
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Resize and crop an RGB image; returns a uint8 tensor of shape (3, crop, crop).
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """Resize and crop an RGB image with PIL; returns uint8 pixels of shape (3, crop, crop).
 
         Raises:
             ValueError: the image is thinner than 1:``MAX_ASPECT_RATIO``.
         """
-        _check_aspect(*image.size)
-        mode = InterpolationMode(self.interpolation)
-        size = [self.resize_size, self.resize_size] if self.crop_mode == "squash" else [self.resize_size]
-        image = F.resize(image, size, interpolation=mode, antialias=self.antialias)
-        return F.pil_to_tensor(F.center_crop(image, [self.crop_size]))
+        width, height = image.size
+        _check_aspect(width, height)
+        out_h, out_w = self._resized_size(height, width)
+        if (out_h, out_w) != (height, width):
+            image = image.resize((out_w, out_h), resample=PIL_FILTERS[self.interpolation])
+        image = image.crop(_centre_crop_box(self.crop_size, out_h, out_w))
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """``pixels`` as a uint8 torch tensor of shape (3, crop, crop)."""
+        import torch
+
+        return torch.from_numpy(self.pixels(image))
 
     def resize_tensor(self, image: torch.Tensor, draft_scale: int = 1) -> torch.Tensor:
         """``__call__`` for a uint8 (3, H, W) tensor on any device, e.g. a JPEG decoded on a GPU.
@@ -76,6 +100,10 @@ class Preprocessing:
         Raises:
             ValueError: the image is thinner than 1:``MAX_ASPECT_RATIO``.
         """
+        import torch
+        import torch.nn.functional as nnf
+        from torchvision.transforms.v2 import functional as F
+
         height, width = image.shape[-2:]
         _check_aspect(width, height)
         x = image[None].float()
@@ -102,7 +130,12 @@ class Preprocessing:
         return self.resize_size, int(self.resize_size * width / height)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] and standardised per channel."""
+        """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] and standardised per channel.
+
+        The ONNX export folds this very function into its graph, so both runtimes normalise alike.
+        """
+        import torch
+
         x = batch.float().div_(255)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
@@ -112,8 +145,16 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+
+def _centre_crop_box(crop: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """torchvision's centre crop of a PIL image as one PIL crop box: a side shorter than the
+    crop is padded with black evenly (the odd pixel after), a longer one cut at its rounded middle."""
+    top = -((crop - height) // 2) if crop > height else int(round((height - crop) / 2.0))
+    left = -((crop - width) // 2) if crop > width else int(round((width - crop) / 2.0))
+    return left, top, left + crop, top + crop
 
 
 def _check_aspect(width: int, height: int) -> None:

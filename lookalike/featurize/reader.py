@@ -1,30 +1,29 @@
-"""Files in, uint8 tensors out: decoding and resizing on DataLoader workers, in order.
+"""Files in, uint8 tensors out, for the torch runtime: decoding on DataLoader workers, in order.
 
 A file that fails becomes a ``Failure`` carried beside the batch, so a bad image costs
-one record and never shifts which key belongs to which vector. With ``jpeg_on_device``,
-workers only read JPEGs (``EncodedJpeg``) for the extractor to decode on the GPU.
+one record and never shifts which key belongs to which vector. Trouble that is not a
+file's (``TransientError``) travels back as ``Decoded.transient`` and the extractor raises
+it in the caller's process with its own message. With ``jpeg_on_device``, workers only read
+JPEGs (``EncodedJpeg``) for the extractor to decode on the GPU. The ONNX Runtime path reads
+with ``batches.py`` instead, which needs no torch.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ImageLoadError
-from .decode import DEFAULT_MAX_PIXELS, load_image
+from ..errors import TransientError
+from .batches import available_cpus, file_pixels
+from .decode import DEFAULT_MAX_PIXELS
+from .failures import Failure
 from .jpeg import EncodedJpeg, read_jpeg
 from .preprocess import MAX_ASPECT_RATIO, Preprocessing
 
-
-class Failure(NamedTuple):
-    """A file that yielded no vector, and why."""
-
-    key: str
-    reason: str
+__all__ = ["Decoded", "Failure", "ImageFiles", "collate", "default_num_workers", "make_loader"]
 
 
 class Decoded(NamedTuple):
@@ -40,6 +39,7 @@ class Decoded(NamedTuple):
     failures: list[Failure]
     jpeg_bytes: torch.Tensor | None = None
     jpeg_info: list[tuple[str, int, int, int]] = []  # (key, length, orientation, draft_scale)
+    transient: str | None = None  # a TransientError's message, raised by the extractor
 
     @property
     def jpegs(self) -> list[EncodedJpeg]:
@@ -50,7 +50,7 @@ class Decoded(NamedTuple):
             start += length
         return jpegs
 
-    def pin_memory(self) -> "Decoded":
+    def pin_memory(self) -> Decoded:
         """Pin only the pixels (DataLoader's ``pin_memory=True`` calls this), never the JPEG bytes."""
         return self._replace(pixels=None if self.pixels is None else self.pixels.pin_memory())
 
@@ -74,36 +74,38 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | EncodedJpeg | None, str | None]:
+        """(key, pixels or EncodedJpeg, None), (key, None, reason) for a bad file, or
+        (key, None, TransientError) for trouble that is not the file's."""
         path = self.paths[i]
-        if self.jpeg_on_device:
-            jpeg = read_jpeg(
-                path, max_pixels=self.max_pixels, draft_size=self.preprocessing.resize_size, max_aspect_ratio=MAX_ASPECT_RATIO
-            )
-            if jpeg is not None:
-                return path, jpeg, None
         try:
-            image = load_image(path, max_pixels=self.max_pixels, draft_size=self.preprocessing.resize_size)
-            return path, self.preprocessing(image), None
-        except ImageLoadError as e:
-            return path, None, e.reason
-        except Exception as e:  # noqa: BLE001 - preprocessing trouble is also one file's problem
-            return path, None, f"cannot preprocess: {e}"
+            if self.jpeg_on_device:
+                jpeg = read_jpeg(
+                    path, max_pixels=self.max_pixels, draft_size=self.preprocessing.resize_size,
+                    max_aspect_ratio=MAX_ASPECT_RATIO,
+                )
+                if jpeg is not None:
+                    return path, jpeg, None
+            pixels, reason = file_pixels(path, self.preprocessing, self.max_pixels)
+        except TransientError as e:  # returned, not raised: DataLoader would bury it in a traceback
+            return path, None, e
+        return path, None if pixels is None else torch.from_numpy(pixels), reason
 
 
 def collate(items: list[tuple[str, torch.Tensor | EncodedJpeg | None, str | None]]) -> Decoded:
     keys = [key for key, pixels, _ in items if pixels is not None]
     tensors = [pixels for _, pixels, _ in items if isinstance(pixels, torch.Tensor)]
     jpegs = [pixels for _, pixels, _ in items if isinstance(pixels, EncodedJpeg)]
-    failures = [Failure(key, reason) for key, pixels, reason in items if pixels is None]
+    transient = next((str(reason) for _, _, reason in items if isinstance(reason, TransientError)), None)
+    failures = [Failure(key, reason) for key, pixels, reason in items if pixels is None and isinstance(reason, str)]
     # One tensor of bytes, so a batch crosses from the worker in one shared-memory segment.
     blob = torch.cat([j.data for j in jpegs]) if jpegs else None
     info = [(j.key, j.data.numel(), j.orientation, j.draft_scale) for j in jpegs]
-    return Decoded(keys, torch.stack(tensors) if tensors else None, failures, blob, info)
+    return Decoded(keys, torch.stack(tensors) if tensors else None, failures, blob, info, transient)
 
 
 def default_num_workers(device: torch.device) -> int:
-    """Decoding workers: plenty to feed a GPU; on a CPU, leave most cores to the model."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Decoding workers for torch: plenty to feed a GPU; on a CPU, leave most cores to the model."""
+    cpus = available_cpus()
     if device.type == "cuda":
         return min(8, cpus)
     return max(1, min(4, cpus // 2))

@@ -3,7 +3,8 @@ and timm's ``PretrainedCfg``.
 
 A spec says where the weights come from, the preprocessing contract, the graph node whose
 output is the embedding (the input of the final classifier), and its dimension. Building
-the network is ``backbone.py``'s job; this module imports no model code, so listing is fast.
+the network is ``backbone.py``'s job; this module imports no model code (nor torch), so
+listing is fast. Imports run one way: registry <- weights <- backbone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..errors import UnknownModelError
+from ..errors import MissingDependencyError, UnknownModelError
 from .preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -44,7 +45,7 @@ class ModelSpec:
     preprocessing: Preprocessing
     feature_node: str | None
     dim: int | None
-    builder: Callable[[], "torch.nn.Module"] | None = field(default=None, compare=False, repr=False)
+    builder: Callable[[], torch.nn.Module] | None = field(default=None, compare=False, repr=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -90,9 +91,17 @@ def get_model_spec(name: str) -> ModelSpec:
     )
 
 
-def _timm_spec(arch: str) -> ModelSpec:
-    from .backbone import import_timm
+def import_timm():
+    """timm, or a ``MissingDependencyError`` that says how to install it."""
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise MissingDependencyError("timm models need the timm extra: pip install 'lookalike[timm]'") from None
+    return timm
 
+
+def _timm_spec(arch: str) -> ModelSpec:
     timm = import_timm()
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)

@@ -12,8 +12,10 @@ stem and its basic or bottleneck blocks; ConvNeXt's stem, CNBlocks and downsampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -66,6 +68,45 @@ def find_blocks(model: nn.Module, present: set[str] | None = None) -> list[Block
         for block in blocks:
             block.parameters = [p for p in block.parameters if p in present]
     return [b for b in blocks if b.parameters]
+
+
+def body_blocks(builder: Callable[[], nn.Module], body: nn.Module, size: int) -> list[Block]:
+    """The blocks of a tapped ``body`` (featurize's ``GlobalPool``), read off the base model ``builder`` makes.
+
+    Only parameters the embedding depends on count: a body that runs the model's own
+    pre-logits (the bundled model) still holds the ImageNet classifier, which must neither be
+    counted by ``--unfreeze`` nor trained. One forward pass on a ``size`` px image tells them apart.
+    """
+    return find_blocks(builder(), {original_name(n, body) for n in used_parameters(body, size)})
+
+
+def used_parameters(body: nn.Module, size: int) -> list[str]:
+    """Names of ``body``'s parameters its output depends on (autograd's graph, not their values)."""
+    named = list(body.named_parameters())
+    was_training, wanted = body.training, [p.requires_grad for _, p in named]
+    body.eval()  # batch statistics of one image would be meaningless, and must not update
+    try:
+        for _, p in named:
+            p.requires_grad_(True)
+        out = body(torch.zeros(1, 3, size, size, device=named[0][1].device if named else "cpu"))
+        grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True)
+    finally:
+        for (_, p), flag in zip(named, wanted):
+            p.requires_grad_(flag)
+        body.train(was_training)
+    return [name for (name, _), grad in zip(named, grads) if grad is not None]
+
+
+def original_name(name: str, body: nn.Module) -> str:
+    """A name inside ``body`` (featurize's ``GlobalPool``) as the base model names it.
+
+    featurize holds the tapped graph as ``GlobalPool.body``, and the bundled model's own
+    embedding as ``PreLogits.model`` inside that, so the prefix depends on the body's make-up.
+    """
+    from ..featurize.backbone import PreLogits
+
+    prefix = "body.model." if isinstance(getattr(body, "body", None), PreLogits) else "body."
+    return name[len(prefix):] if name.startswith(prefix) else name
 
 
 def _units(module: nn.Module, prefix: str):

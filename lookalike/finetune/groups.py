@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import LookalikeError
 from .blocks import Block
-from .head import original_name
+from .blocks import original_name
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def parameter_groups(body: nn.Module, head: nn.Module, blocks: list[Block], *, u
     Returns:
         (groups for the optimizer, one ``GroupInfo`` per group).
     """
-    params = {original_name(n): p for n, p in body.named_parameters()}
+    params = {original_name(n, body): p for n, p in body.named_parameters()}
     for p in params.values():
         p.requires_grad_(False)
     named = [("head", 0, list(head.named_parameters()))]

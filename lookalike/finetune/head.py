@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..featurize.preprocess import Preprocessing
-from .blocks import Block
+from .blocks import Block, original_name
 
-BODY_PREFIX = "body."  # featurize's GlobalPool holds the tapped graph as ``body``
 HEAD_SCALE = 16.0  # logits of unit vectors need a temperature; 16 is the usual cosine-classifier value
 
 
@@ -56,13 +55,9 @@ class FinetuneNet(nn.Module):
     def set_bn_trainable(self, blocks: list[Block], train_bn: bool) -> None:
         """Let the batch norms of these (unfrozen) blocks update their statistics, if ``train_bn``."""
         self.bn_trainable = {
-            name for name, _ in _batch_norms(self.body) if train_bn and any(b.owns(original_name(name)) for b in blocks)
+            name for name, _ in _batch_norms(self.body)
+            if train_bn and any(b.owns(original_name(name, self.body)) for b in blocks)
         }
-
-
-def original_name(name: str) -> str:
-    """A body parameter or module name as the base model names it (featurize wraps the graph as ``body``)."""
-    return name[len(BODY_PREFIX):] if name.startswith(BODY_PREFIX) else name
 
 
 def _batch_norms(module: nn.Module):

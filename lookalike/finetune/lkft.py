@@ -19,14 +19,15 @@ from ..errors import ModelFileError
 from ..featurize.finetuned import BODY, FORMAT, FORMAT_VERSION, HEAD, content_sha256
 from ..featurize.registry import ModelSpec
 from ..featurize.weights import load_state_dict, state_dict_sha256
-from .head import FinetuneNet, original_name
+from .blocks import original_name
+from .head import FinetuneNet
 
 
 def full_state(net: FinetuneNet, base: ModelSpec, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
     """The base network's state dict with the fine-tuned body's tensors in place, in the builder's order."""
     model: nn.Module = base.builder()
     model.load_state_dict(load_state_dict(base, weights))
-    tuned = {original_name(k): v.detach().to("cpu") for k, v in net.body.state_dict().items()}
+    tuned = {original_name(k, net.body): v.detach().to("cpu") for k, v in net.body.state_dict().items()}
     unexpected = model.load_state_dict(tuned, strict=False).unexpected_keys
     if unexpected:
         raise ModelFileError(f"the fine-tuned body has tensors {base.name} lacks ({', '.join(unexpected[:3])})")

@@ -74,7 +74,7 @@ def finetune_images(paths: Sequence[str], labels: Sequence[str], output: str | o
                     resume: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, progress: Progress | None = None,
                     where: str = "the labelled images") -> FinetuneResult:
     """``finetune`` on lists: ``labels[i]`` is the class of ``paths[i]``. See ``finetune``."""
-    from ..featurize.extractor import resolve_device
+    from ..featurize.devices import resolve_device
     from ..featurize.reader import default_num_workers
 
     config = config or FinetuneConfig()
@@ -154,16 +154,15 @@ def _prepare(base: ModelSpec, preprocessing, config: FinetuneConfig, recipe: Rec
              val_idx, device, workers):
     """The network (body as featurize builds it, new head), its blocks, the stages and the data."""
     from ..featurize.backbone import build_backbone
-    from .blocks import find_blocks
+    from .blocks import body_blocks
     from .groups import unfrozen_count
-    from .head import EmbeddingHead, FinetuneNet, original_name
+    from .head import EmbeddingHead, FinetuneNet
 
     backbone = build_backbone(base, layer=config.layer, weights=config.weights)
     head = EmbeddingHead(backbone.dim, len(set(targets)))
     net = FinetuneNet(backbone.module, head, preprocessing)
     net.to(device, memory_format=torch.channels_last)
-    present = {original_name(n) for n, _ in backbone.module.named_parameters()}
-    blocks = find_blocks(base.builder(), present)
+    blocks = body_blocks(base.builder, backbone.module, preprocessing.crop_size)
     unfreeze = unfrozen_count(config.unfreeze, blocks)
     stages = [s for s in (Stage("head", recipe.head_epochs, 0, recipe.head_lr),
                           Stage("finetune", recipe.epochs, unfreeze, config.lr)) if s.epochs > 0]

@@ -4,15 +4,24 @@ A file keeps its id for life (``AUTOINCREMENT`` never reuses one), so FAISS ids 
 paths can't drift apart. Every write happens in one transaction that also advances the
 store's generation and its count of committed vector rows, so a crash loses at most the
 batch in flight. WAL mode lets readers query while an indexer writes.
+
+Store format 2 added ``ctime_ns`` and ``mode`` (a failure is retried when they change: a
+chmod changes both) and ``recorded`` (when the row was written, in Unix seconds). A format 1
+catalog gains them, empty, the first time it is opened.
 """
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
+from .. import crashpoints
 from ..errors import StoreError
 
 _SCHEMA = """
@@ -24,18 +33,26 @@ CREATE TABLE IF NOT EXISTS files (
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     reason TEXT,
     row INTEGER,
-    generation INTEGER NOT NULL
+    generation INTEGER NOT NULL,
+    ctime_ns INTEGER,
+    mode INTEGER,
+    recorded REAL
 );
 CREATE INDEX IF NOT EXISTS files_generation ON files (generation);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('rows', 0), ('index_generation', -1);
 """
+_ADDED_IN_FORMAT_2 = (("ctime_ns", "INTEGER"), ("mode", "INTEGER"), ("recorded", "REAL"))
+_COLUMNS = "id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded"
 _IDS_PER_QUERY = 900  # under SQLite's oldest limit of 999 bound parameters
 
 
 class FileRecord(NamedTuple):
-    """A catalog row. ``row`` is the file's row in the vectors file (None when it failed)."""
+    """A catalog row. ``row`` is the file's row in the vectors file (None when it failed).
+
+    ``ctime_ns``, ``mode`` and ``recorded`` are None in rows written before store format 2.
+    """
 
     id: int
     path: str
@@ -45,6 +62,16 @@ class FileRecord(NamedTuple):
     reason: str | None
     row: int | None
     generation: int
+    ctime_ns: int | None = None
+    mode: int | None = None
+    recorded: float | None = None  # Unix seconds
+
+    @property
+    def recorded_utc(self) -> str | None:
+        """When the row was written, ISO 8601 in UTC; None for rows of a format-1 store, which kept no time."""
+        if self.recorded is None:
+            return None
+        return datetime.datetime.fromtimestamp(self.recorded, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class Entry(NamedTuple):
@@ -53,6 +80,8 @@ class Entry(NamedTuple):
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int | None = None
+    mode: int | None = None
     row: int | None = None
     reason: str | None = None
 
@@ -67,9 +96,27 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StoreError(f"{self.path} is damaged ({e}): index again with --reset") from e
+
+    def _add_missing_columns(self) -> None:
+        """Bring a format 1 catalog to format 2, in one transaction (a second process finds it done)."""
+        if not self._missing_columns():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, kind in self._missing_columns():
+                self._db.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _missing_columns(self) -> list[tuple[str, str]]:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        return [(name, kind) for name, kind in _ADDED_IN_FORMAT_2 if name not in present]
 
     def close(self) -> None:
         self._db.close()
@@ -97,14 +144,14 @@ class Catalog:
         self._db.execute("COMMIT")
 
     def records(self, status: str | None = None) -> Iterator[FileRecord]:
-        query = "SELECT * FROM files" + (" WHERE status = ?" if status else "") + " ORDER BY path"
+        query = f"SELECT {_COLUMNS} FROM files" + (" WHERE status = ?" if status else "") + " ORDER BY path"
         for row in self._db.execute(query, (status,) if status else ()):
             yield FileRecord(*row)
 
     def by_paths(self, paths: Iterable[str]) -> dict[str, FileRecord]:
         found = {}
         for path in paths:
-            row = self._db.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
             if row:
                 found[path] = FileRecord(*row)
         return found
@@ -114,7 +161,7 @@ class Catalog:
         found = {}
         for start in range(0, len(ids), _IDS_PER_QUERY):  # one query a chunk: 10k hits cost 10k queries before
             chunk = ids[start:start + _IDS_PER_QUERY]
-            query = f"SELECT * FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            query = f"SELECT {_COLUMNS} FROM files WHERE id IN ({','.join('?' * len(chunk))})"
             found.update((row[0], FileRecord(*row)) for row in self._db.execute(query, chunk))
         return found
 
@@ -125,9 +172,18 @@ class Catalog:
             rows += f" LIMIT {int(at_most)}"
         return self._db.execute(f"SELECT COUNT(*) FROM ({rows})", (status,) if status else ()).fetchone()[0]
 
+    def ids_and_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and vector rows of every embedded file, by id, as two int64 arrays (16 bytes a file, not a record)."""
+        count = self.count("ok")
+        pairs = np.fromiter(
+            self._db.execute("SELECT id, row FROM files WHERE status = 'ok' ORDER BY id"),
+            dtype=np.dtype((np.int64, 2)), count=count,
+        ).reshape(count, 2)
+        return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+
     def changed_since(self, generation: int) -> tuple[list[FileRecord], list[int]]:
         """Files written after ``generation``, and ids removed after it."""
-        changed = [FileRecord(*r) for r in self._db.execute("SELECT * FROM files WHERE generation > ?", (generation,))]
+        changed = [FileRecord(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE generation > ?", (generation,))]
         removed = [r[0] for r in self._db.execute("SELECT id FROM removed WHERE generation > ?", (generation,))]
         return changed, removed
 
@@ -141,13 +197,16 @@ class Catalog:
         db.execute("BEGIN IMMEDIATE")
         try:
             generation = self.meta("generation") + 1
+            now = time.time()
             for e in entries:
                 status = "ok" if e.row is not None else "failed"
                 db.execute(
-                    "INSERT INTO files (path, size, mtime_ns, status, reason, row, generation) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO files (path, size, mtime_ns, ctime_ns, mode, status, reason, row, generation, recorded)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
-                    " status=excluded.status, reason=excluded.reason, row=excluded.row, generation=excluded.generation",
-                    (e.path, e.size, e.mtime_ns, status, e.reason, e.row, generation),
+                    " ctime_ns=excluded.ctime_ns, mode=excluded.mode, status=excluded.status, reason=excluded.reason,"
+                    " row=excluded.row, generation=excluded.generation, recorded=excluded.recorded",
+                    (e.path, e.size, e.mtime_ns, e.ctime_ns, e.mode, status, e.reason, e.row, generation, now),
                 )
             for path in removed_paths:
                 row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
@@ -156,9 +215,11 @@ class Catalog:
                     db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?)", (row[0], generation))
             db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (generation,))
             db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (rows,))
+            crashpoints.reached("catalog.before_commit")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        crashpoints.reached("catalog.after_commit")
         return generation
 

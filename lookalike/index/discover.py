@@ -12,12 +12,17 @@ logger = logging.getLogger(__name__)
 
 
 class FoundFile(NamedTuple):
-    """A file to index: ``key`` is its path relative to the root, with forward slashes."""
+    """A file to index: ``key`` is its path relative to the root, with forward slashes.
+
+    ``ctime_ns`` and ``mode`` tell a failed file that was fixed without being rewritten (a chmod).
+    """
 
     key: str
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    mode: int = 0
 
 
 def discover(root: str | os.PathLike, extensions: frozenset[str], skip: str | os.PathLike | None = None) -> list[FoundFile]:
@@ -52,6 +57,6 @@ def discover(root: str | os.PathLike, extensions: frozenset[str], skip: str | os
                 logger.warning("skipping %s: %s", path, e.strerror)
                 continue
             key = Path(path).relative_to(root).as_posix()
-            found.append(FoundFile(key, path, stat.st_size, stat.st_mtime_ns))
+            found.append(FoundFile(key, path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_mode))
     found.sort(key=lambda f: f.key)
     return found

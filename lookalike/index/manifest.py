@@ -14,7 +14,8 @@ from pathlib import Path
 from ..atomic import write_atomically
 from ..errors import StoreError, StoreMismatchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the catalog records ctime, mode and when each row was written
+MIGRATABLE_VERSIONS = (1,)  # upgraded in place when opened (see Store.open)
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 _UNCOMPARED = ("versions",)
 
@@ -52,7 +53,7 @@ class Manifest:
             )
 
     def write(self, path: Path) -> None:
-        write_atomically(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
+        write_atomically(path, (json.dumps(asdict(self), indent=2) + "\n").encode(), crash_point="manifest")
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
@@ -61,7 +62,7 @@ class Manifest:
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read {path}: {e}") from e
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and version not in MIGRATABLE_VERSIONS:
             raise StoreError(
                 f"{path} is store format {version}, this lookalike reads format {FORMAT_VERSION}: "
                 f"re-index with --reset, or use a matching lookalike version"

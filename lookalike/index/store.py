@@ -1,22 +1,14 @@
 """The store: a folder holding a manifest, a SQLite catalog, the raw vectors and a FAISS index.
 
-    .lookalike/
-      manifest.json    format version, embedding spec, metric, forced index factory
-      catalog.sqlite   one row per file: stable id, path, size, mtime, status, reason, vector row
-      vectors.f32      float32 rows, append-only, memory-mapped
-      index.faiss      the FAISS index over the catalog's ids (a cache: rebuilt from the vectors)
-      lock             held by the one process writing
-
-The catalog is the truth. Vectors are appended before the catalog commits the rows that
-point at them, and the index is replaced atomically after, recording the generation it
-reflects; a search adds what changed since by brute force. A crash at any moment thus
-leaves a state in which catalog, vectors and index agree, losing at most one batch.
+The catalog is the truth (see ``layout`` for the files). Vectors are appended before the
+catalog commits the rows that point at them, and the index is replaced atomically after,
+recording the generation it reflects; a search adds what changed since by brute force. A
+crash at any moment thus leaves a state in which catalog, vectors and index agree, losing at
+most one batch: ``tests/test_crash.py`` kills the indexer at every durable step to prove it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -25,18 +17,28 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import InvalidFactoryError, StoreError, StoreLockedError, StoreNotFoundError
+from .. import crashpoints
+from ..errors import StoreError, StoreNotFoundError
 from . import faiss_index
-from .catalog import Catalog, Entry, FileRecord
-from .manifest import Manifest
+from .catalog import Catalog, FileRecord
+from .layout import (  # noqa: F401 - the names callers have always imported from here
+    CATALOG,
+    INDEX,
+    LOCK,
+    MANIFEST,
+    STORE_DIRNAME,
+    STORE_ENV,
+    STORE_FILES,
+    VECTORS,
+    find_store,
+    remove_store_files,
+)
+from .lock import lock_store
+from .manifest import FORMAT_VERSION, Manifest
 from .vectors import RowView, VectorFile
+from .writer import NO_INDEX, StoreWriter
 
 logger = logging.getLogger(__name__)
-
-STORE_DIRNAME = ".lookalike"
-STORE_ENV = "LOOKALIKE_STORE"
-MANIFEST, CATALOG, VECTORS, INDEX, LOCK = "manifest.json", "catalog.sqlite", "vectors.f32", "index.faiss", "lock"
-STORE_FILES = (MANIFEST, CATALOG, VECTORS, INDEX)
 
 # Paths -> (vectors row-aligned with the paths that worked, {path: failure reason}).
 Embedder = Callable[[list[str]], tuple[list[str], np.ndarray, dict[str, str]]]
@@ -51,24 +53,6 @@ class Hit(NamedTuple):
     id: int
 
 
-def find_store(start: str | os.PathLike = ".") -> Path:
-    """The store for ``start``: ``$LOOKALIKE_STORE``, else the nearest ``.lookalike/`` upward, as git finds ``.git``.
-
-    Raises:
-        StoreNotFoundError: none found; the message says how to make one.
-    """
-    if os.environ.get(STORE_ENV):
-        return Path(os.environ[STORE_ENV])
-    here = Path(start).resolve()
-    for folder in (here, *here.parents):
-        if (folder / STORE_DIRNAME / MANIFEST).is_file():
-            return folder / STORE_DIRNAME
-    raise StoreNotFoundError(
-        f"no lookalike store in {here} or any folder above it: run `lookalike index DIR` first, "
-        f"or point --store (or ${STORE_ENV}) at one"
-    )
-
-
 class Store:
     """An opened store. Reading is safe while another process writes."""
 
@@ -80,22 +64,52 @@ class Store:
 
     @classmethod
     def create(cls, directory, root, spec: dict, index_factory: str | None = None, weights: str | None = None) -> "Store":
+        """Make an empty store: the catalog first, the manifest last and atomically.
+
+        A crash in between leaves no store (no manifest), only files the next ``create`` deletes.
+
+        Raises:
+            StoreError: another process made a store there meanwhile.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         root = os.path.relpath(Path(root).resolve(), directory.resolve())
         manifest = Manifest(spec=spec, root=root, index_factory=index_factory, weights=weights)
-        manifest.write(directory / MANIFEST)
-        Catalog(directory / CATALOG).close()
+        with lock_store(directory):
+            if (directory / MANIFEST).exists():
+                raise StoreError(f"another process made a store in {directory} meanwhile: run the command again")
+            remove_store_files(directory)  # from a creation killed before its manifest: nothing in them is trusted
+            Catalog(directory / CATALOG).close()
+            crashpoints.reached("create.catalog")
+            manifest.write(directory / MANIFEST)
         return cls(directory, manifest)
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "Store":
+        """Open the store in ``directory``; a store of an older format is upgraded in place first.
+
+        Raises:
+            StoreNotFoundError: no store there.
+            StoreError: it is damaged, or of a format this lookalike can't read.
+            StoreLockedError: it must be upgraded while another process writes to it.
+        """
         directory = Path(directory)
         if not (directory / MANIFEST).is_file():
             raise StoreNotFoundError(f"{directory} is not a lookalike store (no {MANIFEST}): run `lookalike index DIR` first")
         if not (directory / CATALOG).is_file():
             raise StoreError(f"{directory} has lost its {CATALOG}: the store is damaged; index again with --reset")
-        return cls(directory, Manifest.read(directory / MANIFEST))
+        store = cls(directory, Manifest.read(directory / MANIFEST))
+        if store.manifest.format_version != FORMAT_VERSION:
+            store._upgrade()
+        return store
+
+    def _upgrade(self) -> None:
+        """Format 1 to 2: the catalog gains its columns (in one transaction), then the manifest says so."""
+        with lock_store(self.directory):
+            Catalog(self.directory / CATALOG).close()
+            self.manifest.format_version = FORMAT_VERSION
+            self.manifest.write(self.directory / MANIFEST)
+        logger.info("upgraded %s to store format %d", self.directory, FORMAT_VERSION)
 
     @property
     def root(self) -> Path:
@@ -179,11 +193,16 @@ class Store:
                 catalog.end_snapshot()
 
     def _consistent_index(self, catalog: Catalog):
-        """Read the index and begin a catalog snapshot that the index file belongs to.
+        """Read the index and begin a catalog snapshot in which it can be trusted.
 
-        A writer marks the index as being replaced (generation -2) before it swaps the
-        file and records the new generation after; an unchanged generation on both sides
-        of the read proves the file read is the one the snapshot names.
+        A writer commits, then replaces the file, then records the generation it reflects.
+        So a file reflects at least the generation recorded before it was read (more, if a
+        writer replaced it and has not recorded yet, or died first), and a snapshot begun
+        after the read holds at least what the file holds: searching the file minus what
+        changed since the recorded generation, plus those changes by brute force, is exact.
+        What breaks it is a generation recorded between the read and the snapshot (the file
+        read is then older than the snapshot says), so the generation is read again inside
+        the snapshot and must not have moved.
         """
         for _ in range(5):
             before = catalog.meta("index_generation")
@@ -299,18 +318,24 @@ class Store:
         if current and (self.directory / INDEX).exists():
             return faiss_index.read_index(self.directory / INDEX)
         ids, _, vectors = self.vectors()
-        factory = self.manifest.index_factory or faiss_index.choose_factory(len(ids), self.dim)
-        return faiss_index.build_index(vectors, ids, factory)
+        plan = faiss_index.plan_build(len(ids), self.dim, self.manifest.index_factory)
+        return faiss_index.build_index(vectors, ids, plan.factory, train_size=plan.train_rows or None)
 
     def check(self) -> list[str]:
-        """What is inconsistent between catalog, vectors and index; empty when all agree."""
-        problems = []
+        """What is inconsistent between catalog, vectors and index; empty when all agree.
+
+        An index behind the catalog is no inconsistency: searches add what changed since it
+        was written, and the next writer brings it up to date (see ``index_lag``). Its ids
+        are checked all the same: every embedded file unchanged since must be in it, and
+        nothing else but files changed or removed since.
+        """
         with self.catalog() as catalog:
             catalog.snapshot()
-            rows, generation = catalog.meta("rows"), catalog.meta("generation")
-            index_generation = catalog.meta("index_generation")
+            rows, index_generation = catalog.meta("rows"), catalog.meta("index_generation")
             records = list(catalog.records("ok"))
+            changed, removed = catalog.changed_since(index_generation) if index_generation >= 0 else ([], [])
             catalog.end_snapshot()
+        problems = []
         size = (self.directory / VECTORS).stat().st_size if (self.directory / VECTORS).exists() else 0
         if size < rows * 4 * self.dim:
             problems.append(f"vectors.f32 holds {size // (4 * self.dim)} rows, the catalog counts {rows}")
@@ -319,21 +344,41 @@ class Store:
             problems.append(f"{len(bad_rows)} files point past the stored vectors, e.g. {bad_rows[0]}")
         if len({r.row for r in records}) != len(records):
             problems.append("two files share one vector row")
-        index_path = self.directory / INDEX
-        if records and not index_path.exists():
-            problems.append("index.faiss is missing")
-        elif index_path.exists() and index_generation == generation:
-            indexed = faiss_index.ids(faiss_index.read_index(index_path))
-            if sorted(indexed.tolist()) != sorted(r.id for r in records):
-                problems.append(f"index.faiss holds {len(indexed)} ids, the catalog {len(records)} embedded files")
-        elif index_path.exists():
-            problems.append(f"index.faiss reflects generation {index_generation}, the catalog is at {generation}")
+        if index_generation >= 0:  # else none is written yet, or one is to be rebuilt: the next writer builds it
+            problems += self._index_problems({r.id for r in records}, {r.id for r in changed} | set(removed))
         return problems
+
+    def _index_problems(self, embedded: set[int], changed: set[int]) -> list[str]:
+        path = self.directory / INDEX
+        if not path.exists():
+            return ["index.faiss is missing"]
+        indexed = faiss_index.ids(faiss_index.read_index(path))
+        unique = set(indexed.tolist())
+        missing = (embedded - changed) - unique
+        unknown = unique - embedded - changed
+        problems = []
+        if missing or unknown:
+            problems.append(f"index.faiss holds {len(unique)} ids: {len(missing)} embedded files are missing from it, "
+                            f"{len(unknown)} of its ids name no embedded file")
+        if len(unique) != len(indexed):
+            problems.append(f"index.faiss holds {len(indexed) - len(unique)} ids twice")
+        return problems
+
+    def index_lag(self) -> tuple[int, int]:
+        """(the generation the index reflects, the catalog's): equal when the index is up to date.
+
+        The first is -1 while no index is written (or one is to be rebuilt).
+        """
+        with self.catalog() as catalog:
+            catalog.snapshot()
+            lag = catalog.meta("index_generation"), catalog.meta("generation")
+            catalog.end_snapshot()
+        return lag
 
     def repair(self) -> None:
         """Rebuild the index from the stored vectors (the catalog and vectors are the truth)."""
         with self.writer() as writer:
-            writer.catalog.set_meta(index_generation=-1)
+            writer.catalog.set_meta(index_generation=NO_INDEX)
 
     def info(self) -> dict:
         with self.catalog() as catalog:
@@ -349,99 +394,3 @@ class Store:
     def writer(self, sync: bool = True) -> "StoreWriter":
         """The one writer: a context manager holding the store's lock (``sync``: update the index on exit)."""
         return StoreWriter(self, sync)
-
-    def sync_index(self, catalog: Catalog) -> None:
-        """Bring ``index.faiss`` up to the catalog: incrementally, or rebuilt when its kind should change."""
-        generation = catalog.meta("generation")
-        index_generation = catalog.meta("index_generation")
-        if index_generation == generation and (self.directory / INDEX).exists():
-            return
-        records = list(catalog.records("ok"))
-        stored = VectorFile(self.directory / VECTORS, self.dim).view(catalog.meta("rows"))
-        factory = self.manifest.index_factory or faiss_index.choose_factory(len(records), self.dim)
-        path = self.directory / INDEX
-        rebuild = (
-            index_generation < 0
-            or not path.exists()
-            or catalog.meta("index_factory") != factory
-        )
-        if rebuild:
-            ids = np.array([r.id for r in records], dtype=np.int64)
-            vectors = RowView(stored, np.array([r.row for r in records], dtype=np.int64))  # read in chunks, never all copied
-            try:
-                index = faiss_index.build_index(vectors, ids, factory)
-            except InvalidFactoryError as e:  # e.g. too few vectors yet to train a forced IVF index
-                logger.warning("using an exact index for now: %s", e)
-                factory = faiss_index.EXACT_FACTORY
-                index = faiss_index.build_index(vectors, ids, factory)
-        else:
-            index = faiss_index.read_index(path, mmap=False)
-            changed, removed = catalog.changed_since(index_generation)
-            faiss_index.remove(index, np.array([r.id for r in changed] + removed, dtype=np.int64))
-            ok = [r for r in changed if r.row is not None]
-            if ok:
-                faiss_index.add(index, np.stack([stored[r.row] for r in ok]), np.array([r.id for r in ok], dtype=np.int64))
-        catalog.set_meta(index_generation=-2)  # readers: the file is being replaced (see _consistent_index)
-        faiss_index.write_index(index, path)
-        catalog.set_meta(index_generation=generation, index_factory=factory)
-
-
-class StoreWriter:
-    """Appends batches and removals, each durable on return; syncs the index on exit."""
-
-    def __init__(self, store: Store, sync: bool = True):
-        self.store = store
-        self.sync = sync
-        self.catalog: Catalog | None = None
-        self.vectors: VectorFile | None = None
-
-    def __enter__(self) -> "StoreWriter":
-        self._lock = lock_store(self.store.directory)
-        self._lock.__enter__()
-        try:
-            self.catalog = self.store.catalog()
-            self.vectors = VectorFile(self.store.directory / VECTORS, self.store.dim)
-            self.vectors.open_for_append(self.catalog.meta("rows"))
-        except BaseException:
-            if self.catalog is not None:
-                self.catalog.close()
-            self._lock.__exit__(None, None, None)
-            raise
-        return self
-
-    def write(self, embedded: list[tuple[str, int, int]], vectors: np.ndarray, failed: list[tuple[str, int, int, str]]) -> None:
-        """Record one batch: (key, size, mtime_ns) rows with their vectors, and failures with reasons."""
-        entries = []
-        if embedded:
-            start = self.vectors.append(vectors)
-            entries += [Entry(key, size, mtime, row=start + i) for i, (key, size, mtime) in enumerate(embedded)]
-        entries += [Entry(key, size, mtime, reason=reason) for key, size, mtime, reason in failed]
-        if entries:
-            self.catalog.commit(entries, rows=self.vectors.rows_written)
-
-    def remove(self, keys: Sequence[str]) -> None:
-        if keys:
-            self.catalog.commit([], rows=self.vectors.rows_written, removed_paths=keys)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self.sync and (exc_type is None or issubclass(exc_type, KeyboardInterrupt)):
-                self.store.sync_index(self.catalog)  # what was committed stays searchable
-        finally:
-            self.vectors.close()
-            self.catalog.close()
-            self._lock.__exit__(None, None, None)
-
-
-@contextlib.contextmanager
-def lock_store(directory: str | os.PathLike) -> Iterator[None]:
-    """Hold the store's write lock, or raise ``StoreLockedError`` at once if another process has it."""
-    with open(Path(directory) / LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(f"another lookalike process is writing to {directory}; wait for it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,294 @@
+"""Load on `lookalike serve`: p50/p99 latency and requests/s of /api/similar, and of /api/search with a 1 MP JPEG.
+
+    python benchmarks/bench_serve.py --n 1000000              # builds the 1M-vector store once (about 25 min here)
+    python benchmarks/bench_serve.py --n 20000 --requests 60  # a quick run while developing
+
+The store holds --n synthetic 1280-d vectors (bench_search's mixture of gaussian clusters,
+written through the store's writer and indexed by it) under the real EfficientNet-Lite0
+spec, so an upload is embedded by the real network and searched against a store of the
+real size. The server is `python -m lookalike serve` in its own process on 127.0.0.1;
+the clients are threads here, one keep-alive connection each, at 1 and at --clients
+concurrent clients, each workload bounded by --requests and --max-seconds. Only
+127.0.0.1 is ever contacted.
+
+Baselines: with one client, each request is followed by the library doing the same work
+in this process with no HTTP in between (``store.search`` of the stored file, and raw FAISS
+on its vector, for /api/similar; ``store.search`` of the JPEG, which embeds it, for the
+upload), taken in turn so that a shared machine slows both alike. The index file is read
+through once first, so searches find it in the page cache as in a server that has run a
+while. Targets: /api/similar p50 <= 20 ms, upload p50 <= 60 ms (one client), and no errors
+at 16 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import bench_search
+import results
+
+TARGETS = {"similar": 20.0, "search": 60.0}  # p50 ms with one client
+
+
+def build(folder: Path, n: int, chunk: int) -> dict:
+    """The store under ``folder``: --n mixture vectors under the real Lite0 spec; reused when it fits."""
+    from lookalike import create_extractor
+
+    # bench_search writes its synthetic spec; this store needs the real one, so that uploads can be embedded
+    bench_search.SPEC = create_extractor("efficientnet_lite0", device="cpu").spec.to_dict()
+    _, built = bench_search.build_store(folder, n, bench_search.Mixture(3000, 1280), chunk)
+    return built
+
+
+def read_through(path: Path) -> float:
+    """Read a file once, so that its pages are in the page cache, as they are in a server that has run a while.
+
+    Each search maps the index and touches nprobe of its lists: cold, at 1M vectors that is
+    about 160 MB read from disk at random per query, which measures the disk, not the server.
+    """
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as file:
+        while file.read(64 << 20):
+            pass
+    return time.perf_counter() - start
+
+
+def one_megapixel_jpeg(path: Path) -> Path:
+    """A real photo at 1155 x 866 (1.0 MP), quality 90."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).resize((1155, 866), Image.Resampling.BICUBIC).save(path, quality=90)
+    return path
+
+
+def multipart(path: Path, k: int) -> tuple[bytes, str]:
+    boundary = "lookalikebenchboundary"
+    body = io.BytesIO()
+    body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'.encode())
+    body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+               f"Content-Type: image/jpeg\r\n\r\n".encode())
+    body.write(path.read_bytes())
+    body.write(f"\r\n--{boundary}--\r\n".encode())
+    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+class Served:
+    """`python -m lookalike serve` on 127.0.0.1, a free port; stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, store: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lookalike", "serve", "--store", str(store), "--port", "0", "--device", "cpu"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if " at http://127.0.0.1:" not in line:
+            self.process.kill()
+            raise SystemExit(f"the server did not start: {line}{self.process.stderr.read()}")
+        self.port = int(line.split(" at http://127.0.0.1:")[1].split("/")[0])
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.communicate(timeout=120)
+
+
+def load(port: int, requests: list[tuple[str, str, bytes | None, dict]], clients: int, max_seconds: float) -> dict:
+    """Send ``requests`` from ``clients`` threads, each on its own keep-alive connection; latency of each."""
+    latencies, errors, lock = [], [], threading.Lock()
+    queue = iter(requests)
+    deadline = time.monotonic() + max_seconds
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while time.monotonic() < deadline:
+            with lock:
+                request = next(queue, None)
+            if request is None:
+                break
+            method, path, body, headers = request
+            start = time.perf_counter()
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                failed = None if response.status == 200 else f"{response.status} {path}"
+            except (OSError, http.client.HTTPException) as error:
+                failed = f"{type(error).__name__}: {error}"
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                if failed:
+                    errors.append(failed)
+        connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "error_examples": errors[:3],
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "requests_per_s": len(latencies) / wall, "wall_s": wall}
+
+
+def paired(port: int, requests: list, library: dict, max_seconds: float) -> dict:
+    """One client: each request, then the library doing the same work in this process, in turn.
+
+    The machine is shared: taken in turn, what slows one slows the other, so the ratio holds.
+    ``library`` maps a name to a function of the request's position.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    times = {"http": [], **{name: [] for name in library}}
+    errors = []
+    deadline = time.monotonic() + max_seconds
+    for i, (method, path, body, headers) in enumerate(requests):
+        if time.monotonic() > deadline:
+            break
+        start = time.perf_counter()
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        times["http"].append(time.perf_counter() - start)
+        if response.status != 200:
+            errors.append(f"{response.status} {path}")
+        for name, fn in library.items():
+            start = time.perf_counter()
+            fn(i)
+            times[name].append(time.perf_counter() - start)
+    connection.close()
+    summary = _latencies(times.pop("http"))
+    summary.update(clients=1, errors=len(errors), error_examples=errors[:3], requests_per_s=1000 / summary["mean_ms"])
+    summary["library"] = {name: _latencies(values) for name, values in times.items()}
+    return summary
+
+
+def _latencies(seconds: list[float]) -> dict:
+    ms = np.array(seconds) * 1000
+    return {"requests": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean())}
+
+
+def library_work(store_dir: Path, jpeg: Path, ids: np.ndarray, k: int) -> dict:
+    """What each request does, done by the library in this process: the baselines, by workload.
+
+    /api/similar/{id}: ``store.search`` of the stored file (it looks the vector up, as the
+    server does), and raw FAISS on that vector, prefetched, on one OpenMP thread (the faster
+    for one query on this machine). The upload: ``store.search`` of the file, which embeds it
+    with the store's model, as ``lookalike query FILE`` does.
+    """
+    import faiss
+
+    from lookalike.index import faiss_index
+    from lookalike.index.store import INDEX
+    from lookalike.indexing import open_store
+
+    store = open_store(store_dir, exact=True, device="cpu")
+    paths = [str(store.root / _key(int(i))) for i in ids]
+    vectors = store.get_vectors(paths)
+    index = faiss_index.read_index(store_dir / INDEX)
+    faiss.omp_set_num_threads(1)
+    store.search([jpeg], k)  # loads the model
+    return {
+        "similar": {"store.search": lambda i: store.search([paths[i]], k + 1),
+                    "FAISS index.search": lambda i: index.search(vectors[i : i + 1], k + 1)},
+        "search": {"store.search": lambda i: store.search([jpeg], k)},
+    }
+
+
+def _key(image_id: int) -> str:
+    i = image_id - 1  # ids follow the order bench_search writes its rows in, from 1
+    return f"photos/{i // 1000:04d}/{i:07d}.jpg"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=Path("/tmp/lookalike-bench-serve-store"))
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=20_000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=200, help="per workload (uploads: half as many)")
+    parser.add_argument("--max-seconds", type=float, default=120, help="per workload")
+    args = parser.parse_args()
+
+    args.load_average_at_start = os.getloadavg()  # the machine is shared: say how much
+    built = build(args.folder, args.n, args.chunk)
+    store_dir = args.folder / ".lookalike"
+    scratch = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    jpeg = one_megapixel_jpeg(scratch / "query-1mp.jpg")
+    body, content_type = multipart(jpeg, args.k)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, args.n + 1, size=args.requests * 2)
+    similar = [("GET", f"/api/similar/{i}?k={args.k}", None, {}) for i in ids]
+    upload = [("POST", "/api/search", body, {"Content-Type": content_type})] * (args.requests // 2)
+
+    built["read_index_into_page_cache_s"] = read_through(store_dir / "index.faiss")
+    library = library_work(store_dir, jpeg, ids, args.k)
+    server = Served(store_dir)
+    try:
+        load(server.port, similar[: args.requests // 4] + upload[:4], 1, args.max_seconds)  # warm: model, index pages
+        runs = {}
+        for name, requests in (("similar", similar), ("search", upload)):
+            runs[f"{name}_1"] = paired(server.port, requests[: len(requests) // 2], library[name], args.max_seconds)
+            runs[f"{name}_{args.clients}"] = load(server.port, requests, args.clients, args.max_seconds)
+            for key in (f"{name}_1", f"{name}_{args.clients}"):
+                print(key, {field: value for field, value in runs[key].items() if field != "error_examples"}, flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    save(args, built, runs)
+
+
+def save(args, built: dict, runs: dict) -> None:
+    """Write benchmarks/results/serve_<n>.json, with the README's table."""
+    labels = {"similar": f"GET /api/similar/{{id}}?k={args.k}", "search": f"POST /api/search, 1 MP JPEG, k={args.k}"}
+    rows = []
+    for key, run in runs.items():
+        name, clients = key.rsplit("_", 1)
+        library = run.get("library", {})
+        same = "; ".join(f"{what} {value['p50_ms']:.1f}" for what, value in library.items())
+        ratio = f"{run['p50_ms'] / library['store.search']['p50_ms']:.2f}" if library else ""
+        met = run["p50_ms"] <= TARGETS[name] if clients == "1" else run["errors"] == 0
+        target = f"p50 <= {TARGETS[name]:.0f} ms" if clients == "1" else "no errors"
+        rows.append([labels[name], clients, str(run["requests"]), f"{run['p50_ms']:.1f}", f"{run['p99_ms']:.1f}",
+                     f"{run['requests_per_s']:.1f}", str(run["errors"]), same, ratio,
+                     f"{target}: {'met' if met else 'missed'}"])
+    table = {"columns": ["request", "clients", "requests", "p50 ms", "p99 ms", "requests/s", "errors",
+                         "library, same work, p50 ms", "HTTP / library", "target"], "rows": rows}
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    settings.update(torch_threads=_torch_threads(), load_average_at_end=os.getloadavg())
+    path = results.save(f"serve_{_size(args.n)}", settings, {"build": built, "runs": runs}, {"latency": table})
+    print(results.markdown(table))
+    print(f"-> {path}")
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

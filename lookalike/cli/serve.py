@@ -1,0 +1,62 @@
+"""The serve command: a local web page and JSON API over a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import open_store_for, shown, store_option
+
+
+@click.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but a loopback address shows the store to the network.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--classifier", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A model from `lookalike train`: the page shows each query's predicted labels, and POST /api/predict answers.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+@click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest image accepted as a query.")
+@click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Larger query images are refused, as the indexer refuses them.")
+@click.option("--device", default="auto", show_default=True, help="Where uploads are embedded: auto, cpu, cuda, cuda:N or mps.")
+def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device):
+    """Browse the store in a web page: search by dropping an image, click through
+    neighbours, review near-duplicates; and a JSON API (documented at /docs).
+
+    The page and API only read the store: `lookalike index` may add images meanwhile,
+    and they show up without a restart. Stop with Ctrl-C.
+    """
+    from ..indexing import open_store
+    from ..serve import require_extra
+
+    require_extra()
+    from ..serve import Server, create_app
+    from ..serve.guard import is_loopback
+
+    found = open_store_for(store)  # found as every command finds it; reopened with the upload settings
+    opened = open_store(found.directory, exact=True, device=device, max_pixels=max_pixels)
+    app = create_app(opened, display_path=shown, classifier=classifier, max_upload_bytes=int(max_upload_mb * 1e6),
+                     max_pixels=max_pixels, loopback_only=is_loopback(host))
+    server = Server(app, host, port)
+    if not is_loopback(host):
+        click.secho(f"warning: listening on {host}: anyone who can reach this machine on the network can see "
+                    f"every image in the store and search it; use --host 127.0.0.1 to keep it to this machine",
+                    fg="yellow", err=True)
+    click.echo(f"Serving {opened.directory} ({len(opened)} images) at {server.url}  (Ctrl-C stops)")
+    if open_browser:
+        import threading
+        import webbrowser
+
+        local = server.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+        threading.Thread(target=webbrowser.open, args=(local,), daemon=True).start()  # a terminal browser may block
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    click.echo("stopped", err=True)
+
+
+COMMANDS = (serve,)

@@ -1,0 +1,92 @@
+"""Named crash points: places in every durable step where a test can stop the process dead.
+
+SQLite's crash tests stop the process at every write and sync and then check the database;
+this does the same for a store. Each durable step calls ``reached(name)``; unless the
+environment variable ``LOOKALIKE_CRASH`` names that point, nothing happens (one dictionary
+lookup). Tests set it for a ``python -m lookalike`` subprocess:
+
+    LOOKALIKE_CRASH="vectors.after_fsync:3"          os._exit(CRASH_EXIT_CODE) the 3rd time there
+    LOOKALIKE_CRASH="catalog.after_commit:*=pause"   every time: stop and wait (see ``pause``)
+    LOOKALIKE_CRASH="index.written,catalog.after_commit:2=pause"   several, comma-separated
+
+``os._exit`` skips every ``finally``, ``atexit`` hook and buffer flush, as ``kill -9`` or a
+power cut would (the kernel keeps what was written, so this stands for a crash of the
+process; fsync is what stands between it and a power cut). A pause writes "point count"
+to the file named by ``LOOKALIKE_CRASH_PAUSE_FILE`` and waits until a test deletes it, so a
+test can query or kill the process at an exact step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+ENV = "LOOKALIKE_CRASH"
+PAUSE_FILE_ENV = "LOOKALIKE_CRASH_PAUSE_FILE"
+CRASH_EXIT_CODE = 86  # what the killed process returns; no other path in lookalike exits with it
+PAUSE_LIMIT_S = 300  # a pause whose test died goes on after this
+
+POINTS = frozenset({
+    "create.catalog",  # a new store's catalog exists, its manifest not yet
+    "manifest.written",  # a new manifest.json is written and fsynced beside the old one, not yet renamed
+    "manifest.renamed",  # it replaced the old one; the folder is not fsynced yet
+    "vectors.before_fsync",  # a batch's vectors are written to vectors.f32, not fsynced
+    "vectors.after_fsync",  # fsynced, not yet committed by the catalog
+    "catalog.before_commit",  # the batch's rows are in an open SQLite transaction
+    "catalog.after_commit",  # committed
+    "index.written",  # a new index.faiss is written and fsynced under a temporary name
+    "index.renamed",  # it replaced the old one; the catalog does not record its generation yet
+    "index.recorded",  # the catalog records the generation it reflects
+})
+
+_counts: Counter[str] = Counter()
+_parsed: tuple[str, dict[str, tuple[int | None, str]]] | None = None
+
+
+def reached(point: str) -> None:
+    """Called by each durable step: crash or pause here if ``$LOOKALIKE_CRASH`` says so."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    plan = _plan(spec).get(point)
+    if plan is None:
+        return
+    _counts[point] += 1
+    nth, action = plan
+    if nth is not None and _counts[point] != nth:
+        return
+    if action == "pause":
+        pause(point, _counts[point])
+    else:
+        os._exit(CRASH_EXIT_CODE)
+
+
+def pause(point: str, count: int) -> None:
+    """Say where the process stands in ``$LOOKALIKE_CRASH_PAUSE_FILE``, then wait until that file is gone."""
+    path = Path(os.environ[PAUSE_FILE_ENV])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{point} {count}\n")
+    os.replace(tmp, path)  # the test never reads half a line
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _plan(spec: str) -> dict[str, tuple[int | None, str]]:
+    """``{point: (nth or None for every time, "exit" or "pause")}``, parsed once per value of the variable."""
+    global _parsed
+    if _parsed is not None and _parsed[0] == spec:
+        return _parsed[1]
+    plan = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        where, _, action = entry.partition("=")
+        point, _, nth = where.partition(":")
+        if point not in POINTS or action not in ("", "exit", "pause") or not (nth in ("", "*") or nth.isdigit()):
+            raise ValueError(f"${ENV}: {entry!r} is not POINT[:N|:*][=exit|=pause]; points: {', '.join(sorted(POINTS))}")
+        if action == "pause" and not os.environ.get(PAUSE_FILE_ENV):
+            raise ValueError(f"${ENV}: {entry!r} pauses, which needs ${PAUSE_FILE_ENV}")
+        plan[point] = (None if nth == "*" else int(nth or 1), action or "exit")
+    _parsed = (spec, plan)
+    return plan

@@ -1,0 +1,159 @@
+"""The ONNX Runtime path: an exported network run on the CPU, with no torch in the process.
+
+``OnnxNetwork`` wraps one InferenceSession: uint8 pixels in (the normalisation is part of
+the graph), pooled features out, run in micro-batches small enough to stay in the CPU's
+cache. ``OnnxExtractor`` is the ``Extractor`` around it: files decode on a torch-free
+process pool (``batches.py``) while the network runs here on the cores it was given. Past
+``THREADS_PER_SESSION`` threads, the network runs as several sessions side by side, one
+batch each (a small batch keeps only so many threads busy within one session).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .batches import PixelBatch, available_cpus, decoded_batches
+from .extractor import Batch, Extractor, normalize_rows
+from .failures import raise_if_transient
+from .lanes import Lane, LanePool
+from .registry import ModelSpec
+from .spec import EmbeddingSpec
+
+KEY_PROPERTY = "lookalike.export_key"  # in the model's metadata: written last, so a truncated file lacks it
+# Threads one session gets before the network is split into more sessions. Not measured
+# beyond 2 cores here; 8 is where small-batch CNN inference is commonly found to stop scaling.
+THREADS_PER_SESSION = 8
+
+
+class OnnxNetwork:
+    """One ONNX Runtime session on the CPU.
+
+    Args:
+        model: the .onnx file or its bytes.
+        threads: intra-op threads (the cores the network may use).
+        spinning: let idle threads spin for work; off when decoding workers need those cores.
+        expect_key: refuse (``ValueError``) a model whose metadata names another export key.
+
+    Raises:
+        ValueError, or ONNX Runtime's errors: the file is missing, damaged or not this export.
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes, *, threads: int, spinning: bool = False, expect_key: str | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: its warnings are no use to a user
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
+        self.session = ort.InferenceSession(self.source, options, providers=["CPUExecutionProvider"])
+        self.threads, self.spinning = threads, spinning
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if expect_key is not None and meta.get(KEY_PROPERTY) != expect_key:
+            raise ValueError(f"the export is incomplete or of another network (key {meta.get(KEY_PROPERTY)!r})")
+        (self._input,) = [i.name for i in self.session.get_inputs()]
+
+    def run(self, pixels: np.ndarray, forward_batch: int) -> np.ndarray:
+        """Features (N, D), float32, for uint8 pixels (N, 3, H, W), ``forward_batch`` images at a time."""
+        chunks = [self.session.run(None, {self._input: pixels[i : i + forward_batch]})[0]
+                  for i in range(0, len(pixels), forward_batch)]
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def open_network(path: Path, key: str, *, threads: int, spinning: bool) -> OnnxNetwork | None:
+    """The cached export at ``path`` if it exists and is whole; None if missing or damaged."""
+    if not path.is_file():
+        return None
+    try:
+        return OnnxNetwork(path, threads=threads, spinning=spinning, expect_key=key)
+    except Exception:  # noqa: BLE001 - truncated, corrupt, or someone else's: export again
+        return None
+
+
+def sessions(network: OnnxNetwork, threads: int) -> list[OnnxNetwork]:
+    """``network`` and as many more sessions of the same model as ``threads`` calls for, sharing them out."""
+    count = -(-threads // THREADS_PER_SESSION)
+    if count == 1:
+        return [network]
+    each = max(1, threads // count)
+    return [OnnxNetwork(network.source, threads=each, spinning=network.spinning) for _ in range(count)]
+
+
+class OnnxExtractor(Extractor):
+    """Embeds with ONNX Runtime on the CPU. Build it with ``create_extractor(runtime="onnx")``.
+
+    ``threads`` is how many cores the network uses, in ``len(networks)`` sessions; ``num_workers``
+    decoding processes share the machine with it. ONNX Runtime's threads don't spin while they
+    wait: spinning threads take the cores that decoding (or anything else on the machine) needs,
+    which on a busy 2-core machine cost the network itself half its speed.
+    """
+
+    runtime = "onnxruntime"
+    cpu_forward_batch = 2  # fastest on this project's 2-core machine (issue #9: 294 images/s, against 274 at 1 and 266 at 4)
+
+    def __init__(
+        self,
+        model_spec: ModelSpec,
+        spec: EmbeddingSpec,
+        networks: list[OnnxNetwork],
+        *,
+        batch_size: int,
+        forward_batch: int,
+        num_workers: int,
+        max_pixels: int,
+    ):
+        super().__init__(model_spec, spec, batch_size=batch_size, forward_batch=forward_batch,
+                         num_workers=num_workers, max_pixels=max_pixels)
+        self.networks = networks
+        self.network = networks[0]
+        self.device = "cpu"
+        self.threads = sum(n.threads for n in networks)
+
+    def _embed_files(self, keys: list[str], num_workers: int) -> Iterator[Batch]:
+        decoded = decoded_batches(keys, self.model_spec.preprocessing, batch_size=self.batch_size,
+                                  num_workers=num_workers, max_pixels=self.max_pixels)
+        if len(self.networks) == 1:
+            yield from (self._embed_batch(batch) for batch in decoded)
+            return
+        # A pool per call, its threads ended after it: threads left waiting in a process that later
+        # forks (torch's DataLoader does) have crashed the forked child.
+        pool = LanePool([Lane("cpu", network) for network in self.networks], threads_per_lane=1)
+        try:
+            yield from pool.map_in_order(lambda batch, lane: self._embed_batch(batch, lane.module), decoded)
+        finally:
+            pool.shutdown()
+
+    def _embed_batch(self, decoded: PixelBatch, network: OnnxNetwork | None = None) -> Batch:
+        if decoded.pixels is None:
+            return Batch(decoded.keys, np.zeros((0, self.dim), dtype=np.float32), decoded.failures)
+        return Batch(decoded.keys, self._embed_pixels(decoded.pixels, network), decoded.failures)
+
+    def _embed_pixels(self, pixels: np.ndarray, network: OnnxNetwork | None = None) -> np.ndarray:
+        try:
+            features = (network or self.network).run(pixels, self.forward_batch)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into TransientError
+            raise_if_transient(e, f"running {self.spec.model} on {len(pixels)} images")
+            raise
+        return normalize_rows(features)
+
+
+def default_threads() -> int:
+    """The network's threads: every core this process may use (decoding workers share them)."""
+    return available_cpus()
+
+
+def default_workers() -> int:
+    """Decoding processes: one per core, each waiting while the network needs the cores.
+
+    Large photos cost several times more to decode than to embed, so decoding must be able to
+    take every core; the processes block once ``prefetch`` batches wait, leaving the cores to
+    the network when it is the slower side.
+    """
+    return available_cpus()

@@ -1,0 +1,255 @@
+"""Fault injection: `python -m lookalike index` killed at every durable step, then `check` and a rerun.
+
+Each case runs the indexer in a true subprocess with ``LOOKALIKE_CRASH`` naming a crash
+point (see ``lookalike/crashpoints.py``), so it dies there by ``os._exit``, as under ``kill -9``.
+Then, from what the killed run committed (read with plain sqlite3 and numpy):
+
+- ``lookalike check`` finds catalog, vectors and index consistent (or no store at all, when
+  the kill came before its manifest was written);
+- the rerun embeds exactly the files not committed: at most the batch in flight again;
+- nothing committed is lost, changed or duplicated (same ids, same vector bytes, one row each);
+- paths, ids, vectors and failures equal an uninterrupted run's exactly (the CNN is
+  deterministic on a CPU, whatever the batch it is in).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import photo
+from lookalike.cli import main
+from lookalike.crashpoints import CRASH_EXIT_CODE, PAUSE_FILE_ENV
+from lookalike.index.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
+
+BATCH = ["--batch-size", "2", "--workers", "0", "--device", "cpu"]
+DIM = 1280
+pytestmark = pytest.mark.slow
+
+
+def make_images(folder: Path, names: range, bad: str | None = None, size=(96, 72)) -> None:
+    """Distinct small real-photo crops ``NN.jpg``; ``bad`` is a text file with an image's name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [photo(name) for name in ("chelsea", "coffee", "astronaut", "rocket")]
+    for i in names:
+        image = sources[i % 4]
+        w, h = image.size
+        image.crop((i * 7 % 60, i * 5 % 40, w - i * 3 % 50, h - i * 11 % 30)).resize(size).save(folder / f"{i:02}.jpg")
+    if bad:
+        (folder / bad).write_text("not an image")
+
+
+def lookalike_subprocess(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "lookalike", *map(str, args)]
+    return subprocess.Popen(command, env={**os.environ, **(env or {})}, text=True, **kwargs)
+
+
+def crash_at(point: str, folder: Path, store: Path, *extra) -> subprocess.CompletedProcess:
+    """``lookalike index`` in a fresh process that dies at ``point`` ("name:N": the N-th time it gets there)."""
+    process = lookalike_subprocess("index", folder, "--store", store, *BATCH, *extra, env={"LOOKALIKE_CRASH": point},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = process.communicate(timeout=180)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def index_in_process(folder: Path, store: Path, *extra) -> tuple[int, str]:
+    """``lookalike index`` through the CLI code in this process: (files the CNN ran on, output)."""
+    result = cli("index", folder, "--store", store, *BATCH, *extra)
+    assert result.exit_code == 0, result.output
+    embedded, failed = re.search(r"(\d+) failed \((\d+) embedded", result.stdout).group(2, 1)
+    return int(embedded) + int(failed), result.stdout
+
+
+def committed(store: Path) -> dict[str, tuple]:
+    """What the catalog holds, read with plain sqlite3 and numpy: path -> (id, status, reason, vector bytes)."""
+    if not (store / CATALOG).exists():
+        return {}
+    with sqlite3.connect(store / CATALOG) as db:
+        rows = db.execute("SELECT path, id, status, reason, row FROM files").fetchall()
+        count = db.execute("SELECT value FROM meta WHERE key = 'rows'").fetchone()[0]
+    vectors = np.fromfile(store / VECTORS, dtype=np.float32)[: count * DIM].reshape(-1, DIM) if count else None
+    return {path: (id_, status, reason, None if row is None else vectors[row].tobytes()) for path, id_, status, reason, row in rows}
+
+
+def assert_same_store(got: Path, want: Path) -> None:
+    """Same paths, ids, statuses, reasons and vector bytes as the uninterrupted store, each vector stored once."""
+    assert committed(got) == committed(want)
+    assert (got / VECTORS).stat().st_size == (want / VECTORS).stat().st_size, \
+        "a vector appended twice, or a dead tail kept"
+    assert Store.open(got).check() == []
+    written, generation = Store.open(got).index_lag()
+    assert written == generation and (got / INDEX).exists()
+    assert Store.open(got).info()["index_factory"] == Store.open(want).info()["index_factory"]
+    assert sorted(p.name for p in got.iterdir() if p.name.endswith(".tmp")) == [], "a temporary file was left"
+
+
+def crash_check_rerun(point: str, folder: Path, store: Path, reference: Path, rerun_embeds: int, *extra) -> None:
+    """Kill at ``point``, then check, then rerun, asserting everything the module docstring lists."""
+    killed = crash_at(point, folder, store, *extra)
+    assert killed.returncode == CRASH_EXIT_CODE, f"{point}: exit {killed.returncode}\n{killed.stderr[-2000:]}"
+    before = committed(store)
+
+    checked = cli("check", "--store", store)
+    if (store / MANIFEST).exists():
+        assert checked.exit_code == 0 and checked.output.startswith("consistent"), checked.output
+    else:  # killed before the manifest: there is no store, and check says so
+        assert checked.exit_code == 1 and "not a lookalike store" in checked.output
+    assert committed(store) == before, "check changed what was committed"
+
+    embedded, _ = index_in_process(folder, store, *extra)
+    # Exactly the files not yet committed in their final form (same id, status, reason, vector bytes)
+    # run through the CNN again; the expected count says that is at most the batch in flight.
+    pending = {path for path, entry in committed(reference).items() if before.get(path) != entry}
+    assert embedded == len(pending) == rerun_embeds, f"{point}: the rerun embedded {embedded} files, " \
+        f"{len(pending)} were not committed, {rerun_embeds} expected"
+    assert_same_store(store, reference)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Nine files, batches of two: [00 01] [02 03] [04 05] [06 07] [08]; 05 is not an image."""
+    folder = tmp_path_factory.mktemp("crash") / "photos"
+    make_images(folder, range(9))
+    (folder / "05.jpg").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(photos, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("uninterrupted") / "store"
+    assert index_in_process(photos, store)[0] == 9
+    return store
+
+
+# (point, the files the rerun must embed): nine files in batches of two, the 5th batch a single file.
+FRESH = [
+    ("create.catalog", 9),  # no manifest yet: no store; the rerun makes it over the leftover catalog
+    ("manifest.written", 9),  # the store's first manifest is written beside, not in place
+    ("manifest.renamed", 9),  # an empty store
+    ("vectors.before_fsync:2", 7),  # batch 1 committed; batch 2's vectors a dead tail
+    ("vectors.after_fsync:3", 5),  # batches 1-2 committed; batch 3 fsynced, never committed
+    ("catalog.before_commit:2", 7),  # batch 2's transaction open: rolled back
+    ("catalog.after_commit:2", 5),  # batch 2 committed, nothing in flight
+    ("index.written", 0),  # a whole index.faiss under a temporary name
+    ("index.renamed", 0),  # in place, its generation not recorded
+    ("index.recorded", 0),
+]
+
+
+@pytest.mark.parametrize(("point", "rerun_embeds"), FRESH, ids=[p for p, _ in FRESH])
+def test_a_kill_while_indexing_a_new_store(point, rerun_embeds, photos, uninterrupted, tmp_path):
+    crash_check_rerun(point, photos, tmp_path / "store", uninterrupted, rerun_embeds)
+
+
+def _changed_copy(base: Path, to: Path) -> Path:
+    """A copy of the indexed folder and its store, then one file removed, one changed, the failed one
+    fixed and two added."""
+    shutil.copytree(base, to)
+    folder = to / "photos"
+    (folder / "00.jpg").unlink()
+    photo("rocket").resize((80, 60)).save(folder / "02.jpg")  # another size: not the file indexed
+    photo("coffee").resize((80, 60)).save(folder / "05.jpg")
+    make_images(folder, range(9, 11))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def indexed(photos, tmp_path_factory) -> Path:
+    """A store with a written index, beside a copy of the folder it indexes."""
+    base = tmp_path_factory.mktemp("indexed")
+    shutil.copytree(photos, base / "photos")
+    index_in_process(base / "photos", base / "store")
+    return base
+
+
+@pytest.fixture(scope="module")
+def updated(indexed, tmp_path_factory) -> dict[str, Path]:
+    """The changed copy indexed without interruption: as it is, and with a forced IVF index."""
+    stores = {}
+    for name, extra in (("update", ()), ("refactor", ("--index-factory", "IVF2,Flat"))):
+        base = tmp_path_factory.mktemp(name) / "copy"
+        folder = _changed_copy(indexed, base)
+        assert index_in_process(folder, base / "store", *extra)[0] == 4
+        stores[name] = base / "store"
+    return stores
+
+
+# The changed copy: commit 1 removes 00.jpg; batches [02 05] and [09 10] follow. A written index
+# exists, so the index is updated in place (read, remove, add), not built.
+UPDATE = [
+    ("catalog.before_commit:1", 4),  # the removal rolled back
+    ("index.written", 0),
+    ("index.renamed", 0),
+]
+# The same with --index-factory IVF2,Flat: the manifest is updated first, then the index rebuilt.
+REFACTOR = [("manifest.written", 4), ("manifest.renamed", 4)]
+
+
+@pytest.mark.parametrize(("scenario", "point", "rerun_embeds"),
+                         [("update", *case) for case in UPDATE] + [("refactor", *case) for case in REFACTOR],
+                         ids=[f"update-{p}" for p, _ in UPDATE] + [f"refactor-{p}" for p, _ in REFACTOR])
+def test_a_kill_while_updating_an_indexed_store(scenario, point, rerun_embeds, indexed, updated, tmp_path):
+    folder = _changed_copy(indexed, tmp_path / "copy")
+    extra = ("--index-factory", "IVF2,Flat") if scenario == "refactor" else ()
+    crash_check_rerun(point, folder, tmp_path / "copy" / "store", updated[scenario], rerun_embeds, *extra)
+    if scenario == "refactor":
+        assert Store.open(tmp_path / "copy" / "store").manifest.index_factory == "IVF2,Flat"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_rerun_right_after_sigkill_succeeds_while_the_killed_runs_workers_live(tmp_path):
+    """The decoding workers a SIGKILLed indexer leaves behind must not keep the store locked."""
+    folder = tmp_path / "photos"
+    make_images(folder, range(12))
+    store, pause = tmp_path / "store", tmp_path / "paused"
+    process = lookalike_subprocess("index", folder, "--store", store, "--batch-size", "2", "--workers", "2",
+                                   "--device", "cpu", env={"LOOKALIKE_CRASH": "catalog.after_commit:2=pause",
+                                                           PAUSE_FILE_ENV: str(pause)},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not pause.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pause.exists(), f"the indexer never reached its second commit: {process.communicate()[1][-2000:]}"
+        workers = _children(process.pid)
+        assert len(workers) >= 2, "the indexer runs two decoding workers"
+    finally:
+        process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+
+    orphans = [pid for pid in workers if _alive(pid)]
+    assert orphans, "the workers died with the indexer: this test proves nothing"
+    with Store.open(store).writer(sync=False):  # while they live: the lock is free
+        assert all(_alive(pid) for pid in orphans), "an orphan died before the lock was taken"
+    embedded, _ = index_in_process(folder, store)
+    assert embedded == 8  # batches 1 and 2 were committed before the kill
+    assert len(Store.open(store)) == 12 and Store.open(store).check() == []

@@ -1,0 +1,160 @@
+"""The page in a real headless Chromium (Debian's chromium-headless-shell, driven by Playwright).
+
+A missing browser fails these tests: scripts/test installs it with apt. Never `playwright install`.
+Each test leaves a screenshot in its tmp folder (screenshot.png).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from lookalike.cli.options import shown
+from lookalike.indexing import open_store
+from lookalike.serve import BackgroundServer, create_app
+from serve_helpers import edited_chelsea, photo_folder, working_directory
+
+BROWSER = "/usr/lib/chromium/chromium-headless-shell"
+expect.set_options(timeout=30_000)  # a first upload loads the model; a busy CI machine takes its time
+# No machine these tests run on has a network; keep Chromium from trying (Playwright already turns most off).
+OFFLINE = ["--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-domain-reliability", "--no-pings", "--disable-features=Translate,OptimizationHints,MediaRouter"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = photo_folder(tmp_path_factory)
+    with working_directory(folder), BackgroundServer(create_app(open_store(folder, device="cpu"), display_path=shown)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=BROWSER, args=OFFLINE, timeout=60_000)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    crashes = []
+    page.on("pageerror", lambda error: crashes.append(str(error)))
+    yield page
+    page.screenshot(path=tmp_path / "screenshot.png")
+    context.close()
+    assert crashes == [], crashes  # no uncaught JavaScript error on the way
+
+
+def _results(page):
+    return page.locator("#results .result")
+
+
+def _all_thumbnails_loaded(page, images: str) -> None:
+    page.wait_for_function(f"""() => {{
+        const images = [...document.querySelectorAll({images!r})];
+        return images.length > 0 && images.every((i) => i.complete && i.naturalWidth > 0 && i.alt);
+    }}""")
+
+
+def test_an_upload_finds_the_right_neighbour_first(page, server, tmp_path):
+    page.goto(server.url)
+    page.set_input_files("input[type=file]", edited_chelsea(tmp_path / "copy.jpg"))
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    assert float(_results(page).first.get_attribute("data-score")) > 0.8
+    scores = [float(s) for s in _results(page).evaluate_all("(rs) => rs.map((r) => r.dataset.score)")]
+    assert len(scores) == 7 and scores == sorted(scores, reverse=True)
+    expect(page.locator("#status")).to_contain_text("nearest images of copy.jpg")
+    _all_thumbnails_loaded(page, "#results img")
+
+
+def test_a_dropped_or_pasted_image_searches_too(page, server, tmp_path):
+    image = base64.b64encode(edited_chelsea(tmp_path / "copy.jpg").read_bytes()).decode()
+    make_files = """(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const files = new DataTransfer();
+        files.items.add(new File([bytes], "held.jpg", { type: "image/jpeg" }));
+        return files;
+    }"""
+    page.goto(server.url)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": page.evaluate_handle(make_files, image)})
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    expect(page.locator("#status")).to_contain_text("nearest images of held.jpg")
+    page.goto(server.url + "?view=info")
+    page.evaluate(f"""(b64) => document.dispatchEvent(new ClipboardEvent("paste",
+        {{ clipboardData: ({make_files})(b64), bubbles: true }}))""", image)
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    expect(page).to_have_url(re.compile(r"view=search"))
+
+
+def test_a_click_shows_the_neighbours_of_the_result_and_the_url_can_be_shared(page, server, tmp_path):
+    page.goto(server.url)
+    page.set_input_files("input[type=file]", edited_chelsea(tmp_path / "copy.jpg"))
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    chelsea = _results(page).first.get_attribute("data-id")
+    _results(page).first.click()
+    expect(page).to_have_url(re.compile(rf"\?id={chelsea}\b"))
+    expected = [h["path"] for h in httpx.get(f"{server.url}api/similar/{chelsea}", params={"k": 12}).json()["hits"]]
+    expect(_results(page)).to_have_count(len(expected))
+    assert _results(page).evaluate_all("(rs) => rs.map((r) => r.dataset.path)") == expected
+    expect(page.locator("#query-caption")).to_have_text("chelsea.jpg")
+    _all_thumbnails_loaded(page, "#query img, #results img")
+
+    second = _results(page).nth(1)  # by keyboard: a result takes focus, Enter follows it
+    second_id = second.get_attribute("data-id")
+    second.focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(rf"\?id={second_id}\b"))
+    page.go_back()
+    expect(page).to_have_url(re.compile(rf"\?id={chelsea}\b"))
+    expect(_results(page).first).to_have_attribute("data-path", expected[0])
+
+    shared = page.context.new_page()  # the same URL opened afresh shows the same view
+    shared.goto(page.url)
+    expect(shared.locator("#results .result")).to_have_count(len(expected))
+    assert shared.locator("#results .result").evaluate_all("(rs) => rs.map((r) => r.dataset.path)") == expected
+
+
+def test_the_duplicates_view_shows_the_near_duplicate_pair(page, server):
+    page.goto(server.url)
+    page.get_by_role("link", name="Duplicates").click()
+    page.locator("#dupes-threshold").fill("0.8")
+    page.get_by_role("button", name="Find duplicates").click()
+    expect(page).to_have_url(re.compile(r"view=dupes&threshold=0\.8"))
+    group = page.locator(".group")
+    expect(group).to_have_count(1)
+    paths = group.locator(".result").evaluate_all("(rs) => rs.map((r) => r.dataset.path)")
+    assert sorted(paths) == ["rocket-copy.jpg", "rocket.png"]
+    expect(page.locator("#status")).to_contain_text("1 group of near-duplicates")
+    _all_thumbnails_loaded(page, ".group img")
+
+
+def test_a_bad_upload_shows_an_error_message_and_the_page_recovers(page, server, tmp_path):
+    (tmp_path / "notes.jpg").write_text("this is not an image\n")
+    page.goto(server.url)
+    page.set_input_files("input[type=file]", tmp_path / "notes.jpg")
+    error = page.get_by_role("alert")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Could not search with notes.jpg: not a usable image: not an image")
+    expect(_results(page)).to_have_count(0)
+    expect(page.locator("#query")).to_be_hidden()
+    page.screenshot(path=tmp_path / "error.png")
+    page.set_input_files("input[type=file]", edited_chelsea(tmp_path / "copy.jpg"))
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    expect(error).to_be_hidden()
+
+
+def test_the_store_view_lists_info_and_failures(page, server):
+    page.goto(server.url + "?view=info")
+    expect(page.locator("#info")).to_contain_text("7 embedded, 1 failed")
+    expect(page.locator("#failures tbody tr")).to_have_count(1)
+    expect(page.locator("#failures")).to_contain_text("broken.jpg")
+    page.goto(server.url + "?id=../../etc/passwd")
+    expect(page.get_by_role("alert")).to_contain_text("is not an image id")
