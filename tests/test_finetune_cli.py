@@ -12,6 +12,8 @@ from PIL import Image
 
 from finetune_data import TINY, textures
 from lookalike.featurize.finetuned import read_finetuned
+from lookalike.featurize.onnx_cache import export_key, model_path
+from lookalike.featurize.spec import EmbeddingSpec
 from lookalike.finetune import FinetuneConfig, finetune
 
 LOOKALIKE = [sys.executable, "-m", "lookalike"]
@@ -51,15 +53,25 @@ def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
     _run("index", photos, "--model", model, "--device", "cpu", "--workers", "0")
     manifest = json.loads((photos / ".lookalike" / "manifest.json").read_text())
     assert manifest["spec"]["model"] == str(model.resolve()) and manifest["spec"]["weights_sha256"] == tuned_sha
+    # On the CPU the fine-tuned network runs on ONNX Runtime like any model, exported once under a key
+    # made of its weights' sha256 (and layer, preprocessing, versions), so the fresh processes below reuse it.
+    assert manifest["spec"]["versions"]["runtime"] == "onnxruntime"
+    spec = EmbeddingSpec.from_dict(manifest["spec"])
+    export = model_path(spec)
+    assert export.is_file() and export.name.endswith(f"textures.lkft-{export_key(spec)}.onnx")
 
     held_out = _held_out(tmp_path / "new")
     query = next(p for p, label in held_out.items() if label == "grass")  # not in the store: embedded by the .lkft
+    exported = export.stat().st_mtime_ns
     hits = json.loads(_run("query", query, "-k", "3", "--json", "--store", photos / ".lookalike").stdout)
     assert [Path(h["path"]).parent.name for h in hits] == ["grass"] * 3  # all the grass there is
 
-    predicted = json.loads(_run("predict", model, *held_out, "--json", "--device", "cpu").stdout)
+    done = _run("predict", model, *held_out, "--json", "--device", "cpu")
+    assert "runs on torch" not in done.stderr  # the cached export, not a fallback
+    predicted = json.loads(done.stdout)
     assert {Path(p["path"]).name: p["labels"][0] for p in predicted} == {Path(k).name: v for k, v in held_out.items()}
     assert all(abs(sum(p["probabilities"]) - 1) < 1e-3 for p in predicted)
+    assert export.stat().st_mtime_ns == exported  # query and predict found the export: none was made again
 
     refused = _run("index", photos, "--model", "efficientnet_lite0", "--device", "cpu", check=False)
     assert refused.returncode == 1 and "this store holds vectors from" in refused.stderr
