@@ -71,7 +71,8 @@ class _EpochBar:
 @click.option("--layer-decay", default=0.6, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
               help="Each block deeper from the head trains at this factor of the rate above it.")
 @click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0), help="AdamW's.")
-@click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True))
+@click.option("--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Share of each target spread over the other classes (the loss's label smoothing).")
 @click.option("--warmup", default=0.1, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
               help="Share of each stage's steps with a rising rate, before the cosine decay.")
 @click.option("--train-bn", is_flag=True, help="Update BatchNorm statistics in the trained blocks (frozen by default; "
@@ -83,7 +84,7 @@ class _EpochBar:
 @click.option("--augment", type=click.Choice(["auto", "none", "light", "medium", "strong"]), default="auto", show_default=True,
               help="Random resized crop and colour jitter strength; auto: by data size; none: the images as they are.")
 @click.option("--no-flip", "no_flip", is_flag=True, help="Don't mirror images left-right (text, digits...).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per optimiser step.")
 @click.option("--image-size", default=None, type=click.IntRange(min=32),
               help="Train (and later embed) at this crop size, e.g. 96 for small images: several times faster "
                    "on a CPU  [default: the model's own].")
@@ -182,8 +183,11 @@ def _names(ctx, param, value):
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+              help="What embeds the images: auto is ONNX Runtime on the CPU (each network exported once and "
+                   "cached), torch on a GPU; each fold's fine-tune is scored on torch.")
 def advise(source, models, more_models, layers, classifiers, folds, seed, with_finetune, finetune_epochs, unfreeze,
-           layer_decay, augment, image_size, no_flip, store_dir, output, as_json, batch_size, workers, device):
+           layer_decay, augment, image_size, no_flip, store_dir, output, as_json, batch_size, workers, device, runtime):
     """Measure which backbone, layer and recipe suit SOURCE's labels (one subfolder per
     class, or a CSV of path,label), and print the command that trains the winner.
 
@@ -210,7 +214,7 @@ def advise(source, models, more_models, layers, classifiers, folds, seed, with_f
         advice = run(source, models=list(models) + list(more_models), layers="auto" if layers == "auto" else _names(None, None, layers),
                      classifiers=classifiers, folds=folds, seed=seed, finetune=with_finetune, finetune_config=config,
                      store_dir=store_dir, on_embedding=on_embedding,
-                     extractor_options={"device": device, "batch_size": batch_size, "num_workers": workers},
+                     extractor_options={"device": device, "batch_size": batch_size, "num_workers": workers, "runtime": runtime},
                      finetune_progress=Progress(epoch_bar.started, epoch_bar.step, epoch_bar.done))
     finally:
         for bar in bars:

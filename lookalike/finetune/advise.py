@@ -215,6 +215,9 @@ def _finetune_row(source, best: AdviceRow, folds: int, seed: int, config: Finetu
     images = read_labelled(source, IMAGE_EXTENSIONS)
     paths, labels = np.array(images.paths), np.array(images.labels)
     options = {k: v for k, v in (extractor_options or {}).items() if k in ("device", "num_workers")}
+    # Each fold's model scores a few images once: exporting it to ONNX would cost more than it saves,
+    # and would fill the export cache with networks nobody uses again.
+    options["runtime"] = "torch"
     per_fold, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lookalike-advise-") as tmp:
         for i, (train, test) in enumerate(folds_for(labels, folds, seed).split(paths, labels)):
