@@ -15,7 +15,7 @@ from lookalike.finetune import FinetuneConfig, finetune_images
 from lookalike.finetune.advise import auto_layers, advise, folds_for
 from lookalike.training import evaluate, train
 
-OPTIONS = {"device": "cpu", "num_workers": 0}
+OPTIONS = {"device": "cpu", "num_workers": 0, "runtime": "torch"}  # no ONNX exports: these tests are about the recipes
 LAYERS = ["embedding", "_blocks.11"]
 
 

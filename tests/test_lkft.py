@@ -116,9 +116,10 @@ def test_a_head_on_an_earlier_layer_embeds_at_that_layer(tmp_path):
     root = textures(tmp_path / "set", per_class=2)
     config = FinetuneConfig(**{**TINY, "epochs": 0, "val_fraction": 0.5}, layer="_blocks.13")
     result = finetune(root, tmp_path / "early.lkft", config, device="cpu", workers=0)
-    extractor = create_extractor(str(result.model_path), device="cpu", num_workers=0)
+    extractor = create_extractor(str(result.model_path), device="cpu", num_workers=0, runtime="torch")
     assert (extractor.spec.layer, extractor.dim) == ("_blocks.13", 192)
-    predictions, _ = predict(result.model_path, [str(next((root / "grass").iterdir()))], device="cpu", num_workers=0)
+    predictions, _ = predict(result.model_path, [str(next((root / "grass").iterdir()))], device="cpu", num_workers=0,
+                             runtime="torch")
     assert len(predictions[0].labels) == 3
 
 
