@@ -55,9 +55,17 @@ def test_the_curves_and_the_ranking_chart_keep_every_label_inside():
                 "best": True},
                {"stage": "finetune", "epoch": 1, "train_loss": 0.7, "train_accuracy": 0.8, "val_loss": 0.6,
                 "val_accuracy": 0.9, "best": True}]
-    assert _texts_outside(curves_figure(history, "efficientnet_lite0 fine-tuned: a-rather-long-file-name.lkft")) == []
+    curves = curves_figure(history, "efficientnet_lite0 fine-tuned: a-rather-long-file-name.lkft")
+    assert _texts_outside(curves) == []
+    assert all(ax.get_legend() is None for ax in curves.axes) and len(curves.legends) == 1  # below, off the curves
     rows = [{"model": "efficientnet_lite0", "layer": layer, "recipe": recipe, "accuracy": 0.8, "accuracy_std": 0.05}
             for layer in ("flatten", "_blocks.14", "_blocks.11") for recipe in ("svm", "logreg", "knn")]
-    figure = ranking_figure(rows, "advise /some/long/folder/of/labelled/images: 5-fold accuracy")
+    rows.append({"model": "/home/someone/projects/models/pets-finetuned.lkft", "layer": "flatten", "recipe": "finetune",
+                 "accuracy": 0.04, "accuracy_std": 0.03})
+    deep = "/home/someone/projects/data/labelled/images/of/pets/and/more/folders/than/fit/on/one/line"
+    figure = ranking_figure(rows, f"advise {deep}: 5-fold accuracy")
     assert _texts_outside(figure) == []
-    assert len(figure.axes[0].get_yticklabels()) == 9
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert len(labels) == 10 and labels[-1] == "pets-finetuned.lkft · flatten · finetune"  # the file's name, not its path
+    value = next(t for t in figure.axes[0].texts if t.get_text() == "0.040")
+    assert value.get_color() == "black" and value.get_position()[0] > 0.07  # a short bar's value sits after it

@@ -50,16 +50,17 @@ def curves_figure(history: list[dict], title: str = ""):
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     acc_ax.set_ylim(0, 1.02)
-    acc_ax.legend(loc="lower right", fontsize=8)
+    # Below both panels: inside one, the legend covered the curves or the "body unfrozen" note.
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_wrapped(title, 100))
     return fig
 
 
 def ranking_figure(rows: list[dict], title: str = ""):
     """Horizontal bars of mean accuracy (± std over folds), best on top, the winner in a darker colour."""
     plt = _pyplot()
-    labels = [f"{r['model']} · {r['layer']} · {r['recipe']}" for r in rows]
+    labels = [f"{_model_name(r['model'])} · {r['layer']} · {r['recipe']}" for r in rows]
     height = 1.2 + 0.38 * len(rows)
     fig, ax = plt.subplots(figsize=(9, height), layout="constrained")
     y = list(range(len(rows)))[::-1]
@@ -67,11 +68,27 @@ def ranking_figure(rows: list[dict], title: str = ""):
     ax.barh(y, [r["accuracy"] for r in rows], xerr=[r["accuracy_std"] for r in rows], color=colours,
             error_kw={"elinewidth": 1, "capsize": 3})
     for yi, r in zip(y, rows):
-        ax.text(0.01, yi, f"{r['accuracy']:.3f}", va="center", ha="left", fontsize=8, color="white")
+        if r["accuracy"] >= 0.15:  # inside the bar, in white
+            ax.text(0.01, yi, f"{r['accuracy']:.3f}", va="center", ha="left", fontsize=8, color="white")
+        else:  # a short bar has no room: after its error bar, in black
+            ax.text(r["accuracy"] + r["accuracy_std"] + 0.01, yi, f"{r['accuracy']:.3f}", va="center", ha="left",
+                    fontsize=8, color="black")
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("cross-validated accuracy (bars: ± std over folds)")
     ax.grid(axis="x", alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_wrapped(title, 90), fontsize=10)
     return fig
+
+
+def _model_name(model: str) -> str:
+    """A .lkft's file name (its model name is an absolute path, too long for a label)."""
+    return os.path.basename(model) if model.endswith(".lkft") else model
+
+
+def _wrapped(text: str, width: int) -> str:
+    """A long title (a deep folder's path) on several lines rather than cut at the figure's edge."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)) or text
