@@ -1,4 +1,4 @@
-"""Tiny labelled sets for the fine-tuning tests, made at test time: texture crops and handwritten digits."""
+"""Tiny labelled sets for the training and fine-tuning tests, made at test time: texture crops and handwritten digits."""
 
 from __future__ import annotations
 
@@ -34,3 +34,17 @@ def digits(root: Path, per_class: int, classes=range(10), seed: int = 0, skip: i
         sys.path.remove(str(BENCHMARKS))
     make_digits(root, per_class, seed=seed, classes=classes, skip=skip)
     return root
+
+
+def held_out_textures(folder: Path) -> dict[str, str]:
+    """New patches of the texture photos, at positions the committed crops don't use: {path: class}."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in ("brick", "grass", "gravel"):
+        path = folder / f"new_{name}.png"
+        Image.fromarray(getattr(data, name)()).crop((384, 384, 512, 512)).rotate(90).save(path)
+        out[str(path)] = name
+    return out

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from finetune_data import TINY, textures
+from finetune_data import TINY, held_out_textures, textures
 from lookalike.featurize.finetuned import read_finetuned
 from lookalike.featurize.onnx_cache import export_key, model_path
 from lookalike.featurize.spec import EmbeddingSpec
@@ -24,19 +23,6 @@ def _run(*args, check=True):
     if check:
         assert done.returncode == 0, done.stderr
     return done
-
-
-def _held_out(folder: Path) -> dict[str, str]:
-    """New crops of the texture photos, at positions the committed ones don't use."""
-    from skimage import data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for name in ("brick", "grass", "gravel"):
-        path = folder / f"new_{name}.png"
-        Image.fromarray(getattr(data, name)()).crop((384, 384, 512, 512)).rotate(90).save(path)
-        out[str(path)] = name
-    return out
 
 
 @pytest.mark.slow
@@ -60,7 +46,7 @@ def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
     export = model_path(spec)
     assert export.is_file() and export.name.endswith(f"textures.lkft-{export_key(spec)}.onnx")
 
-    held_out = _held_out(tmp_path / "new")
+    held_out = held_out_textures(tmp_path / "new")
     query = next(p for p, label in held_out.items() if label == "grass")  # not in the store: embedded by the .lkft
     exported = export.stat().st_mtime_ns
     hits = json.loads(_run("query", query, "-k", "3", "--json", "--store", photos / ".lookalike").stdout)
