@@ -56,8 +56,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="fine-tuning crop size (the digits are 32 px)")
     parser.add_argument("--name", default="recipes_digits", help="the results file's name")
     parser.add_argument("--finetune", action="store_true", help="also run advise's fine-tune per fold (slow)")
-    parser.add_argument("--json", action="store_true", help="write benchmarks/results/recipes_digits.json")
+    parser.add_argument("--layers", default="auto", help="advise's layers: auto, or names (embedding for the default)")
+    parser.add_argument("--classifiers", default="svm,logreg,knn")
+    parser.add_argument("--json", action="store_true", help="write benchmarks/results/NAME.json")
     args = parser.parse_args()
+
+    from scipy.stats import spearmanr
 
     from lookalike.finetune import FinetuneConfig, finetune
     from lookalike.finetune.advise import advise, config_for
@@ -71,7 +75,9 @@ def main() -> None:
     config = FinetuneConfig(epochs=args.epochs, unfreeze=unfreeze, augment=args.augment, flip=False,
                             layer_decay=args.layer_decay, image_size=args.image_size)
     started = time.perf_counter()
-    advice = advise(train_dir, folds=args.folds, finetune=args.finetune, finetune_config=config, extractor_options=OPTIONS)
+    layers = "auto" if args.layers == "auto" else args.layers.split(",")
+    advice = advise(train_dir, layers=layers, classifiers=args.classifiers.split(","), folds=args.folds,
+                    finetune=args.finetune, finetune_config=config, extractor_options=OPTIONS)
     advise_seconds = time.perf_counter() - started
     print(f"advise: {advise_seconds:.0f}s; recommended: {advice.command}", flush=True)
 
@@ -98,7 +104,11 @@ def main() -> None:
     print(f"finetune: held-out {report['accuracy']:.3f} in {finetune_seconds:.0f}s "
           f"(kept {tuned.report['best_epoch']['stage']} epoch {tuned.report['best_epoch']['epoch']})", flush=True)
 
+    frozen = [(row.accuracy, held_out) for row, held_out, _ in measured if row is not None and row.recipe != "finetune"]
+    # How well advise's cross-validated ranking predicts the held-out one (1: the same order).
+    spearman = float(spearmanr(*zip(*frozen)).statistic) if len(frozen) > 2 else None
     rows, figures = [], {"advise_seconds": advise_seconds, "finetune_seconds": finetune_seconds, "recipes": [],
+                         "frozen_rank_correlation": spearman,
                          "frozen_head_only_held_out": probe_accuracy,
                          "finetune_kept_epoch": tuned.report["best_epoch"], "finetune_history": tuned.report["history"]}
     ranked = sorted(measured, key=lambda m: -m[1])
@@ -113,6 +123,7 @@ def main() -> None:
                                    "advise_std": row.accuracy_std if row else None, "held_out_accuracy": held_out})
     settings = {"set": "scikit-learn digits, 32x32 PNG", "per_class": args.per_class, "test_per_class": args.test_per_class,
                 "folds": args.folds, "finetune": config.to_dict(), "advise_finetune": args.finetune,
+                "layers": args.layers, "classifiers": args.classifiers,
                 "model": "efficientnet_lite0"}
     table = {"columns": ["layer · recipe", f"advise ({args.folds}-fold CV)", "advise rank", "held-out accuracy",
                          "held-out rank"], "rows": rows}
@@ -120,6 +131,8 @@ def main() -> None:
                  f"{probe_accuracy:.3f}", ""])
     for row in rows:
         print(" | ".join(row))
+    if spearman is not None:
+        print(f"rank correlation (Spearman) of advise's and the held-out accuracies, frozen recipes: {spearman:.2f}")
     if args.json:
         print(f"-> {results.save(args.name, settings, figures, {'digits': table})}")
 
