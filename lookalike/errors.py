@@ -124,3 +124,7 @@ class ServeError(LookalikeError, OSError):
 
 class OnnxExportError(LookalikeError):
     """A network could not be exported to ONNX, or its export disagreed with torch; it runs on torch instead."""
+
+
+class CheckpointError(LookalikeError):
+    """A fine-tuning checkpoint that can't be resumed: damaged, or made with other settings or images."""

@@ -50,9 +50,11 @@ def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None
     from .index.store import Store
     from .indexing import index_folder
 
+    from .featurize.finetuned import canonical_name
+
     images = read_labelled(source, IMAGE_EXTENSIONS)
     check_trainable(images.labels, 2, source)  # one class: say so before any embedding
-    summary = index_folder(images.root, store=store, model=model, layer=layer, weights=weights,
+    summary = index_folder(images.root, store=store, model=canonical_name(model), layer=layer, weights=weights,
                            extractor_options=extractor_options, on_start=on_start, on_batch=on_batch,
                            only=images.paths)
     opened = Store.open(summary.store)
@@ -133,45 +135,62 @@ def probabilities(estimator, X: np.ndarray) -> np.ndarray:
 
 
 def predict(model_path, inputs: Sequence[str | os.PathLike], *, top: int = 3, **extractor_options):
-    """Label images (files, or folders searched recursively) with a saved model.
+    """Label images (files, or folders searched recursively) with a saved model: a classifier from
+    ``train`` or a fine-tuned ``.lkft`` from ``finetune`` (its own head on its own embeddings).
 
     Returns:
         (predictions, failures): a ``Prediction`` per readable image, (path, reason) for the rest.
     """
-    from .classify.persist import load_model
-    from .featurize import IMAGE_EXTENSIONS, extractor_for_spec
+    from .featurize import IMAGE_EXTENSIONS
     from .index.discover import discover
 
-    saved = load_model(model_path)
     paths = []
     for item in map(Path, inputs):
         paths += [f.path for f in discover(item, IMAGE_EXTENSIONS)] if item.is_dir() else [str(item)]
     if not paths:
         raise DatasetError(f"no images in {', '.join(map(str, inputs))}")
-    extractor = extractor_for_spec(saved.spec, **extractor_options)
-    classes = np.asarray(saved.estimator.classes_, dtype=str)
+    classes, extractor, probabilities_of = _labeller(model_path, extractor_options)
     predictions, failures = [], []
     for batch in extractor.embed_paths(paths):
         failures += [(f.key, f.reason) for f in batch.failures]
         if not batch.keys:
             continue
-        probs = probabilities(saved.estimator, batch.vectors)
+        probs = probabilities_of(batch.vectors)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
         for key, row, best in zip(batch.keys, probs, order):
             predictions.append(Prediction(key, classes[best].tolist(), row[best].round(6).tolist()))
     return predictions, failures
 
 
+def _labeller(model_path, extractor_options: dict):
+    """(classes, extractor, vectors -> probabilities) for a classifier file or a ``.lkft``."""
+    from .featurize import create_extractor, extractor_for_spec
+    from .featurize.finetuned import is_finetuned, read_finetuned
+
+    if not is_finetuned(model_path):
+        from .classify.persist import load_model
+
+        saved = load_model(model_path)
+        classes = np.asarray(saved.estimator.classes_, dtype=str)
+        return classes, extractor_for_spec(saved.spec, **extractor_options), lambda v: probabilities(saved.estimator, v)
+    model = read_finetuned(model_path)
+    extractor = create_extractor(model.path, **extractor_options)  # refuses weights=: the file holds its own
+    if extractor.spec.weights_sha256 != model.document["spec"]["weights_sha256"]:
+        raise DatasetError(f"{model_path} changed while it was being read: run again")
+    return np.asarray(model.classes, dtype=str), extractor, model.probabilities
+
+
 def evaluate(model_path, source, **extractor_options) -> tuple[dict, list[tuple[str, str]]]:
-    """Score a saved model on a held-out labelled folder or CSV: the training report's fields."""
+    """Score a saved model (classifier or ``.lkft``) on a held-out labelled folder or CSV: the training report's fields."""
     from .classify.persist import load_model
     from .classify.report import score
     from .featurize import IMAGE_EXTENSIONS
+    from .featurize.finetuned import is_finetuned, read_finetuned
 
-    saved = load_model(model_path)
+    known = read_finetuned(model_path).classes if is_finetuned(model_path) else load_model(model_path).classes
     images = read_labelled(source, IMAGE_EXTENSIONS)
     predictions, failures = predict(model_path, images.paths, top=1, **extractor_options)
     truth = dict(zip(images.paths, images.labels))
     report = score([truth[p.path] for p in predictions], [p.labels[0] for p in predictions],
-                   sorted(set(saved.classes) | set(images.labels)))
+                   sorted(set(known) | set(images.labels)))
     return {"kind": "held-out evaluation", **report, "skipped": len(failures)}, failures

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from finetune_data import held_out_textures
 from lookalike.cli import main
 from lookalike.errors import DatasetError, SpecMismatchError
 from lookalike.training import labelled_vectors, predict, train
@@ -24,18 +25,6 @@ OPTIONS = {"extractor_options": {"device": "cpu", "num_workers": 0}}
 def textures(tmp_path):
     """A copy, since training keeps its embeddings in a store inside the folder."""
     return Path(shutil.copytree(TEXTURES, tmp_path / "textures"))
-
-
-def _held_out(tmp_path) -> dict[str, str]:
-    """New patches of the same texture photos, at positions the committed ones don't use."""
-    from skimage import data
-
-    out = {}
-    for name in ("brick", "grass", "gravel"):
-        path = tmp_path / f"new_{name}.png"
-        Image.fromarray(getattr(data, name)()).crop((384, 384, 512, 512)).rotate(90).save(path)
-        out[str(path)] = name
-    return out
 
 
 def test_cnn_embeddings_beat_raw_pixels_by_a_wide_margin(textures):
@@ -74,7 +63,7 @@ def test_image_embedder_makes_a_pipeline_on_paths(tmp_path):
     paths = sorted(str(p) for p in TEXTURES.rglob("*.png"))
     labels = [Path(p).parent.name for p in paths]
     pipeline = make_pipeline(ImageEmbedder(device="cpu"), LinearSVC()).fit(paths, labels)
-    held_out = _held_out(tmp_path)
+    held_out = held_out_textures(tmp_path)
     assert list(pipeline.predict(list(held_out))) == list(held_out.values())
 
 
@@ -85,7 +74,7 @@ def test_train_then_predict_in_fresh_processes(textures, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "accuracy" in done.stdout and "confusion matrix" in done.stdout
-    held_out = _held_out(tmp_path)
+    held_out = held_out_textures(tmp_path)
     (tmp_path / "bad.png").write_text("not an image")
     done = subprocess.run([*LOOKALIKE, "predict", str(model), *held_out, str(tmp_path / "bad.png"), "--json"],
                           capture_output=True, text=True, timeout=600)
@@ -154,7 +143,7 @@ def test_csv_labels_search_and_evaluate_on_a_held_out_folder(textures, tmp_path)
     assert "grid search chose {'C':" in result.output and "3-fold cross-validation on 36 images" in result.output
 
     held_out = tmp_path / "held_out"
-    for path, label in _held_out(tmp_path).items():
+    for path, label in held_out_textures(tmp_path).items():
         (held_out / label).mkdir(parents=True)
         shutil.copy(path, held_out / label)
     result = runner.invoke(main, ["evaluate", str(model), str(held_out), "--json", "--device", "cpu"])

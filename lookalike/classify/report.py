@@ -58,26 +58,43 @@ def format_report(report: dict) -> str:
 
 
 def confusion_png(report: dict, path) -> None:
-    """Draw the confusion matrix: counts in cells shaded by row share, class names on the axes."""
-    from PIL import Image, ImageDraw
+    """Save ``confusion_figure(report)`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = confusion_figure(report)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def confusion_figure(report: dict):
+    """The confusion matrix drawn by scikit-learn's ``ConfusionMatrixDisplay`` (matplotlib, Agg backend).
+
+    Counts in the cells with each true class's share below, shaded by that share (rows sum
+    to 1), so a small class's errors show as plainly as a large one's. Long class names are
+    rotated, and the figure grows with the number and length of the names, so none is cut.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # files only: no display, never switches a backend already in use
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     classes, matrix = report["classes"], np.array(report["confusion_matrix"])
-    label_w, cell = 8 + 7 * max(len(c) for c in classes), 48
-    size = (label_w + cell * len(classes) + 10, 30 + label_w + cell * len(classes))
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((8, 8), "rows: true class, columns: predicted", fill="black")
-    top = 30 + label_w
-    rows = matrix.sum(axis=1, keepdims=True).clip(min=1)
-    for i, name in enumerate(classes):
-        draw.text((4, top + i * cell + cell // 2 - 5), name, fill="black")
-        column = Image.new("RGB", (label_w, 14), "white")
-        ImageDraw.Draw(column).text((0, 0), name, fill="black")
-        image.paste(column.rotate(90, expand=True), (label_w + i * cell + cell // 2 - 7, 30))
-        for j in range(len(classes)):
-            share = matrix[i, j] / rows[i, 0]
-            shade = int(255 - 180 * share)
-            box = (label_w + j * cell, top + i * cell, label_w + (j + 1) * cell - 1, top + (i + 1) * cell - 1)
-            draw.rectangle(box, fill=(shade, shade, 255), outline="grey")
-            draw.text((box[0] + 6, box[1] + cell // 2 - 5), str(matrix[i, j]), fill="black")
-    image.save(path)
+    n, longest = len(classes), max(len(c) for c in classes)
+    side = max(4.0, 0.55 * n + 0.09 * longest + 2.5)
+    figure, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
+    shares = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    display = ConfusionMatrixDisplay(shares, display_labels=classes)
+    display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=45 if longest > 3 else "horizontal",
+                 values_format=".2f", im_kw={"vmin": 0, "vmax": 1})
+    if longest > 3:
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    for (i, j), text in np.ndenumerate(display.text_):
+        text.set_text(f"{matrix[i, j]}\n{shares[i, j]:.0%}" if matrix[i, j] else "0")
+        text.set_fontsize(max(6, 11 - n // 4))
+    display.im_.colorbar.set_label("share of the true class")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    kind = report.get("kind", "evaluation")
+    ax.set_title(f"{kind}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}", fontsize=10)
+    return figure

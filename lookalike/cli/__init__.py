@@ -37,9 +37,9 @@ def main():
 
 
 def _register() -> None:
-    from . import classify, featurize, serve, store
+    from . import classify, featurize, finetune, serve, store
 
-    for module in (featurize, store, classify, serve):
+    for module in (featurize, store, classify, finetune, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

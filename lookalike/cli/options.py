@@ -14,7 +14,7 @@ import click
 
 def featurizer_options(default_model: str | None):
     """The options every command that runs the CNN shares."""
-    model_help = "A name from `lookalike models`, or timm:<name>." + (
+    model_help = "A name from `lookalike models`, timm:<name>, or a .lkft file from `lookalike finetune`." + (
         "" if default_model else "  [default: the store's model, else efficientnet_lite0]")
     options = [
         click.option("--model", default=default_model, show_default=bool(default_model), help=model_help),

@@ -64,7 +64,7 @@ def export_key(spec: EmbeddingSpec) -> str:
 
 def model_path(spec: EmbeddingSpec, key: str | None = None) -> Path:
     """Where the export of ``spec`` lives (whether or not it exists yet)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model)[-80:]  # a .lkft's model is its absolute path: keep names short
     return onnx_folder() / f"{name}-{key or export_key(spec)}.onnx"
 
 

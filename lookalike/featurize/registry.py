@@ -68,14 +68,20 @@ def get_model_spec(name: str) -> ModelSpec:
     """Look a model up by name.
 
     Args:
-        name: a registered name, or ``timm:<name>`` for any timm model (needs the ``timm`` extra).
+        name: a registered name, ``timm:<name>`` for any timm model (needs the ``timm`` extra), or
+            the path of a ``.lkft`` file (``lookalike finetune``).
 
     Raises:
         UnknownModelError: the name is unknown; the message suggests close names.
         MissingDependencyError: a ``timm:`` name without timm installed.
+        ModelFileError: a ``.lkft`` file that is missing, damaged or was changed.
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.endswith(".lkft"):  # a fine-tuned model file from `lookalike finetune`
+        from .finetuned import finetuned_spec
+
+        return finetuned_spec(name)
     if name.startswith(TIMM_PREFIX):
         return _timm_spec(name[len(TIMM_PREFIX) :])
     close = difflib.get_close_matches(name, _REGISTRY, n=3)

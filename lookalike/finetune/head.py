@@ -1,0 +1,64 @@
+"""The network being fine-tuned: the tapped body (as featurize builds it) and a new head.
+
+The head classifies the L2-normalised embedding, ``scale * (x W^T + b)``: the vector
+every other command stores and searches, so ``predict`` runs it on ``Extractor`` output
+(``FinetunedModel.logits``) and the classical classifiers see the same geometry.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..featurize.preprocess import Preprocessing
+from .blocks import Block, original_name
+
+HEAD_SCALE = 16.0  # logits of unit vectors need a temperature; 16 is the usual cosine-classifier value
+
+
+class EmbeddingHead(nn.Module):
+    """A linear classifier over the L2-normalised embedding; starts at zero (every class equally likely)."""
+
+    def __init__(self, dim: int, classes: int, scale: float = HEAD_SCALE):
+        super().__init__()
+        self.scale = scale
+        self.linear = nn.Linear(dim, classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.linear(F.normalize(x.float(), dim=1))
+
+
+class FinetuneNet(nn.Module):
+    """Body + head. ``train()`` keeps BatchNorm statistics frozen except where ``bn_trainable`` allows."""
+
+    def __init__(self, body: nn.Module, head: EmbeddingHead, preprocessing: Preprocessing):
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.preprocessing = preprocessing  # normalises uint8 batches as the base model expects
+        self.bn_trainable: set[str] = set()  # body module names whose running statistics may update
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def train(self, mode: bool = True) -> "FinetuneNet":
+        super().train(mode)
+        if mode:
+            for name, module in _batch_norms(self.body):
+                if name not in self.bn_trainable:
+                    module.eval()  # normalise with the pretrained statistics, and don't update them
+        return self
+
+    def set_bn_trainable(self, blocks: list[Block], train_bn: bool) -> None:
+        """Let the batch norms of these (unfrozen) blocks update their statistics, if ``train_bn``."""
+        self.bn_trainable = {
+            name for name, _ in _batch_norms(self.body)
+            if train_bn and any(b.owns(original_name(name, self.body)) for b in blocks)
+        }
+
+
+def _batch_norms(module: nn.Module):
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
