@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import Counter
 from pathlib import Path
 from urllib.error import URLError
 
@@ -11,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from ray_helpers import local_ray, ray_cluster, ray_temp  # noqa: F401 - the Ray fixtures, for the scale tests
-
-skimage_data = pytest.importorskip("skimage.data")
+from skimage import data as skimage_data
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -164,3 +163,24 @@ def unreadable_as_root(monkeypatch):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded)
+
+
+# The files holding the longest tests (`pytest --durations=30`: Ray start-ups, fine-tuning runs,
+# kills at every crash point), started first so that neither xdist worker ends alone on one.
+LONGEST_FIRST = ("test_scale_faults", "test_finetune_cli", "test_scale_pipeline", "test_scale_cluster",
+                 "test_finetune_run", "test_lkft", "test_crash", "test_training")
+
+
+def pytest_collection_modifyitems(items):
+    """The longest files first, then the files with the most slow tests (each file's own order kept).
+
+    scripts/test hands whole files to two pytest-xdist workers; started last, the long files
+    (Ray, fine-tuning, crash points) ran alone at the end while the other worker sat idle.
+    """
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+
+    def rank(item):
+        stem = item.path.stem
+        return (LONGEST_FIRST.index(stem) if stem in LONGEST_FIRST else len(LONGEST_FIRST), -slow[item.path])
+
+    items.sort(key=rank)
