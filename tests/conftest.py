@@ -148,9 +148,8 @@ def corpus_dir(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
     return root, make_corpus(root)
 
 
-@pytest.fixture
-def unreadable_as_root(monkeypatch):
-    """chmod 000 stops everyone but root; as root (CI), make opening that file fail as it would for a user."""
+def refuse_as_root(monkeypatch, unreadable) -> None:
+    """As root (CI) chmod 000 stops nothing: make opening a file ``unreadable(path)`` picks fail as for a user."""
     if os.geteuid() != 0:
         return
     import builtins
@@ -158,11 +157,17 @@ def unreadable_as_root(monkeypatch):
     real_open = builtins.open
 
     def guarded(file, *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and os.fspath(file).endswith("unreadable.jpg"):
+        if isinstance(file, (str, os.PathLike)) and unreadable(os.fspath(file)):
             raise PermissionError(13, "Permission denied", os.fspath(file))
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded)
+
+
+@pytest.fixture
+def unreadable_as_root(monkeypatch):
+    """chmod 000 stops everyone but root; as root (CI), make opening that file fail as it would for a user."""
+    refuse_as_root(monkeypatch, lambda path: path.endswith("unreadable.jpg"))
 
 
 # The files holding the longest tests (`pytest --durations=30`: Ray start-ups, fine-tuning runs,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import photo
+from conftest import photo, refuse_as_root
 from lookalike.errors import StoreMismatchError, TransientError
 from lookalike.featurize import Extractor
 from lookalike.index.store import CATALOG, INDEX, VECTORS
@@ -180,18 +180,7 @@ def test_reset_rebuilds_a_damaged_store(folder):
 @pytest.fixture
 def permissions_enforced(monkeypatch):
     """As root (CI) a chmod 000 file is still readable: refuse to open one without read bits, as for a user."""
-    if os.geteuid() != 0:
-        return
-    import builtins
-
-    real_open = builtins.open
-
-    def checked(file, *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and os.path.isfile(file) and not os.stat(file).st_mode & 0o444:
-            raise PermissionError(13, "Permission denied", os.fspath(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", checked)
+    refuse_as_root(monkeypatch, lambda path: os.path.isfile(path) and not os.stat(path).st_mode & 0o444)
 
 
 @pytest.mark.usefixtures("permissions_enforced")
