@@ -10,7 +10,8 @@ Writes benchmarks/results/featurize_cpu.json; ``python benchmarks/results.py --w
 renders the README's tables. Measured, each a median over --repeats interleaved rounds:
 
 - model only, each runtime (ONNX Runtime; torch channels_last in inference mode) x threads x
-  forward batch (uint8 pixels in memory, vectors out);
+  forward batch (uint8 pixels in memory, vectors out), and ONNX Runtime as one single-thread
+  session per core in forked processes, each running slices of the pixels it already has;
   the fastest of them is the denominator of every model ratio, and lookalike's default
   (``Extractor`` on the same pixels) is measured against it;
 - decoding on one core: lookalike's per-file work (PIL draft mode, resize, crop) and the
@@ -81,13 +82,54 @@ def model_only(args, pixels: np.ndarray, cores: int) -> dict:
     for threads in sorted({1, cores}):
         for batch in BATCHES:
             configs[f"torch channels_last|{threads}|{batch}"] = _torch_pass(torch_extractor, pixels, batch, threads)
+    pools = []
+    if cores > 1:  # a session per core, each on its share of the pixels (forked: nothing is sent but slices)
+        pools.append(_process_pool(path, pixels, cores))
+        for batch in BATCHES[:4]:
+            configs[f"onnxruntime, a process per core|1|{batch}"] = _processes_pass(pools[0], len(pixels), batch)
     configs["lookalike|default|default"] = lambda: [default._embed_pixels(pixels[i : i + default.batch_size])
                                                     for i in range(0, len(pixels), default.batch_size)]
-    seconds = rounds(configs, args.repeats)
+    try:
+        seconds = rounds(configs, args.repeats)
+    finally:
+        default.close()
+        for pool in pools:
+            pool.shutdown()
     rates = {name: len(pixels) / s for name, s in seconds.items()}
     best = max((r, name) for name, r in rates.items() if not name.startswith("lookalike"))
     return {"rates": rates, "fastest": best[1], "fastest_rate": best[0],
-            "lookalike_settings": {"forward_batch": default.forward_batch, "threads": default.threads}}
+            "lookalike_settings": {"forward_batch": default.forward_batch, "threads": default.threads,
+                                   "workers": default.num_workers}}
+
+
+_worker: dict = {}
+
+
+def _start_session(path, pixels) -> None:
+    from lookalike.featurize.onnx_runtime import OnnxNetwork
+
+    _worker.update(network=OnnxNetwork(path, threads=1), pixels=pixels)
+
+
+def _run_slice(start: int, stop: int, batch: int) -> int:
+    _worker["network"].run(_worker["pixels"][start:stop], batch)
+    return stop - start
+
+
+def _process_pool(path, pixels, cores: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_session, initargs=(path, pixels))
+    list(pool.map(time.sleep, [0.2] * cores))  # every worker started, its session open
+    return pool
+
+
+def _processes_pass(pool, n: int, batch: int):
+    step = max(batch, 8)  # slices of a few batches, shared out as the workers free up
+    starts = range(0, n, step)
+    return lambda: sum(pool.map(_run_slice, starts, [min(i + step, n) for i in starts], [batch] * len(starts)))
 
 
 def _onnx_pass(network, pixels, batch):

@@ -69,7 +69,9 @@ def _model(model: dict) -> dict:
             for (runtime, threads), (rate, batch) in sorted(best.items(), key=lambda kv: -kv[1][0])]
     settings = model["lookalike_settings"]
     rate = model["rates"]["lookalike|default|default"]
-    rows.append([f"**lookalike's default** (ONNX Runtime, {settings['threads']} threads, batch {settings['forward_batch']})",
+    where = (f"{settings['workers']} processes of {max(1, settings['threads'] // settings['workers'])} thread(s)"
+             if settings.get("workers", 0) > 1 else f"{settings['threads']} threads")
+    rows.append([f"**lookalike's default** (ONNX Runtime, {where}, batch {settings['forward_batch']})",
                  f"**{rate:.1f}**", f"**{rate / model['fastest_rate']:.2f}**"])
     return {"columns": ["model only, best batch of each", "images/s", "/ fastest"], "rows": rows}
 

@@ -73,7 +73,7 @@ def test_resnet18_and_a_layer_tap_on_onnx_runtime_give_torch_vectors(name, layer
 def test_many_threads_split_into_sessions_that_keep_keys_and_vectors_in_order(lite0_onnx, corpus_dir):
     root, expected = corpus_dir
     paths = [str(root / name) for name in sorted(expected) if expected[name] is None]
-    split = create_extractor(device="cpu", batch_size=3, threads=16, num_workers=1)
+    split = create_extractor(device="cpu", batch_size=3, threads=16, num_workers=0)
     assert len(split.networks) == 2 and split.threads == 16  # two sessions of 8 threads
     keys, vectors = [], []
     for batch in split.embed_paths(paths):

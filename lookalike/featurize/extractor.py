@@ -79,6 +79,15 @@ class Extractor:
     def dim(self) -> int:
         return self.spec.dim
 
+    def close(self) -> None:
+        """End any worker processes the extractor started (it still works: they start again on use)."""
+
+    def __enter__(self) -> Extractor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def embed_images(self, images: Iterable[Image.Image]) -> np.ndarray:
         """Embed in-memory PIL images (any mode; EXIF orientation applied).
 

@@ -2,20 +2,22 @@
 
 ``OnnxNetwork`` wraps one InferenceSession: uint8 pixels in (the normalisation is part of
 the graph), pooled features out, run in micro-batches small enough to stay in the CPU's
-cache. ``OnnxExtractor`` is the ``Extractor`` around it: files decode on a torch-free
-process pool (``batches.py``) while the network runs here on the cores it was given. Past
-``THREADS_PER_SESSION`` threads, the network runs as several sessions side by side, one
-batch each (a small batch keeps only so many threads busy within one session).
+cache. ``OnnxExtractor`` is the ``Extractor`` around it: files go to torch-free worker
+processes that decode and embed them (``embed_pool.py``). In this process (one image, a few
+files, no workers), past ``THREADS_PER_SESSION`` threads the network runs as several sessions
+side by side, one batch each (a small batch keeps only so many threads busy within one session).
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import TransientError
 from .batches import PixelBatch, available_cpus, decoded_batches
 from .extractor import Batch, Extractor, normalize_rows
 from .failures import raise_if_transient
@@ -89,10 +91,14 @@ def sessions(network: OnnxNetwork, threads: int) -> list[OnnxNetwork]:
 class OnnxExtractor(Extractor):
     """Embeds with ONNX Runtime on the CPU. Build it with ``create_extractor(runtime="onnx")``.
 
-    ``threads`` is how many cores the network uses, in ``len(networks)`` sessions; ``num_workers``
-    decoding processes share the machine with it. ONNX Runtime's threads don't spin while they
-    wait: spinning threads take the cores that decoding (or anything else on the machine) needs,
-    which on a busy 2-core machine cost the network itself half its speed.
+    With ``num_workers`` > 0, files (and large pixel arrays) go to that many worker processes,
+    each decoding its own files and running its own session of ``threads // num_workers``
+    threads (``embed_pool.py``): a core then runs one image from its first byte to its vector,
+    and no thread waits on another. The processes start on first use and end with ``close()``
+    (or when the extractor is garbage-collected, or at exit). A few files, one image, or
+    ``num_workers=0`` run here, on a session of ``threads`` threads in ``len(networks)``
+    sessions. Sessions' threads don't spin while they wait: spinning threads take the cores
+    that anything else on the machine needs.
     """
 
     runtime = "onnxruntime"
@@ -115,10 +121,40 @@ class OnnxExtractor(Extractor):
         self.network = networks[0]
         self.device = "cpu"
         self.threads = sum(n.threads for n in networks)
+        self._pool = None
+        self._pool_finalizer = None
+
+    def close(self) -> None:
+        """End the worker processes, if any started; the extractor still works (they start again on use)."""
+        if self._pool_finalizer is not None:
+            self._pool_finalizer()
+        self._pool = self._pool_finalizer = None
+
+    def _pool_of(self, workers: int):
+        from .embed_pool import EmbedPool
+
+        if self._pool is not None and self._pool.workers != workers:
+            self.close()
+        if self._pool is None:
+            self._pool = EmbedPool(self.network.source, workers=workers, threads=max(1, self.threads // workers),
+                                   forward_batch=self.forward_batch, preprocessing=self.model_spec.preprocessing,
+                                   max_pixels=self.max_pixels, dim=self.dim)
+            self._pool_finalizer = weakref.finalize(self, self._pool.close)
+        return self._pool
 
     def _embed_files(self, keys: list[str], num_workers: int) -> Iterator[Batch]:
-        decoded = decoded_batches(keys, self.model_spec.preprocessing, batch_size=self.batch_size,
-                                  num_workers=num_workers, max_pixels=self.max_pixels)
+        from .embed_pool import TASK_IMAGES
+
+        if num_workers > 0 and len(keys) > TASK_IMAGES:  # a handful of files is done before processes would start
+            try:
+                for done in self._pool_of(num_workers).embed_files(keys, self.batch_size):
+                    vectors = done.pixels if done.pixels is not None else np.zeros((0, self.dim), dtype=np.float32)
+                    yield Batch(done.keys, vectors, done.failures)
+            except TransientError:
+                self.close()  # a worker may have died: the next call starts afresh
+                raise
+            return
+        decoded = decoded_batches(keys, self.model_spec.preprocessing, batch_size=self.batch_size, max_pixels=self.max_pixels)
         if len(self.networks) == 1:
             yield from (self._embed_batch(batch) for batch in decoded)
             return
@@ -133,9 +169,20 @@ class OnnxExtractor(Extractor):
     def _embed_batch(self, decoded: PixelBatch, network: OnnxNetwork | None = None) -> Batch:
         if decoded.pixels is None:
             return Batch(decoded.keys, np.zeros((0, self.dim), dtype=np.float32), decoded.failures)
-        return Batch(decoded.keys, self._embed_pixels(decoded.pixels, network), decoded.failures)
+        return Batch(decoded.keys, self._embed_here(decoded.pixels, network), decoded.failures)
 
-    def _embed_pixels(self, pixels: np.ndarray, network: OnnxNetwork | None = None) -> np.ndarray:
+    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        from .embed_pool import TASK_IMAGES
+
+        if self.num_workers > 1 and len(pixels) > TASK_IMAGES:
+            try:
+                return self._pool_of(self.num_workers).embed_pixels(pixels)
+            except TransientError:
+                self.close()
+                raise
+        return self._embed_here(pixels)
+
+    def _embed_here(self, pixels: np.ndarray, network: OnnxNetwork | None = None) -> np.ndarray:
         try:
             features = (network or self.network).run(pixels, self.forward_batch)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into TransientError
@@ -150,10 +197,5 @@ def default_threads() -> int:
 
 
 def default_workers() -> int:
-    """Decoding processes: one per core, each waiting while the network needs the cores.
-
-    Large photos cost several times more to decode than to embed, so decoding must be able to
-    take every core; the processes block once ``prefetch`` batches wait, leaving the cores to
-    the network when it is the slower side.
-    """
+    """Worker processes: one per core, each decoding its files and running the network on one thread."""
     return available_cpus()

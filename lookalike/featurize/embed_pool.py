@@ -1,0 +1,153 @@
+"""Worker processes that each decode their files and run their own copy of the network.
+
+On a CPU, one ONNX Runtime session per core, one thread each, runs the network faster than
+one session whose threads share the cores (no threads wait on each other between the
+layers of a small batch): on this project's 2-core machine, 2 processes of 1 thread made
+about 1.2x the images/s of 1 process of 2 spinning threads (benchmarks/bench_featurize.py
+measures both). Each worker also decodes the files it embeds, so decoding and the network
+never compete for a core: a core is busy with one image from its first byte to its vector.
+
+Only file paths (or pixels) go to a worker and only vectors come back. Tasks are a few
+images each, so that the last batch of a run keeps every core busy; results come back in
+input order with a bounded number in flight, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from .batches import PixelBatch, decode_batch
+from .failures import Failure, raise_if_transient, transient_error
+from .preprocess import Preprocessing
+
+TASK_IMAGES = 4  # images per task: small enough that the last ones even out across the workers
+IN_FLIGHT_PER_WORKER = 4
+
+_network = None  # this worker's OnnxNetwork (set by _start_worker)
+_settings: dict = {}
+
+
+def _start_worker(source, threads: int, forward_batch: int, preprocessing: Preprocessing, max_pixels: int,
+                  parent: int | None) -> None:
+    """Open the worker's own session; on Linux, die with the parent (a ``kill -9`` leaves no orphans)."""
+    global _network
+    if parent is not None:
+        _die_with_parent(parent)
+    from .onnx_runtime import OnnxNetwork
+
+    _network = OnnxNetwork(source, threads=threads, spinning=False)
+    _settings.update(forward_batch=forward_batch, preprocessing=preprocessing, max_pixels=max_pixels)
+
+
+def _die_with_parent(parent: int) -> None:
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not glibc/musl: orphans end when their pipe closes
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def _vectors(pixels: np.ndarray) -> np.ndarray:
+    from .extractor import normalize_rows
+
+    try:
+        features = _network.run(pixels, _settings["forward_batch"])
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into TransientError
+        raise_if_transient(e, f"running the network on {len(pixels)} images")
+        raise
+    return normalize_rows(features)
+
+
+def _embed_files(paths: Sequence[str]) -> tuple[list[str], np.ndarray | None, list[Failure]]:
+    decoded = decode_batch(paths, _settings["preprocessing"], _settings["max_pixels"])
+    return decoded.keys, None if decoded.pixels is None else _vectors(decoded.pixels), decoded.failures
+
+
+def _embed_pixels(pixels: np.ndarray) -> np.ndarray:
+    return _vectors(pixels)
+
+
+class EmbedPool:
+    """``workers`` processes, each decoding and embedding with a session of ``threads`` threads.
+
+    The processes start on first use (forked on Linux, where they share the parent's pages)
+    and live until ``close()``; a pool that is garbage-collected or left at exit is closed then.
+
+    Raises (from its methods):
+        TransientError: a worker died (killed, out of memory) or hit trouble that is not a file's.
+    """
+
+    def __init__(self, source, *, workers: int, threads: int, forward_batch: int, preprocessing: Preprocessing,
+                 max_pixels: int, dim: int):
+        self.workers, self.threads, self.dim = workers, threads, dim
+        # A worker dies with the thread that forked it, so only the main thread's workers get a death signal.
+        linux_main = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker,
+            initargs=(source, threads, forward_batch, preprocessing, max_pixels, os.getpid() if linux_main else None))
+
+    def embed_files(self, paths: Sequence[str], batch_size: int) -> Iterator[PixelBatch]:
+        """``(keys, vectors, failures)`` per ``batch_size`` consecutive paths, in order (vectors may be None)."""
+        step = min(TASK_IMAGES, batch_size)  # a task never straddles two batches
+
+        def tasks():
+            for batch in range(0, len(paths), batch_size):
+                end = min(batch + batch_size, len(paths))
+                for start in range(batch, end, step):
+                    yield paths[start : min(start + step, end)], start + step >= end  # (files, last of its batch)
+
+        keys, rows, failures = [], [], []
+        for (done_keys, vectors, done_failures), last in self._in_order(_embed_files, tasks()):
+            keys += done_keys
+            failures += done_failures
+            if vectors is not None:
+                rows.append(vectors)
+            if last:
+                yield PixelBatch(keys, np.concatenate(rows) if rows else None, failures)
+                keys, rows, failures = [], [], []
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """L2-normalised vectors of uint8 pixels (N, 3, H, W), shared out among the workers."""
+        tasks = ((pixels[i : i + TASK_IMAGES], None) for i in range(0, len(pixels), TASK_IMAGES))
+        done = [vectors for vectors, _ in self._in_order(_embed_pixels, tasks)]
+        return np.concatenate(done) if done else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _in_order(self, fn, tasks) -> Iterator[tuple]:
+        """``(fn(payload), tag)`` for each ``(payload, tag)`` of ``tasks``, in order, a bounded number in flight."""
+        pending: deque = deque()
+        try:
+            for payload, tag in tasks:
+                pending.append((self._executor.submit(fn, payload), tag))
+                if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
+                    yield self._result(*pending.popleft())
+            while pending:
+                yield self._result(*pending.popleft())
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+    @staticmethod
+    def _result(future, tag) -> tuple:
+        try:
+            return future.result(), tag
+        except BrokenProcessPool as e:
+            raise transient_error("an embedding worker process", "it died (killed, perhaps for lack of memory)") from e
+
+    def close(self) -> None:
+        """End the worker processes (waiting for the tasks they are running)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
