@@ -79,6 +79,7 @@ from lookalike import create_extractor
 paths = json.loads(sys.argv[1])
 extractor = create_extractor(device="cpu")
 done = sum(len(batch.keys) for batch in extractor.embed_paths(paths))
+extractor.close()  # the workers are waited for, so that their peak counts below
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"images": done, "peak_mib": own, "largest_worker_mib": workers}))

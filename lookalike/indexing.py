@@ -14,7 +14,6 @@ import numpy as np
 
 from .errors import StoreError, StoreMismatchError, TransientError
 from .index.discover import FoundFile, discover
-from .index.faiss_index import check_factory
 from .index.layout import CATALOG, LOCK, MANIFEST, STORE_DIRNAME, find_store, remove_store_files
 from .index.lock import lock_store
 from .index.manifest import describe_spec
@@ -116,7 +115,7 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
     if existing is not None:
         model, layer, weights = _same_featurizer(existing, model, layer, weights)
         if index_factory:
-            check_factory(index_factory, existing.dim)
+            _check_factory(index_factory, existing.dim)
     todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
     if only is not None:
         removed, summary.removed = [], 0
@@ -124,7 +123,7 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
     if todo or existing is None:
         extractor = _extractor(model, layer, weights, extractor_options)
         if index_factory:
-            check_factory(index_factory, extractor.dim)
+            _check_factory(index_factory, extractor.dim)
         spec = extractor.spec.to_dict()
         if existing is None:
             existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
@@ -227,6 +226,12 @@ def _default_layer(model: str) -> str:
     from .featurize import get_model_spec
 
     return get_model_spec(model).feature_node or "pre_logits"
+
+
+def _check_factory(factory: str, dim: int) -> None:
+    from .index.faiss_index import check_factory  # faiss loads only when there is work for it
+
+    check_factory(factory, dim)
 
 
 def _extractor(model, layer, weights, options):
