@@ -169,6 +169,8 @@ def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: Index
             f"indexing stopped by a transient error ({reason}), which says nothing about the files: none was marked "
             f"as failed. The {summary.embedded + summary.failed} files done are saved: run the same command again to resume"
         ) from e
+    finally:
+        extractor.close()  # the workers' memory is free before the index is built
 
 
 def _stat(f: FoundFile) -> tuple[str, int, int, int, int]:
