@@ -13,7 +13,7 @@ renders the README's tables. Measured, each a median over --repeats interleaved 
   forward batch (uint8 pixels in memory, vectors out), and ONNX Runtime as one single-thread
   session per core in forked processes, each running slices of the pixels it already has;
   the fastest of them is the denominator of every model ratio, and lookalike's default
-  (``Extractor`` on the same pixels) is measured against it;
+  (``Extractor`` on the same pixels, which it sends to its worker processes) is measured against it;
 - decoding on one core: lookalike's per-file work (PIL draft mode, resize, crop) and the
   alternatives (simplejpeg with DCT scaling, torchvision's decode_jpeg, PIL without draft),
   with their largest pixel difference from lookalike's after the same resize;
@@ -87,8 +87,7 @@ def model_only(args, pixels: np.ndarray, cores: int) -> dict:
         pools.append(_process_pool(path, pixels, cores))
         for batch in BATCHES[:4]:
             configs[f"onnxruntime, a process per core|1|{batch}"] = _processes_pass(pools[0], len(pixels), batch)
-    configs["lookalike|default|default"] = lambda: [default._embed_pixels(pixels[i : i + default.batch_size])
-                                                    for i in range(0, len(pixels), default.batch_size)]
+    configs["lookalike|default|default"] = lambda: default._embed_pixels(pixels)  # all at once, as the others get them
     try:
         seconds = rounds(configs, args.repeats)
     finally:

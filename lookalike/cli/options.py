@@ -22,7 +22,7 @@ def featurizer_options(default_model: str | None):
         click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="A state dict file to use instead of the pretrained weights."),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
-        click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device]."),
+        click.option("--workers", default=None, type=click.IntRange(min=0), help="Worker processes: on the CPU each decodes and embeds its files; on a GPU they decode [default: one per core on the CPU]."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help="auto is fp16 autocast on CUDA, fp32 elsewhere."),

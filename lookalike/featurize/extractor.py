@@ -57,7 +57,7 @@ class Extractor:
         runtime: ``"onnxruntime"`` or ``"torch"``.
         batch_size: files per ``Batch`` (the unit decoded, yielded and written).
         forward_batch: images per forward pass of the network.
-        num_workers: decoding processes for ``embed_paths``.
+        num_workers: worker processes for ``embed_paths`` (on ONNX Runtime each decodes and embeds).
     """
 
     runtime = ""
@@ -110,7 +110,7 @@ class Extractor:
 
         Args:
             paths: image files; each key is the path as given (``os.fspath``).
-            num_workers: decoding processes (0 decodes in this process); default as built.
+            num_workers: worker processes (0 works in this process); default as built.
 
         Yields:
             ``Batch(keys, vectors, failures)`` in input order, one per ``batch_size`` paths.
@@ -163,8 +163,9 @@ def create_extractor(
             ``"auto"`` and ``"cuda"`` use every visible GPU, with a copy of the network on each.
         batch_size: images per ``Batch`` that ``embed_paths`` yields (and per GPU forward pass).
         weights: a state dict file instead of the pretrained weights.
-        num_workers: decoding processes for ``embed_paths``; default: one per core on ONNX Runtime,
-            half the cores (at most 4) for torch on a CPU, up to 8 for a GPU.
+        num_workers: processes for ``embed_paths``; on ONNX Runtime each decodes its files and runs its own
+            session of ``threads // num_workers`` threads (default one per core); on torch they decode:
+            half the cores (at most 4) on a CPU, up to 8 for a GPU.
         precision: ``"auto"`` (fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
             A batch whose fp16 output overflows is recomputed in fp32.
         max_pixels: larger images are recorded as failures instead of decoded.
@@ -175,8 +176,8 @@ def create_extractor(
             and cached in ``$LOOKALIKE_CACHE`` (default ``~/.cache/lookalike``); where that fails,
             ``auto`` logs one warning and runs on torch.
         forward_batch: images per forward pass on the CPU (default 2 on ONNX Runtime, 4 on torch: a pass that fits the cache).
-        threads: the ONNX Runtime network's threads (default: every core; decoding shares them); past 8,
-            several sessions of up to 8 threads run batches side by side.
+        threads: the ONNX Runtime network's threads (default: every core), shared out among the workers;
+            in this process (no workers), past 8, several sessions of up to 8 threads run batches side by side.
 
     Raises:
         UnknownModelError, UnknownLayerError, WeightsNotFoundError, InvalidWeightsError,

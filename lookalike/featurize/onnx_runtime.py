@@ -37,7 +37,7 @@ class OnnxNetwork:
     Args:
         model: the .onnx file or its bytes.
         threads: intra-op threads (the cores the network may use).
-        spinning: let idle threads spin for work; off when decoding workers need those cores.
+        spinning: let idle threads spin for work; off where other work (decoding, other processes) needs the cores.
         expect_key: refuse (``ValueError``) a model whose metadata names another export key.
 
     Raises:
@@ -192,7 +192,7 @@ class OnnxExtractor(Extractor):
 
 
 def default_threads() -> int:
-    """The network's threads: every core this process may use (decoding workers share them)."""
+    """The network's threads: every core this process may use (shared out among the workers)."""
     return available_cpus()
 
 
