@@ -45,7 +45,8 @@ def tables_and_targets(f: dict, cores: int) -> tuple[dict, dict]:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    """Three decimals below 2, so that a ratio a hair under its aim doesn't print as the aim."""
+    return f"{value:.3f}" if value < 2 else f"{value:.2f}" if value < 100 else f"{value:,.0f}"
 
 
 def _photos(photos: dict) -> dict:
