@@ -37,7 +37,14 @@ def test_workers_yield_the_batches_keys_vectors_and_failures_of_one_process(lite
     assert len(batches) == -(-len(paths) // batch_size)  # a batch is the unit the store commits: never merged
 
 
-def test_many_images_are_shared_out_and_one_stays_here(photos):
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["memfd", "pickled"])
+def test_many_images_are_shared_out_and_one_stays_here(photos, shared_memory, monkeypatch):
+    import contextlib
+
+    from lookalike.featurize import embed_pool
+
+    if not shared_memory:  # as on a platform without memfd: the pixels travel in the tasks
+        monkeypatch.setattr(embed_pool, "_shared", lambda pixels: contextlib.nullcontext(None))
     images = list(photos.values()) * 4
     extractor = create_extractor(device="cpu", runtime="onnx", num_workers=2)
     single = extractor.embed_images(images[:1])

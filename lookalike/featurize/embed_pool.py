@@ -14,6 +14,7 @@ input order with a bounded number in flight, so memory stays flat.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -78,8 +79,32 @@ def _embed_files(paths: Sequence[str]) -> tuple[list[str], np.ndarray | None, li
     return decoded.keys, None if decoded.pixels is None else _vectors(decoded.pixels), decoded.failures
 
 
-def _embed_pixels(pixels: np.ndarray) -> np.ndarray:
+def _embed_pixels(pixels) -> np.ndarray:
+    """Vectors of an array, or of rows ``start:stop`` of the parent's shared copy ``(path, shape, start, stop)``."""
+    if isinstance(pixels, tuple):
+        path, shape, start, stop = pixels
+        pixels = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)[start:stop]
     return _vectors(pixels)
+
+
+@contextlib.contextmanager
+def _shared(pixels: np.ndarray) -> Iterator[str | None]:
+    """A path the workers can map ``pixels`` from, for as long as the block lasts; None where there is none.
+
+    On Linux an anonymous memory file (``memfd``), reached through ``/proc/<pid>/fd``: it costs
+    one copy here instead of a pickle and a pipe per task, and goes away with this process,
+    however it ends.
+    """
+    if not hasattr(os, "memfd_create") or not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        yield None
+        return
+    fd = os.memfd_create("lookalike-pixels", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            out.write(np.ascontiguousarray(pixels).data)
+        yield f"/proc/{os.getpid()}/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 class EmbedPool:
@@ -125,8 +150,10 @@ class EmbedPool:
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """L2-normalised vectors of uint8 pixels (N, 3, H, W), shared out among the workers."""
         step = min(PIXEL_TASK_MAX, max(TASK_IMAGES, len(pixels) // (4 * self.workers)))
-        tasks = ((pixels[i : i + step], None) for i in range(0, len(pixels), step))
-        done = [vectors for vectors, _ in self._in_order(_embed_pixels, tasks)]
+        starts = range(0, len(pixels), step)
+        with _shared(pixels) as path:
+            tasks = (((path, pixels.shape, i, i + step) if path else pixels[i : i + step], None) for i in starts)
+            done = [vectors for vectors, _ in self._in_order(_embed_pixels, tasks)]
         return np.concatenate(done) if done else np.zeros((0, self.dim), dtype=np.float32)
 
     def _in_order(self, fn, tasks) -> Iterator[tuple]:
