@@ -57,7 +57,7 @@ def _die_with_parent(parent: int) -> None:
     PR_SET_PDEATHSIG = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not glibc/musl: orphans end when their pipe closes
+    except (OSError, AttributeError):  # no prctl in this C library: no death signal to ask for
         return
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
@@ -120,7 +120,8 @@ class EmbedPool:
     def __init__(self, source, *, workers: int, threads: int, forward_batch: int, preprocessing: Preprocessing,
                  max_pixels: int, dim: int):
         self.workers, self.threads, self.dim = workers, threads, dim
-        # A worker dies with the thread that forked it, so only the main thread's workers get a death signal.
+        # A death signal comes when the thread that forked the worker ends, so only workers forked by the
+        # main thread (at the first task, in the thread that made the pool) ask for one.
         linux_main = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self._executor = ProcessPoolExecutor(
