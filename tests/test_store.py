@@ -271,3 +271,19 @@ def test_warm_maps_the_whole_index_and_keep_warm_each_new_one(tmp_path):
 
 def test_warm_without_an_index_says_so(store):
     assert store.warm() is False
+
+
+def test_stored_gives_the_key_and_vector_of_an_id_and_none_without_one(store):
+    rng = np.random.default_rng(9)
+    with store.writer() as writer:
+        _write(writer, ["a.jpg", "b.jpg"], _unit(rng, 2), failed=["bad.jpg"])
+    with store.writer() as writer:
+        _write(writer, ["b.jpg"], _unit(rng, 1))  # a changed file: its new row
+    with store.catalog() as catalog:
+        ids = {r.path: r.id for r in catalog.records()}
+
+    for key in ("a.jpg", "b.jpg"):
+        found_key, vector = store.stored(ids[key])
+        assert found_key == key
+        np.testing.assert_array_equal(vector, store.get_vectors([store.root / key])[0])
+    assert store.stored(ids["bad.jpg"]) is None and store.stored(10**9) is None

@@ -175,6 +175,21 @@ class Store:
         chosen = [records[k] for k in keys]
         return stored.gather(np.array([r.shard for r in chosen], dtype=np.int64), np.array([r.row for r in chosen], dtype=np.int64))
 
+    def stored(self, image_id: int) -> tuple[str, np.ndarray] | None:
+        """The catalog key and stored vector of the embedded image ``image_id``, read in one snapshot.
+
+        Returns:
+            ``(key, vector)``, or None when no embedded image has this id.
+        """
+        with self.catalog() as catalog:
+            catalog.snapshot()
+            record = catalog.by_ids([image_id]).get(image_id)
+            stored = self._shard_set(catalog) if record is not None and record.row is not None else None
+            catalog.end_snapshot()
+        if stored is None:
+            return None
+        return record.path, stored.gather(np.array([record.shard], dtype=np.int64), np.array([record.row], dtype=np.int64))[0]
+
     def _shard_set(self, catalog: Catalog) -> ShardSet:
         return ShardSet.of(self.directory, self.dim, catalog)
 

@@ -89,19 +89,19 @@ class Gallery:
         """
         with self.store.catalog() as catalog:
             record = catalog.by_ids([image_id]).get(image_id)
-        key = PurePosixPath(record.path) if record is not None else None
+        return self._on_disk(image_id, record.path if record is not None and record.row is not None else None)
+
+    def _on_disk(self, image_id: int, key: str | None) -> str:
         # Catalog keys are relative to the root; refuse anything else rather than serve it.
-        if record is None or record.row is None or key.is_absolute() or ".." in key.parts:
+        if key is None or PurePosixPath(key).is_absolute() or ".." in PurePosixPath(key).parts:
             raise UnknownImageError(f"no embedded image has id {image_id}: ids come from search, similar and dupes results")
-        return os.path.join(self.root, record.path)
+        return os.path.join(self.root, key)
 
     def similar(self, image_id: int, k: int, threshold: float | None = None) -> dict:
         """The ``k`` nearest other images of a stored one (itself left out, as ``lookalike query`` does)."""
-        path = self.file(image_id)
-        try:
-            vector = self.store.get_vectors([path])[0]
-        except StoreError:  # removed between the two reads
-            raise UnknownImageError(f"no embedded image has id {image_id} any more") from None
+        found = self.store.stored(image_id)  # key and vector from one snapshot
+        path = self._on_disk(image_id, found[0] if found is not None else None)
+        vector = found[1]
         hits = [h for h in self._neighbours(vector, k + 1) if h.id != image_id][:k]
         hits = [h._replace(rank=rank) for rank, h in enumerate(hits, 1)]
         answer = {"query": {"id": image_id, "path": self.display_path(path)}, **self._rows(hits, threshold)}
