@@ -44,6 +44,7 @@ import bench_search
 import results
 
 TARGETS = {"similar": 20.0, "search": 60.0}  # p50 ms with one client
+RECALL_QUERIES = 100  # /api/similar answers checked against exact search
 
 
 def build(folder: Path, n: int, chunk: int) -> dict:
@@ -174,7 +175,7 @@ def paired(port: int, requests: list, library: dict, max_seconds: float) -> dict
     """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     times = {"http": [], **{name: [] for name in library}}
-    errors = []
+    errors, answers = [], []
     deadline = time.monotonic() + max_seconds
     for i, (method, path, body, headers) in enumerate(requests):
         if time.monotonic() > deadline:
@@ -182,10 +183,12 @@ def paired(port: int, requests: list, library: dict, max_seconds: float) -> dict
         start = time.perf_counter()
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
+        body = response.read()
         times["http"].append(time.perf_counter() - start)
         if response.status != 200:
             errors.append(f"{response.status} {path}")
+        elif i < RECALL_QUERIES:
+            answers.append(json.loads(body))
         for name, fn in library.items():
             start = time.perf_counter()
             fn(i)
@@ -194,7 +197,38 @@ def paired(port: int, requests: list, library: dict, max_seconds: float) -> dict
     summary = _latencies(times.pop("http"))
     summary.update(clients=1, errors=len(errors), error_examples=errors[:3], requests_per_s=1000 / summary["mean_ms"])
     summary["library"] = {name: _latencies(values) for name, values in times.items()}
+    summary["answers"] = answers
     return summary
+
+
+def recall_against_exact(store_dir: Path, answers: list[dict], k: int) -> dict:
+    """Recall@k of /api/similar's answers against exact search (FAISS's brute-force inner product) over every stored vector.
+
+    The stored image itself is left out of the exact neighbours, as the server leaves it out.
+    """
+    import faiss
+
+    from lookalike.index.store import Store
+
+    store = Store.open(store_dir)
+    ids, _, rows = store.vectors()
+    queries = np.stack([store.stored(answer["query"]["id"])[1] for answer in answers])
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    start = time.perf_counter()
+    for first in range(0, len(ids), 100_000):
+        block = np.ascontiguousarray(rows[first : first + 100_000])
+        scores, found = faiss.knn(queries, block, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_ids = np.concatenate([best_ids, ids[first:][found]], axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    exact = np.take_along_axis(best_ids, order, 1)
+    found_share = []
+    for answer, row in zip(answers, exact):
+        truth = [i for i in row.tolist() if i != answer["query"]["id"]][:k]
+        found_share.append(len({h["id"] for h in answer["hits"]} & set(truth)) / k)
+    return {"queries": len(answers), "recall_at_k": float(np.mean(found_share)), "k": k,
+            "exact_search_s": time.perf_counter() - start}
 
 
 def _latencies(seconds: list[float]) -> dict:
@@ -281,10 +315,14 @@ def main() -> None:
             runs[f"{name}_1"] = paired(server.port, requests[: len(requests) // 2], library[name], args.max_seconds)
             runs[f"{name}_{args.clients}"] = load(server.port, requests, args.clients, args.max_seconds)
             for key in (f"{name}_1", f"{name}_{args.clients}"):
-                print(key, {field: value for field, value in runs[key].items() if field != "error_examples"}, flush=True)
+                print(key, {field: value for field, value in runs[key].items() if field not in ("error_examples", "answers")},
+                      flush=True)
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+    built["similar_recall"] = recall_against_exact(store_dir, runs["similar_1"].pop("answers"), args.k)
+    runs["search_1"].pop("answers")
+    print("similar recall", built["similar_recall"], flush=True)
     save(args, built, runs)
 
 
