@@ -49,6 +49,7 @@ def ids(client):
     return {m["path"]: m["id"] for group in answer["groups"] for m in group["members"]}
 
 
+@pytest.mark.slow
 def test_info_says_when_the_startup_warm_up_of_model_and_index_is_done(client, folder):
     deadline = time.monotonic() + 120
     while client.get("/api/info").json()["warm"] != {"model": True, "index": True} and time.monotonic() < deadline:
