@@ -21,6 +21,7 @@ from lookalike.index.faiss_index import (
     InvalidIdsError,
 )
 from lookalike.index.vectors import RowView
+from smaps import mapped_kib
 
 DIM = 32
 
@@ -499,3 +500,54 @@ def test_ids_lists_every_id_an_index_holds(factory):
     index = fi.build_index(vectors, ids, factory)
     fi.remove(index, ids[:10])
     assert sorted(fi.ids(index).tolist()) == ids[10:].tolist()
+
+
+# --- one query's lists shared among threads ------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2], ids=["ip", "l2"])
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_lists_shared_among_workers_give_faiss_s_own_answer(small, workers, metric):
+    vectors, ids, queries = small
+    index = faiss.index_factory(DIM, "IVF16,Flat", metric)
+    index.train(vectors)
+    index.add_with_ids(vectors, ids)
+    faiss.extract_index_ivf(index).nprobe = 6
+    stale = ids[:300]  # excluded ids are skipped by every share
+
+    for query in queries[:10]:
+        for exclude in (None, stale):
+            expected = fi.search(index, query, 10, exclude=exclude)
+            shared = fi.search(index, query, 10, exclude=exclude, workers=workers)
+            np.testing.assert_array_equal(shared[1], expected[1])
+            np.testing.assert_allclose(shared[0], expected[0], rtol=1e-6)
+    assert not np.isin(fi.search(index, queries[0], 50, exclude=stale, workers=workers)[1], stale).any()
+
+
+def test_lists_shared_among_workers_pad_with_minus_one_beyond_ntotal():
+    x = clustered(300, DIM, n_clusters=4, seed=7)
+    index = fi.build_index(x, np.arange(300) + 1000, "IVF4,Flat")
+    faiss.extract_index_ivf(index).nprobe = 4
+
+    scores, found = fi.search(index, x[0], 310, workers=2)
+
+    assert found.shape == (1, 310) and (found[0, 300:] == -1).all() and (scores[0, 300:] < -1e38).all()
+    assert set(found[0, :300]) == set(range(1000, 1300))
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
+def test_fault_in_maps_every_page_of_a_mapped_index_and_changes_nothing(factory, tmp_path):
+    x = clustered(20_000, 64, n_clusters=40, seed=4)  # 5 MB of codes
+    ids = np.arange(len(x), dtype="int64") + 5
+    path = (tmp_path / "index.faiss").resolve()
+    fi.write_index(fi.build_index(x, ids, factory), path)
+    mapped = fi.read_index(path)
+    size_kib = path.stat().st_size // 1024
+    assert fi.is_mapped(mapped) and mapped_kib(path) < size_kib // 2  # a fresh mapping: pages come as touched
+
+    fi.fault_in(mapped)
+
+    assert mapped_kib(path) >= 0.97 * size_kib  # every list's codes, though no search has probed any yet
+    read = fi.read_index(path, mmap=False)
+    np.testing.assert_array_equal(fi.search(mapped, x[:20], 10)[1], fi.search(read, x[:20], 10)[1])
+    assert fi.describe(mapped) == {**fi.describe(read), "mapped": True}  # nprobe and all unchanged

@@ -6,6 +6,9 @@ import hashlib
 import http.client
 import io
 import json
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from lookalike.cli.options import shown
 from lookalike.featurize import load_image
 from lookalike.indexing import open_store
 from lookalike.serve import BackgroundServer, create_app
+from lookalike.serve.gallery import Gallery
 from serve_helpers import edited_chelsea, jpeg_bytes, photo_folder, working_directory
 
 LOCAL = "http://127.0.0.1"
@@ -45,6 +49,41 @@ def ids(client):
     return {m["path"]: m["id"] for group in answer["groups"] for m in group["members"]}
 
 
+@pytest.mark.slow
+def test_info_says_when_the_startup_warm_up_of_model_and_index_is_done(client, folder):
+    deadline = time.monotonic() + 120
+    while client.get("/api/info").json()["warm"] != {"model": True, "index": True} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.get("/api/info").json()["warm"] == {"model": True, "index": True}
+    with TestClient(create_app(open_store(folder, device="cpu"), warm_up=False), base_url=LOCAL) as cold:
+        time.sleep(0.2)
+        assert cold.get("/api/info").json()["warm"] == {"model": False, "index": False}
+
+
+def test_a_search_alone_shares_its_scan_among_every_core_and_concurrent_ones_take_one(folder):
+    store = open_store(folder, device="cpu")
+    gallery = Gallery(store)
+    vector = store.vectors()[2][0]
+    real, seen, first_in, release = store.search, [], threading.Event(), threading.Event()
+
+    def search(queries, k=10, *, workers=1):
+        seen.append(workers)
+        if len(seen) == 1:  # the first search stays in flight until the second is done
+            first_in.set()
+            release.wait(30)
+        return real(queries, k, workers=workers)
+
+    store.search = search
+    first = threading.Thread(target=gallery.search, args=(vector, 3))
+    first.start()
+    assert first_in.wait(30)
+    assert len(gallery.search(vector, 3)["hits"]) == 3
+    release.set()
+    first.join(30)
+    gallery.search(vector, 3)
+    assert seen == [os.cpu_count(), 1, os.cpu_count()]
+
+
 def _cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -55,7 +94,7 @@ def test_info_and_failures_describe_the_store(client):
     info = client.get("/api/info").json()
     assert (info["embedded"], info["failed"], info["spec"]["model"]) == (7, 1, "efficientnet_lite0")
     assert info["classifier"] is None and info["limits"]["max_upload_bytes"] == 25_000_000
-    assert info == {**_cli("info", "--json"), "classifier": None, "limits": info["limits"]}
+    assert info == {**_cli("info", "--json"), "classifier": None, "limits": info["limits"], "warm": info["warm"]}
     failures = client.get("/api/failures").json()
     assert failures["total"] == 1 and failures["failures"] == _cli("failures", "--json")
     assert failures["failures"][0]["path"] == "broken.jpg" and failures["failures"][0]["reason"]

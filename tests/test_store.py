@@ -4,6 +4,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -220,3 +221,69 @@ def test_a_store_of_format_1_is_upgraded_in_place(store):
     (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 4}))
     with pytest.raises(StoreError, match="store format 4.*--reset"):
         Store.open(store.directory)
+
+
+def test_search_shared_among_workers_matches_brute_force_with_uncommitted_index_changes(tmp_path):
+    store = Store.create(tmp_path / ".lookalike", tmp_path, SPEC, index_factory="IVF4,Flat")  # nprobe 4: exact
+    rng = np.random.default_rng(7)
+    truth = {f"a{i}.jpg": v for i, v in enumerate(_unit(rng, 400))}
+    with store.writer() as writer:
+        _write(writer, list(truth), np.stack(list(truth.values())))
+    assert faiss_index.describe(faiss_index.read_index(store.directory / INDEX))["nlist"] == 4
+    writer = store.writer().__enter__()  # commits, then dies before it updates the index
+    truth["a3.jpg"] = _unit(rng, 1)[0]
+    _write(writer, ["a3.jpg"], truth["a3.jpg"][None])
+    writer.remove(["a4.jpg"])
+    writer.vectors.close(), writer.catalog.close()
+    del truth["a4.jpg"]
+
+    queries = np.vstack([_unit(rng, 20), truth["a3.jpg"][None]])
+    expected = _brute(truth, queries, 10)
+    for query, want in zip(queries, expected):
+        hits = store.search(query[None], k=10, workers=2)[0]
+        assert [h.path for h in hits] == [str(tmp_path / key) for key in want]
+        assert hits == store.search(query[None], k=10)[0]
+
+
+def test_warm_maps_the_whole_index_and_keep_warm_each_new_one(tmp_path):
+    from smaps import mapped_kib
+
+    store = Store.create(tmp_path / ".lookalike", tmp_path, SPEC, index_factory="IVF64,Flat")  # a search probes 16
+    rng = np.random.default_rng(8)
+    with store.writer() as writer:
+        _write(writer, [f"a{i}.jpg" for i in range(20_000)], _unit(rng, 20_000))  # 1.3 MB of codes
+    path = (store.directory / INDEX).resolve()
+    assert Store(store.directory, store.manifest).warm() is True  # another Store: its own mapping
+    assert mapped_kib(path) == 0  # which is gone with it
+
+    assert store.warm() is True
+    assert mapped_kib(path) >= 0.97 * path.stat().st_size / 1024
+
+    store.keep_warm()
+    with store.writer() as writer:  # a new index file: a new mapping, warmed in the background once searched
+        _write(writer, [f"b{i}.jpg" for i in range(2_000)], _unit(rng, 2_000))
+    store.search(_unit(rng, 1), k=5)
+    deadline = time.monotonic() + 30
+    while mapped_kib(path) < 0.97 * path.stat().st_size / 1024 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mapped_kib(path) >= 0.97 * path.stat().st_size / 1024
+
+
+def test_warm_without_an_index_says_so(store):
+    assert store.warm() is False
+
+
+def test_stored_gives_the_key_and_vector_of_an_id_and_none_without_one(store):
+    rng = np.random.default_rng(9)
+    with store.writer() as writer:
+        _write(writer, ["a.jpg", "b.jpg"], _unit(rng, 2), failed=["bad.jpg"])
+    with store.writer() as writer:
+        _write(writer, ["b.jpg"], _unit(rng, 1))  # a changed file: its new row
+    with store.catalog() as catalog:
+        ids = {r.path: r.id for r in catalog.records()}
+
+    for key in ("a.jpg", "b.jpg"):
+        found_key, vector = store.stored(ids[key])
+        assert found_key == key
+        np.testing.assert_array_equal(vector, store.get_vectors([store.root / key])[0])
+    assert store.stored(ids["bad.jpg"]) is None and store.stored(10**9) is None

@@ -13,6 +13,12 @@ It is the one name callers use; the work lives in modules of one noun each:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import faiss
 import numpy as np
 
@@ -36,9 +42,13 @@ from .factory import (
     estimate_build_bytes,
     plan_build,
 )
-from .faiss_io import describe, ids, is_mapped, read_index, write_index
+from .faiss_io import describe, fault_in, ids, is_mapped, read_index, write_index
 from .gpu import gpu_available
 from .vectors import READ_CHUNK_ROWS
+
+SHARES_PER_WORKER = 4  # a query's probed lists go out in this many shares a thread
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 __all__ = [
     "BUDGET_FRACTION_OF_RAM",
@@ -65,6 +75,7 @@ __all__ = [
     "default_nprobe",
     "describe",
     "estimate_build_bytes",
+    "fault_in",
     "gpu_available",
     "ids",
     "is_mapped",
@@ -122,7 +133,8 @@ def remove(index: faiss.Index, ids: np.ndarray) -> int:
     return int(index.remove_ids(np.ascontiguousarray(ids, dtype="int64")))
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
+           workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest stored vectors of each query, as FAISS gives them.
 
     Args:
@@ -131,6 +143,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray 
         k: neighbours per query; more than the index holds is fine.
         exclude: ids never to return (outdated in the index). An IVF index skips them while it
             scans (an ``IDSelector``: costs nothing per id); others are asked for more and filtered.
+        workers: threads that share one query's probed lists (an IVF index, fewer queries than
+            workers); a lone query on idle cores is answered about ``workers`` times sooner.
 
     Returns:
         ``(D, I)``, both ``(n, k)``: scores (inner products, best first) and ids. Where fewer
@@ -149,21 +163,78 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray 
     if not index.is_trained:
         raise IndexStateError("the index is not trained: make it with build_index")
     exclude = np.unique(np.asarray(exclude if exclude is not None else [], dtype=np.int64))
+    ivf = faiss.try_extract_index_ivf(index)
+    plain_ivf = ivf is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVF)  # no wrapper around it
+    if plain_ivf and 1 < workers and len(q) < workers and ivf.nprobe > 1:
+        return _search_shared(ivf, q, int(k), exclude, workers)
     if not exclude.size:
         return index.search(q, int(k))
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVF):  # no wrapper around it
-        batch = faiss.IDSelectorBatch(exclude)
-        selector = faiss.IDSelectorNot(batch)
-        # the parameters' own nprobe (default 1) would override the index's
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-        return index.search(q, int(k), params=params)
+    if plain_ivf:
+        with _excluding(exclude, ivf.nprobe) as params:
+            return index.search(q, int(k), params=params)
     scores, ids = index.search(q, int(k) + exclude.size)
     stale = np.isin(ids, exclude)
     order = np.argsort(stale, axis=1, kind="stable")[:, : int(k)]  # fresh ones first, in their order
     scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
     stale = np.take_along_axis(stale, order, 1)
     return np.where(stale, _missing_score(index), scores), np.where(stale, -1, ids)
+
+
+@contextlib.contextmanager
+def _excluding(exclude: np.ndarray, nprobe: int) -> Iterator[faiss.SearchParametersIVF]:
+    """Search parameters probing ``nprobe`` lists and skipping ``exclude`` (the selectors live until the exit)."""
+    batch = faiss.IDSelectorBatch(exclude) if exclude.size else None
+    selector = faiss.IDSelectorNot(batch) if batch is not None else None
+    yield faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # its own nprobe (1) would override the index's
+
+
+def _search_shared(ivf: faiss.IndexIVF, q: np.ndarray, k: int, exclude: np.ndarray, workers: int):
+    """Search with the probed lists shared among ``workers`` threads; the best ``k`` of all they found.
+
+    FAISS's own way (``parallel_mode`` 1, an OpenMP team) spins while it waits: with another
+    process busy on one of 2 cores, one query over 1M 1280-d vectors took 34 ms with it and
+    26 ms on one thread; these threads sleep while they wait (17 ms). The lists go out in
+    small shares, each taken by whichever thread is free, so a thread the OS keeps waiting
+    holds up no more than one share.
+    """
+    coarse_scores, lists = ivf.quantizer.search(q, ivf.nprobe)
+    count = min(ivf.nprobe, SHARES_PER_WORKER * workers)
+    shares = iter([(np.ascontiguousarray(lists[:, s::count]), np.ascontiguousarray(coarse_scores[:, s::count]))
+                   for s in range(count)])
+    taking = threading.Lock()
+
+    def scan_shares() -> list[tuple[np.ndarray, np.ndarray]]:
+        found = []
+        while True:
+            with taking:
+                share = next(shares, None)
+            if share is None:
+                return found
+            keys, key_scores = share
+            scores, ids = np.empty((len(q), k), dtype=np.float32), np.empty((len(q), k), dtype=np.int64)
+            with _excluding(exclude, keys.shape[1]) as params:
+                ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(keys), faiss.swig_ptr(key_scores),
+                                         faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, params)
+            found.append((scores, ids))
+
+    helpers = [_pool().submit(scan_shares) for _ in range(workers - 1)]
+    parts = scan_shares()  # this thread takes shares too
+    for helper in helpers:
+        if not helper.cancel():  # one still queued behind another search's helpers has nothing left to do
+            parts += helper.result()
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.argsort(-scores if ivf.metric_type == faiss.METRIC_INNER_PRODUCT else scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The threads that scan shares of a query's lists, made on first use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="lookalike-scan")
+        return _POOL
 
 
 def _missing_score(index: faiss.Index) -> np.float32:

@@ -133,6 +133,22 @@ def is_mapped(index: faiss.Index) -> bool:
     return codes is not None and not getattr(codes, "is_owned", True)
 
 
+def fault_in(index: faiss.Index) -> None:
+    """Read every code of ``index`` once, so that a mapped index has all its pages mapped into this process.
+
+    Even with the file in the page cache, a fresh mapping costs a page fault for each page
+    a search touches first: at 1M 1280-d vectors (IVF4096,Flat, nprobe 128) a query took
+    84 ms until the lists it probed had been touched, 21 ms after. One query over every
+    list touches them all (about 1 s for that 5 GB index once in the page cache).
+    """
+    query = np.zeros((1, index.d), dtype=np.float32)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+        index.search(query, 1, params=faiss.SearchParametersIVF(nprobe=ivf.nlist))
+    else:  # exact indexes read every code on every search anyway
+        index.search(query, 1)
+
+
 def codes_holder(index: faiss.Index) -> faiss.Index:
     """The concrete index inside ``index`` that holds the codes: its IVF, or what an IDMap wraps.
 

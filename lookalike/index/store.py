@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -65,6 +66,7 @@ class Store:
         self.manifest = manifest
         self.embedder: Embedder | None = None  # set by lookalike.open_store, to embed new images
         self._mapped: tuple[tuple, object] | None = None  # (what the index file was, its mapped index)
+        self._keep_warm = False
 
     @classmethod
     def create(cls, directory, root, spec: dict, index_factory: str | None = None, weights: str | None = None) -> "Store":
@@ -173,16 +175,33 @@ class Store:
         chosen = [records[k] for k in keys]
         return stored.gather(np.array([r.shard for r in chosen], dtype=np.int64), np.array([r.row for r in chosen], dtype=np.int64))
 
+    def stored(self, image_id: int) -> tuple[str, np.ndarray] | None:
+        """The catalog key and stored vector of the embedded image ``image_id``, read in one snapshot.
+
+        Returns:
+            ``(key, vector)``, or None when no embedded image has this id.
+        """
+        with self.catalog() as catalog:
+            catalog.snapshot()
+            record = catalog.by_ids([image_id]).get(image_id)
+            stored = self._shard_set(catalog) if record is not None and record.row is not None else None
+            catalog.end_snapshot()
+        if stored is None:
+            return None
+        return record.path, stored.gather(np.array([record.shard], dtype=np.int64), np.array([record.row], dtype=np.int64))[0]
+
     def _shard_set(self, catalog: Catalog) -> ShardSet:
         return ShardSet.of(self.directory, self.dim, catalog)
 
-    def search(self, queries: np.ndarray | Sequence[str | os.PathLike], k: int = 10) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray | Sequence[str | os.PathLike], k: int = 10, *, workers: int = 1) -> list[list[Hit]]:
         """The ``k`` nearest stored images of each query.
 
         Args:
             queries: vectors (n, dim), or image paths: indexed ones reuse their stored
                 vector, others are embedded with the store's own spec (needs ``lookalike.open_store``).
             k: neighbours per query, at most the number of images in the store.
+            workers: with fewer queries than this, threads that share each query's scan of an
+                IVF index (see ``faiss_index.search``): for a lone query while the cores are idle.
 
         Returns:
             One list of ``Hit`` per query, best first.
@@ -196,7 +215,7 @@ class Store:
         with self.catalog() as catalog:
             index = self._consistent_index(catalog)  # leaves the catalog in a read snapshot
             try:
-                return self._search(catalog, index, vectors, k)
+                return self._search(catalog, index, vectors, k, workers)
             finally:
                 catalog.end_snapshot()
 
@@ -235,9 +254,36 @@ class Store:
         except FileNotFoundError:
             return None
         key = (generation, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._mapped is None or self._mapped[0] != key:
-            self._mapped = (key, faiss_index.read_index(path))
-        return self._mapped[1]
+        mapped = self._mapped
+        if mapped is None or mapped[0] != key:
+            mapped = self._mapped = (key, faiss_index.read_index(path))
+            if self._keep_warm:
+                threading.Thread(target=faiss_index.fault_in, args=(mapped[1],), name="lookalike-warm-index",
+                                 daemon=True).start()
+        return mapped[1]
+
+    def warm(self) -> bool:
+        """Map the index and touch all of it now, so that searches don't pay a page fault per page touched first.
+
+        A long-running reader (``lookalike serve``) calls it once at start, and ``keep_warm`` for
+        the index files written while it runs. It reads the whole index once: from disk when
+        it is not in the page cache.
+
+        Returns:
+            Whether there was an index to warm.
+        """
+        with self.catalog() as catalog:
+            generation = catalog.meta("index_generation")
+        index = self._mapped_index(generation) if generation >= 0 else None
+        if index is None:
+            return False
+        faiss_index.fault_in(index)
+        return True
+
+    def keep_warm(self) -> None:
+        """``warm`` now, and from now on warm each newly written index on a background thread once a search maps it."""
+        self.warm()
+        self._keep_warm = True
 
     def _query_vectors(self, queries) -> np.ndarray:
         if isinstance(queries, np.ndarray):
@@ -262,7 +308,7 @@ class Store:
         old = dict(zip(sorted(stored), self.get_vectors(sorted(stored)))) if stored else {}
         return np.stack([embedded[p] if p in embedded else old[p] for p in paths])
 
-    def _search(self, catalog: Catalog, index, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    def _search(self, catalog: Catalog, index, vectors: np.ndarray, k: int, workers: int = 1) -> list[list[Hit]]:
         total = catalog.count("ok", at_most=k)  # exact whenever it is under k; a full count cost 0.2 s at 1M files
         if total == 0:
             raise StoreError("the store holds no vectors yet: run `lookalike index DIR` on a folder with images")
@@ -275,7 +321,7 @@ class Store:
             stale = np.array([r.id for r in changed] + removed, dtype=np.int64)  # outdated in the index
             fresh = [r for r in changed if r.row is not None]  # searched by brute force instead
             if index.ntotal:
-                parts.append(faiss_index.search(index, vectors, min(k, index.ntotal), exclude=stale))
+                parts.append(faiss_index.search(index, vectors, min(k, index.ntotal), exclude=stale, workers=workers))
         else:
             fresh = list(catalog.records("ok"))  # no usable index: everything by brute force
         if fresh:

@@ -51,10 +51,11 @@ def api_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/api")
     gallery = services.gallery
 
-    @router.get("/info", summary="The store's info, the classifier's and the upload limits")
+    @router.get("/info", summary="The store's info, the classifier's, the upload limits, and whether the startup warm-up is done")
     def info() -> dict:
         return {**gallery.info(), "limits": {"max_upload_bytes": services.spool.max_bytes,
-                                             "max_pixels": services.max_pixels, "max_k": MAX_K}}
+                                             "max_pixels": services.max_pixels, "max_k": MAX_K},
+                "warm": {"model": services.queue.warmed.is_set(), "index": gallery.warmed.is_set()}}
 
     @router.get("/failures", summary="Files that could not be indexed, with the reason for each")
     def failures(limit: Annotated[int, Query(ge=1, le=1_000_000)] = 1000) -> dict:

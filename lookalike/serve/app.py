@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -46,7 +47,9 @@ def create_app(
         max_pixels: the largest original a thumbnail is made of.
         loopback_only: answer only requests addressed to localhost (off when serving a network).
         thumbnail_cache_bytes: memory for thumbnails.
-        warm_up: load the model and run it once at startup, so the first upload is fast.
+        warm_up: at startup, in the background, load the model and run it once, and touch the
+            whole index (see ``Store.keep_warm``), so that the first requests are fast;
+            ``/api/info`` says when both are done.
 
     Returns:
         An ASGI app, for uvicorn (see ``Server``) or any ASGI server.
@@ -72,6 +75,8 @@ def create_app(
     async def lifespan(app):
         folder = services.spool.open()
         services.queue.start(_warm_up_image(folder) if warm_up else None)
+        if warm_up:
+            threading.Thread(target=services.gallery.warm, name="lookalike-warm-index", daemon=True).start()
         try:
             yield
         finally:

@@ -40,6 +40,7 @@ class EmbedQueue:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.warmed = threading.Event()  # set once the warm-up image went through the model
 
     def start(self, warm_up: str | Path | None = None) -> None:
         """Start the worker; with ``warm_up`` (an image file), it first loads the model and runs it once."""
@@ -74,6 +75,7 @@ class EmbedQueue:
             except Exception:  # noqa: BLE001 - the first upload will say what is wrong
                 if not self._closed:
                     logger.warning("warming up the model failed", exc_info=True)
+            self.warmed.set()
         while True:
             item = self._queue.get()
             batch, stop = [], item is _STOP
