@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +38,7 @@ from .layout import (  # noqa: F401 - the names callers have always imported fro
 )
 from .lock import lock_store
 from .manifest import FORMAT_VERSION, Manifest
+from .mapped import MappedIndex
 from .shards import ShardSet, shard_problems
 from .vectors import RowView
 from .writer import NO_INDEX, StoreWriter
@@ -65,8 +65,7 @@ class Store:
         self.directory = Path(directory)
         self.manifest = manifest
         self.embedder: Embedder | None = None  # set by lookalike.open_store, to embed new images
-        self._mapped: tuple[tuple, object] | None = None  # (what the index file was, its mapped index)
-        self._keep_warm = False
+        self._index_file = MappedIndex(self.directory / INDEX)
 
     @classmethod
     def create(cls, directory, root, spec: dict, index_factory: str | None = None, weights: str | None = None) -> "Store":
@@ -233,34 +232,13 @@ class Store:
         """
         for _ in range(5):
             before = catalog.meta("index_generation")
-            index = self._mapped_index(before) if before >= 0 else None
+            index = self._index_file.get(before) if before >= 0 else None
             catalog.snapshot()
             if catalog.meta("index_generation") == before:
                 return index
             catalog.end_snapshot()
         catalog.snapshot()
         return None  # the index keeps changing under us: brute force this once
-
-    def _mapped_index(self, generation: int):
-        """The index file, memory-mapped, or None without one; kept while the file and its generation stay.
-
-        A fresh mapping faults in every page a search touches again: at 1M vectors that cost 1 s
-        a batch of 1,000 queries, more than 10% of the search. The file is only ever replaced
-        whole (a new inode), never changed in place, so its identity says the mapping is current.
-        """
-        path = self.directory / INDEX
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return None
-        key = (generation, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        mapped = self._mapped
-        if mapped is None or mapped[0] != key:
-            mapped = self._mapped = (key, faiss_index.read_index(path))
-            if self._keep_warm:
-                threading.Thread(target=faiss_index.fault_in, args=(mapped[1],), name="lookalike-warm-index",
-                                 daemon=True).start()
-        return mapped[1]
 
     def warm(self) -> bool:
         """Map the index and touch all of it now, so that searches don't pay a page fault per page touched first.
@@ -274,16 +252,12 @@ class Store:
         """
         with self.catalog() as catalog:
             generation = catalog.meta("index_generation")
-        index = self._mapped_index(generation) if generation >= 0 else None
-        if index is None:
-            return False
-        faiss_index.fault_in(index)
-        return True
+        return self._index_file.warm(generation) if generation >= 0 else False
 
     def keep_warm(self) -> None:
         """``warm`` now, and from now on warm each newly written index on a background thread once a search maps it."""
         self.warm()
-        self._keep_warm = True
+        self._index_file.keep_warm = True
 
     def _query_vectors(self, queries) -> np.ndarray:
         if isinstance(queries, np.ndarray):
