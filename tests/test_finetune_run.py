@@ -179,15 +179,20 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after {done} finished epochs" in resumed.stdout and not checkpoint.exists()
 
-    config = FinetuneConfig(head_epochs=1, epochs=3, unfreeze=1, batch_size=2, val_fraction=0.34, image_size=64)
-    reference = finetune(root, tmp_path / "uninterrupted.lkft", config, device="cpu", workers=0)
+    # The reference is a fresh process too: this test process's torch may carry state (threads,
+    # flags) from tests run before it in the same worker, and that moves weights by 1e-5.
+    uninterrupted_path = tmp_path / "uninterrupted.lkft"
+    reference = [*LOOKALIKE, "finetune", str(root), "-o", str(uninterrupted_path), *settings, "--device", "cpu", "--workers", "0"]
+    assert subprocess.run(reference, capture_output=True, text=True, timeout=300).returncode == 0
     history = json.loads((tmp_path / "killed.lkft.report.json").read_text())["history"]
-    assert len(history) == len(reference.report["history"]) == 4
-    for mine, theirs in zip(history, reference.report["history"]):
+    expected = json.loads((tmp_path / "uninterrupted.lkft.report.json").read_text())["history"]
+    assert len(history) == len(expected) == 4
+    for mine, theirs in zip(history, expected):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert mine[key] == pytest.approx(theirs[key], abs=1e-5), (mine, theirs)
-    killed, uninterrupted = load_file(out), load_file(reference.model_path)
-    assert all(torch.allclose(killed[k], uninterrupted[k], atol=1e-5) for k in uninterrupted)
+    killed, uninterrupted = load_file(out), load_file(uninterrupted_path)
+    worst = max(float((killed[k] - uninterrupted[k]).abs().max()) for k in uninterrupted)
+    assert worst <= 1e-5, f"weights differ by up to {worst:g}"
 
 
 @pytest.mark.gpu
