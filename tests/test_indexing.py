@@ -259,3 +259,26 @@ def test_a_transient_error_stops_indexing_records_no_failure_and_a_rerun_resumes
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "5 added" in result.output and "(5 embedded" in result.output
     assert [r.path for r in open_store(folder).failures()] == ["broken.jpg"]
+
+
+def test_the_summary_times_embedding_apart_from_set_up(folder, monkeypatch):
+    """The rate a user reads is the embedding's, not diluted by a first export (here a slow set-up)."""
+    from click.testing import CliRunner
+
+    from lookalike import indexing
+    from lookalike.cli import main
+
+    real = indexing._extractor
+
+    def slow_set_up(*args, **kwargs):
+        time.sleep(1.5)  # as a first ONNX export would take
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(indexing, "_extractor", slow_set_up)
+    summary = index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+    assert 0 < summary.embed_seconds <= summary.seconds - 1.5
+    result = CliRunner().invoke(main, ["index", str(folder), "--reset", "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if " embedded in " in line]
+    seconds = float(line.split(" embedded in ")[1].split("s")[0])
+    assert seconds < 1.5 and "s in all)" in line, line

@@ -35,7 +35,7 @@ CPU = ["--device", "cpu", "--batch-size", "4"]
 def _summary(output: str) -> str:
     """The summary line without its timing."""
     line = [ln for ln in output.splitlines() if " added, " in ln][-1]
-    return re.sub(r" in [0-9.]+s(, [0-9.]+ images/s)?", "", re.sub(r" -> .*", "", line))
+    return re.sub(r" in [0-9.]+s(, [0-9.]+ images/s)?(; [0-9.]+s in all)?", "", re.sub(r" -> .*", "", line))
 
 
 def test_the_cli_on_ray_gives_the_local_engines_paths_failures_vectors_and_summary(local_ray, tmp_path, unreadable_as_root):

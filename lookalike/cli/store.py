@@ -76,11 +76,13 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     finally:
         if state.get("bar"):
             state["bar"].__exit__(None, None, None)
-    rate = f", {summary.embedded / summary.seconds:.1f} images/s" if summary.embedded else ""
+    embedding = summary.embed_seconds or summary.seconds  # the Ray engine times its run as a whole
+    rate = f", {summary.embedded / embedding:.1f} images/s" if summary.embedded and embedding else ""
+    setup = f"; {summary.seconds:.1f}s in all" if summary.seconds - embedding >= 1 else ""  # a first export, say
     retried = f"{summary.retried} retried, " if summary.retried else ""
     click.echo(
         f"{summary.added} added, {summary.updated} updated, {summary.removed} removed, {summary.unchanged} unchanged, "
-        f"{retried}{summary.failed} failed ({summary.embedded} embedded in {summary.seconds:.1f}s{rate}) -> {summary.store}"
+        f"{retried}{summary.failed} failed ({summary.embedded} embedded in {embedding:.1f}s{rate}{setup}) -> {summary.store}"
     )
     if summary.failed:
         click.echo(f"{summary.failed} files could not be read: `lookalike failures` lists them with reasons", err=True)
