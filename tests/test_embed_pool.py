@@ -81,3 +81,20 @@ def test_a_killed_worker_is_a_transient_error_and_the_next_call_starts_afresh(pa
     assert extractor._pool is None
     assert sum(len(b.keys) + len(b.failures) for b in extractor.embed_paths(paths)) == len(paths)
     extractor.close()
+
+
+@pytest.mark.slow
+def test_workers_started_by_spawn_as_on_macos_give_the_same_vectors(paths, monkeypatch):
+    """Where there is no fork, the workers get their settings pickled and open the export by path."""
+    import multiprocessing
+
+    from lookalike.featurize import embed_pool
+
+    real = multiprocessing.get_context
+    monkeypatch.setattr(embed_pool.multiprocessing, "get_context", lambda method=None: real("spawn"))
+    with create_extractor(device="cpu", runtime="onnx", batch_size=8, num_workers=2) as spawned:
+        batches = list(spawned.embed_paths(paths))
+        assert spawned._pool._executor._mp_context.get_start_method() == "spawn"
+    here = list(spawned.embed_paths(paths, num_workers=0))
+    assert [(b.keys, b.failures) for b in batches] == [(b.keys, b.failures) for b in here]
+    np.testing.assert_array_equal(np.concatenate([b.vectors for b in batches]), np.concatenate([b.vectors for b in here]))
