@@ -169,27 +169,19 @@ def _on_two_nodes(Cluster, index_with_ray, folder: Path, kwargs: dict):
     """A 2-node ``Cluster`` of one CPU a node, in a short private temp dir, torn down after."""
     import ray
 
-    from lookalike.scale.session import reap
+    from lookalike.scale.session import private_temp_dir
 
-    temp = tempfile.mkdtemp(prefix="lkb-", dir="/tmp")
-    os.makedirs(os.path.join(temp, "ray"))
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": os.path.join(temp, "ray"),
-                                                            "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes(timeout=120)
-        return index_with_ray(folder, ray_address=cluster.address, **kwargs)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        reap(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
+    with private_temp_dir("lkb-") as temp:
+        os.makedirs(os.path.join(temp, "ray"))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": os.path.join(temp, "ray"),
+                                                                "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes(timeout=120)
+            return index_with_ray(folder, ray_address=cluster.address, **kwargs)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
 
 
 def main() -> None:

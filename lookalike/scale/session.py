@@ -60,34 +60,46 @@ def connect(address: str | None = None, *, num_cpus: float | None = None,
         LookalikeError: no cluster at ``address``.
     """
     ray = require_ray()
-    started, saved_tmpdir = None, os.environ.get("RAY_TMPDIR")
-    if not ray.is_initialized():
-        kwargs = {"log_to_driver": False, "configure_logging": False}
-        if address == "local" or (address is None and not _existing_cluster()):
-            started = tempfile.mkdtemp(prefix="lkr-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
-            os.environ["RAY_TMPDIR"] = started  # marks every process of this instance (see reap)
-            kwargs.update(address="local", _temp_dir=started, include_dashboard=False, num_cpus=num_cpus)
-        else:
-            kwargs["address"] = address or "auto"
-        try:
-            ray.init(**kwargs)
-        except ConnectionError as e:
-            raise LookalikeError(f"no Ray cluster at {kwargs['address']} ({e}): start one with `ray start --head`, "
-                                 f"or pass --ray-address local") from None
-    _configure(ray, no_progress_timeout_s)
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
-            left = reap(started)
-            if left:
-                logger.info("ended %d Ray processes that outlived the run", len(left))
-            shutil.rmtree(started, ignore_errors=True)
-            if saved_tmpdir is None:
-                os.environ.pop("RAY_TMPDIR", None)
+    with contextlib.ExitStack() as stack:
+        if not ray.is_initialized():
+            kwargs = {"log_to_driver": False, "configure_logging": False}
+            if address == "local" or (address is None and not _existing_cluster()):
+                temp = stack.enter_context(private_temp_dir("lkr-"))
+                kwargs.update(address="local", _temp_dir=temp, include_dashboard=False, num_cpus=num_cpus)
             else:
-                os.environ["RAY_TMPDIR"] = saved_tmpdir
+                kwargs["address"] = address or "auto"
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as e:
+                raise LookalikeError(f"no Ray cluster at {kwargs['address']} ({e}): start one with `ray start --head`, "
+                                     f"or pass --ray-address local") from None
+            if kwargs["address"] == "local":
+                stack.callback(ray.shutdown)  # before the temp dir's stragglers are reaped (callbacks run last in, first out)
+        _configure(ray, no_progress_timeout_s)
+        yield ray
+
+
+@contextlib.contextmanager
+def private_temp_dir(prefix: str) -> Iterator[str]:
+    """A short private temp dir, in ``RAY_TMPDIR`` for every process started meanwhile.
+
+    On exit the processes still carrying it are waited for, then killed (``reap``), the folder
+    is removed and ``RAY_TMPDIR`` is put back as it was. Shut Ray down before leaving.
+    """
+    saved = os.environ.get("RAY_TMPDIR")
+    temp = tempfile.mkdtemp(prefix=prefix, dir=saved or "/tmp")
+    os.environ["RAY_TMPDIR"] = temp  # marks every process of this instance (see reap)
+    try:
+        yield temp
+    finally:
+        left = reap(temp)
+        if left:
+            logger.info("ended %d Ray processes that outlived the run", len(left))
+        shutil.rmtree(temp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
 
 
 def _existing_cluster() -> bool:
