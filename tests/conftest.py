@@ -18,6 +18,14 @@ from skimage import data as skimage_data
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux's /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def photo(name: str) -> Image.Image:
     """A real photo shipped inside scikit-image's wheel, as an RGB PIL image."""
     return Image.fromarray(getattr(skimage_data, name)()).convert("RGB")

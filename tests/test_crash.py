@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import photo
+from conftest import alive, photo
 from lookalike.cli import main
 from lookalike.crashpoints import CRASH_EXIT_CODE, PAUSE_FILE_ENV
 from lookalike.index.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
@@ -218,14 +218,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_sigkilled_indexers_workers_die_with_it_and_a_rerun_succeeds_at_once(tmp_path):
     """Workers left behind would hold hundreds of MB each for ever; and the store must not stay locked."""
     folder = tmp_path / "photos"
@@ -249,9 +241,9 @@ def test_a_sigkilled_indexers_workers_die_with_it_and_a_rerun_succeeds_at_once(t
     with Store.open(store).writer(sync=False):  # at once: no worker holds the lock, alive or not
         pass
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [pid for pid in workers if _alive(pid)], "workers outlived the SIGKILLed indexer"
+    assert not [pid for pid in workers if alive(pid)], "workers outlived the SIGKILLed indexer"
     embedded, _ = index_in_process(folder, store)
     assert embedded == 8  # batches 1 and 2 were committed before the kill
     assert len(Store.open(store)) == 12 and Store.open(store).check() == []

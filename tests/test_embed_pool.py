@@ -1,11 +1,11 @@
 """Worker processes that decode and embed: the same batches, keys and vectors as one process, and no leftovers."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import alive
 from lookalike import create_extractor
 from lookalike.errors import TransientError
 from lookalike.featurize.embed_pool import TASK_IMAGES
@@ -15,13 +15,6 @@ from lookalike.featurize.embed_pool import TASK_IMAGES
 def paths(corpus_dir):
     root, expected = corpus_dir
     return [str(root / name) for name in sorted(expected)] * 3  # good and bad files, more than a few tasks
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, TASK_IMAGES + 1, 64])
@@ -61,9 +54,9 @@ def test_close_ends_the_workers_and_the_extractor_still_works(paths):
     extractor = create_extractor(device="cpu", runtime="onnx", num_workers=2)
     first = np.concatenate([b.vectors for b in extractor.embed_paths(paths)])
     workers = list(extractor._pool._executor._processes)
-    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    assert len(workers) == 2 and all(alive(pid) for pid in workers)
     extractor.close()
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
     again = np.concatenate([b.vectors for b in extractor.embed_paths(paths)])
     np.testing.assert_array_equal(first, again)
     extractor.close()

@@ -37,7 +37,7 @@ def transient_reason(error: BaseException) -> str | None:
         return f"{error.strerror or type(error).__name__} (errno {error.errno})" if error.errno else "interrupted"
     runtime_error = isinstance(error, RuntimeError) or type(error).__module__.startswith("onnxruntime")
     if runtime_error and any(words in str(error).lower() for words in _OUT_OF_MEMORY):
-        return "out of memory: " + _first_line(error)
+        return "out of memory: " + first_line(error)
     return None
 
 
@@ -58,6 +58,7 @@ def raise_if_transient(error: BaseException, what: str) -> None:
         raise transient_error(what, reason) from error
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's first line, at most 200 characters (its type's name if it says nothing)."""
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError
+from .failures import first_line
 from .preprocess import Preprocessing
 from .registry import ModelSpec, get_model_spec
 from .weights import state_dict_sha256
@@ -167,7 +168,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors' own header and offset checks: any failure means a bad file
         raise ModelFileError(
-            f"{path} is not a readable .lkft file (damaged, truncated, or another format: {_first_line(e)}): {_AGAIN}"
+            f"{path} is not a readable .lkft file (damaged, truncated, or another format: {first_line(e)}): {_AGAIN}"
         ) from None
     return tensors, metadata
 
@@ -182,8 +183,3 @@ def _document(text: str, path: str) -> dict:
     if not isinstance(spec, dict) or any(k not in spec for k in required) or not isinstance(document.get("classes"), list):
         raise ModelFileError(f"{path} is damaged (its metadata lacks the spec or the classes): {_AGAIN}")
     return document
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
