@@ -169,7 +169,6 @@ def dupes(threshold, k, fmt, html, store):
 
     opened = open_store_for(store)
     ids, keys, vectors = opened.vectors()
-    index = opened.current_index()
     with progressbar(len(ids), "Comparing") as bar:
         done = {"rows": 0}
 
@@ -177,7 +176,7 @@ def dupes(threshold, k, fmt, html, store):
             bar.update(rows - done["rows"])
             done["rows"] = rows
 
-        groups = duplicate_groups(vectors, ids, lambda q, n: index.search(q, min(n, index.ntotal)),
+        groups = duplicate_groups(vectors, ids, lambda q, n: opened.knn(q, min(n, len(ids))),
                                   threshold=threshold, k=min(k, max(len(ids), 2)), progress=progress)
     root = opened.root  # a property that resolves the path: once, not per key
     path_of = dict(zip(ids.tolist(), (str(root / key) for key in keys)))

@@ -1,9 +1,13 @@
 """Choosing a FAISS index for a store's size, and planning the memory its build takes.
 
 Small stores get an exact index; large ones an IVF index with the richest codes whose build
-fits the memory budget. The plan counts everything the build holds at its peak: the index
-as its lists grow, the training sample copied out of the memory-mapped vectors (and the
-residuals FAISS computes from it), the chunk of rows being added, and the caller's ids.
+fits the memory budget. An IVF index only finds candidates: the store keeps every vector as
+float32 beside it and re-ranks what lossy codes find by its exact vectors (``Store.search``),
+so float codes in the index would only copy them.
+
+The plan counts everything the build holds at its peak: the index as its lists grow, the
+training sample copied out of the memory-mapped vectors (and the residuals FAISS computes
+from it), the chunk of rows being added, and the caller's ids.
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ def choose_factory(n_vectors: int, dim: int, memory_budget_bytes: int | None = N
     Below ``EXACT_THRESHOLD`` vectors: ``"IDMap2,Flat"`` (exact, no training, and ids can be
     looked up and removed). Above: ``"IVF{nlist},{codes}"`` with ``nlist`` the power of two
     nearest ``4 * sqrt(n)``, at most ``n / 39``, and the richest codes whose build fits the
-    budget (see ``plan_build``): ``Flat`` (exact distances within the probed lists), then
-    ``SQ8`` (a quarter of the memory), then ``PQ{m}`` (``m`` bytes a vector, lower recall).
+    budget (see ``plan_build``): ``SQfp16`` (half the memory of float codes, and scans that
+    are half as long: at 1M x 1280-d, nprobe 128, a query took 10.5 ms on one core against
+    26.2 ms with ``Flat``, recall@10 after the store's re-rank 1.000), then ``SQ8`` (a
+    quarter), then ``PQ{m}`` (``m`` bytes a vector, lower recall).
 
     Args:
         n_vectors: how many vectors the index will hold.
@@ -194,10 +200,13 @@ def _choose_nlist(n_vectors: int) -> int:
 
 
 def _codes_by_preference(dim: int) -> list[str]:
-    """Codes, best recall first: Flat, SQ8, then PQ from the largest ``m`` dividing ``dim``."""
+    """Codes, best recall first: SQfp16, SQ8, then PQ from the largest ``m`` dividing ``dim``.
+
+    ``Flat`` is not among them: the store holds the float32 vectors already (see the module's doc).
+    """
     fewest = min(MIN_PQ_BYTES, dim // 2)
     pq = [f"PQ{m}" for m in range(dim // 2, 0, -1) if dim % m == 0 and m >= fewest]
-    return ["Flat", "SQ8", *pq]
+    return ["SQfp16", "SQ8", *pq]
 
 
 def _code_size(index: faiss.Index, dim: int) -> int:

@@ -42,11 +42,14 @@ from .factory import (
     estimate_build_bytes,
     plan_build,
 )
-from .faiss_io import describe, fault_in, ids, is_mapped, read_index, write_index
+from .faiss_io import codes_holder, describe, fault_in, ids, is_mapped, read_index, write_index
 from .gpu import gpu_available
 from .vectors import READ_CHUNK_ROWS
 
 SHARES_PER_WORKER = 4  # a query's probed lists go out in this many shares a thread
+# Lossy codes: neighbours asked for per neighbour kept, re-ranked by exact vectors (``candidates``).
+SCALAR_CANDIDATES = 2
+OTHER_CANDIDATES = 4
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -69,6 +72,7 @@ __all__ = [
     "InvalidIdsError",
     "add",
     "build_index",
+    "candidates",
     "check_factory",
     "choose_factory",
     "default_memory_budget",
@@ -131,6 +135,21 @@ def remove(index: faiss.Index, ids: np.ndarray) -> int:
     if ids.size == 0:
         return 0
     return int(index.remove_ids(np.ascontiguousarray(ids, dtype="int64")))
+
+
+def candidates(index: faiss.Index, k: int) -> int:
+    """How many neighbours to ask ``index`` for, so that an exact re-rank of them keeps the true best ``k``.
+
+    Float codes (``Flat``) score exactly: ``k``. Scalar-quantized ones (``SQfp16``, ``SQ8``)
+    only swap near-ties: ``2k`` (at 1M x 1280-d, recall@10 of the re-ranked top 20 was 1.000
+    for both, against 0.999 and 0.978 for their own top 10). Others (PQ): ``4k``.
+    """
+    holder = codes_holder(index)
+    if isinstance(holder, faiss.IndexFlat | faiss.IndexIVFFlat):
+        return k
+    if isinstance(holder, faiss.IndexScalarQuantizer | faiss.IndexIVFScalarQuantizer):
+        return SCALAR_CANDIDATES * k
+    return OTHER_CANDIDATES * k
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from .layout import (  # noqa: F401 - the names callers have always imported fro
 from .lock import lock_store
 from .manifest import FORMAT_VERSION, Manifest
 from .mapped import MappedIndex
+from .neighbours import Hit, neighbours
 from .shards import ShardSet, shard_problems
 from .vectors import RowView
 from .writer import NO_INDEX, StoreWriter
@@ -47,15 +47,6 @@ logger = logging.getLogger(__name__)
 
 # Paths -> (vectors row-aligned with the paths that worked, {path: failure reason}).
 Embedder = Callable[[list[str]], tuple[list[str], np.ndarray, dict[str, str]]]
-
-
-class Hit(NamedTuple):
-    """One neighbour: its rank (1 = nearest), cosine similarity, path and stable id."""
-
-    rank: int
-    score: float
-    path: str
-    id: int
 
 
 class Store:
@@ -283,50 +274,20 @@ class Store:
         return np.stack([embedded[p] if p in embedded else old[p] for p in paths])
 
     def _search(self, catalog: Catalog, index, vectors: np.ndarray, k: int, workers: int = 1) -> list[list[Hit]]:
-        total = catalog.count("ok", at_most=k)  # exact whenever it is under k; a full count cost 0.2 s at 1M files
-        if total == 0:
-            raise StoreError("the store holds no vectors yet: run `lookalike index DIR` on a folder with images")
-        if k > total:
-            raise StoreError(f"k={k} is more than the {total} images in the store; ask for at most {total}")
-        stored = self._shard_set(catalog)
-        parts = []
-        if index is not None:
-            changed, removed = catalog.changed_since(catalog.meta("index_generation"))
-            stale = np.array([r.id for r in changed] + removed, dtype=np.int64)  # outdated in the index
-            fresh = [r for r in changed if r.row is not None]  # searched by brute force instead
-            if index.ntotal:
-                parts.append(faiss_index.search(index, vectors, min(k, index.ntotal), exclude=stale, workers=workers))
-        else:
-            fresh = list(catalog.records("ok"))  # no usable index: everything by brute force
-        if fresh:
-            fresh_ids = np.array([r.id for r in fresh], dtype=np.int64)
-            scores = vectors @ stored.gather(np.array([r.shard for r in fresh]), np.array([r.row for r in fresh])).T
-            top = np.argsort(-scores, axis=1)[:, :k]
-            parts.append((np.take_along_axis(scores, top, 1), fresh_ids[top]))
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        return self._hits(catalog, scores, ids, k)
+        # the root is resolved once: per hit, resolving cost more than the FAISS search itself
+        return neighbours(catalog, index, self._shard_set(catalog), str(self.root), vectors, k, workers)
 
-    def _hits(self, catalog: Catalog, scores: np.ndarray, ids: np.ndarray, k: int) -> list[list[Hit]]:
-        """Best first, each id once, only ids the catalog snapshot knows as embedded."""
-        records = catalog.by_ids(np.unique(ids[ids >= 0]).tolist())
-        root = str(self.root)  # resolved once: per hit, resolving cost more than the FAISS search itself
-        paths = {id_: os.path.join(root, r.path) for id_, r in records.items() if r.row is not None}
-        order = np.argsort(-scores, axis=1, kind="stable")
-        scores, ids = np.take_along_axis(scores, order, 1).tolist(), np.take_along_axis(ids, order, 1).tolist()
-        results = []
-        for row_scores, row_ids in zip(scores, ids):
-            seen, hits = set(), []
-            for score, id_ in zip(row_scores, row_ids):
-                path = paths.get(id_)
-                if path is None or id_ in seen:
-                    continue
-                seen.add(id_)
-                hits.append(Hit(len(hits) + 1, score, path, id_))
-                if len(hits) == k:
-                    break
-            results.append(hits)
-        return results
+    def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` of vectors in FAISS's shape ``(D, I)``, both ``(n, k)``, for ``dupes.duplicate_groups``.
+
+        The scores are exact whatever the index's codes; ``k`` is at most the store's size.
+        """
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, hits in enumerate(self.search(queries, k)):
+            for column, hit in enumerate(hits):
+                scores[row, column], ids[row, column] = hit.score, hit.id
+        return scores, ids
 
     def vectors(self) -> tuple[np.ndarray, list[str], RowView]:
         """(ids, keys, vectors) of every embedded file in one consistent state; vectors read lazily."""
@@ -338,16 +299,6 @@ class Store:
         ids = np.array([r.id for r in records], dtype=np.int64)
         shards = np.array([r.shard for r in records], dtype=np.int64)
         return ids, [r.path for r in records], stored.rows(shards, np.array([r.row for r in records], dtype=np.int64))
-
-    def current_index(self):
-        """The stored index if it reflects the catalog, else one built in memory from the vectors."""
-        with self.catalog() as catalog:
-            current = catalog.meta("index_generation") == catalog.meta("generation")
-        if current and (self.directory / INDEX).exists():
-            return faiss_index.read_index(self.directory / INDEX)
-        ids, _, vectors = self.vectors()
-        plan = faiss_index.plan_build(len(ids), self.dim, self.manifest.index_factory)
-        return faiss_index.build_index(vectors, ids, plan.factory, train_size=plan.train_rows or None)
 
     def check(self) -> list[str]:
         """What is inconsistent between catalog, vectors and index; empty when all agree.

@@ -162,9 +162,9 @@ class Gallery:
             if key not in self._dupes:
                 ids, keys, vectors = self.store.vectors()
                 paths = dict(zip(ids.tolist(), (os.path.join(self.root, key) for key in keys)))
+                search = lambda queries, n: self.store.knn(queries, min(n, len(ids)))
                 with faiss_threads(os.cpu_count() or 1):
-                    groups = duplicate_groups(vectors, ids, self._search_fn(len(ids)), threshold=threshold,
-                                              k=min(k, max(len(ids), 2)))
+                    groups = duplicate_groups(vectors, ids, search, threshold=threshold, k=min(k, max(len(ids), 2)))
                 self._dupes[key] = {"groups": [[{"id": i, "path": self.display_path(paths[i]), "score": round(s, 6)}
                                                 for i, s in zip(g.ids, g.scores)] for g in groups]}
                 for stale in [old for old in self._dupes if old[0] != generation]:
@@ -175,20 +175,6 @@ class Gallery:
             groups = self._dupes[key]["groups"]
         return {"threshold": threshold, "k": k, "generation": generation, "total": len(groups),
                 "groups": [{"size": len(g), "members": g} for g in groups[:limit]]}
-
-    def _search_fn(self, total: int):
-        """``store.search`` as the FAISS-style ``(D, I)`` function ``duplicate_groups`` takes."""
-
-        def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            k = min(k, total)
-            scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-            ids = np.full((len(queries), k), -1, dtype=np.int64)
-            for row, hits in enumerate(self.store.search(queries, k)):
-                for column, hit in enumerate(hits):
-                    scores[row, column], ids[row, column] = hit.score, hit.id
-            return scores, ids
-
-        return search
 
     def info(self) -> dict:
         """The store's info, paths as users see them, and the classifier's."""
