@@ -287,3 +287,37 @@ def test_stored_gives_the_key_and_vector_of_an_id_and_none_without_one(store):
         assert found_key == key
         np.testing.assert_array_equal(vector, store.get_vectors([store.root / key])[0])
     assert store.stored(ids["bad.jpg"]) is None and store.stored(10**9) is None
+
+
+def test_changing_only_the_codes_keeps_the_trained_lists(tmp_path):
+    """A new default or --index-factory that changes only the codes re-adds the vectors without k-means."""
+    import faiss
+
+    store = Store.create(tmp_path / ".lookalike", tmp_path, SPEC, index_factory="IVF8,Flat")
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 600)
+    with store.writer() as writer:
+        _write(writer, [f"{i}.jpg" for i in range(600)], vectors)
+    # Centroids no k-means would find (8 of the stored vectors): a retrained index can't have them.
+    planted = faiss_index.read_index(store.directory / INDEX, mmap=False)
+    ivf = faiss.extract_index_ivf(planted)
+    ivf.quantizer.reset()
+    ivf.quantizer.add(vectors[:8])
+    ivf.reset()
+    faiss_index.add(planted, vectors, np.arange(1, 601))
+    faiss_index.write_index(planted, store.directory / INDEX)
+
+    with store.writer() as writer:
+        writer.use_factory("IVF8,SQfp16")
+        _write(writer, ["new.jpg"], _unit(rng, 1))
+
+    index = faiss_index.read_index(store.directory / INDEX)
+    assert faiss_index.describe(index)["factory"] == "IVF8,SQfp16" and index.ntotal == 601
+    np.testing.assert_array_equal(faiss.extract_index_ivf(index).quantizer.reconstruct_n(0, 8), vectors[:8])
+    assert store.check() == []
+    hits = store.search(vectors[100:101], k=1)
+    assert hits[0][0].id == 101 and abs(hits[0][0].score - 1.0) < 1e-6
+
+    store.repair()  # a rebuild of the same kind is trained afresh: the planted centroids go
+    index = faiss_index.read_index(store.directory / INDEX)
+    assert not np.array_equal(faiss.extract_index_ivf(index).quantizer.reconstruct_n(0, 8), vectors[:8])

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from .. import crashpoints
-from ..errors import InvalidFactoryError, StoreError
+from ..errors import IndexFileError, InvalidFactoryError, StoreError
 from . import faiss_index, ondisk
 from .catalog import Catalog, Entry
 from .layout import INDEX, MANIFEST, TRAINED, VECTORS, leftover_builds, leftover_files
@@ -179,7 +179,7 @@ def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: C
         if faiss_index.is_mapped(index):  # on disk after all (a build killed before it was recorded)
             index = None
     if index is None:
-        index, factory = _build(plan, stored.rows(shards, rows), ids)
+        index, factory = _build(plan, stored.rows(shards, rows), ids, _earlier(path, catalog.meta("index_factory"), plan))
     else:
         factory = plan.factory
         changed, removed = catalog.changed_since(index_generation)
@@ -212,7 +212,8 @@ def _build_on_disk(directory: Path, dim: int, plan, catalog: Catalog, stored: Sh
     ids, shards, rows = rows_of
     trained = directory / TRAINED
     if catalog.meta("trained_factory") != plan.factory or not trained.exists():
-        index = faiss_index.trained_index(stored.rows(shards, rows), plan.factory, train_size=plan.train_rows or None)
+        index = faiss_index.trained_index(stored.rows(shards, rows), plan.factory, train_size=plan.train_rows or None,
+                                          coarse=_earlier(trained, catalog.meta("trained_factory"), plan))
         faiss_index.write_index(index, trained)
         catalog.set_meta(trained_factory=plan.factory)
     generation, previous = catalog.meta("generation"), catalog.meta("index_ivfdata")
@@ -240,13 +241,30 @@ def _pieces(directory: Path, stored: ShardSet, ids, shards, rows) -> list[ondisk
     return pieces
 
 
-def _build(plan, vectors: RowView, ids: np.ndarray):
-    """The index ``plan`` describes, or an exact one while there are too few vectors to train it."""
+def _earlier(path: Path, factory: str | None, plan):
+    """The earlier index at ``path`` when the plan only changes its codes, for its trained lists; else None.
+
+    Mapped, so only its centroids are read. An index of the plan's own factory is being rebuilt
+    for a reason (``Store.repair``): it is trained afresh.
+    """
+    if not factory or factory == plan.factory or not path.exists():
+        return None
+    try:
+        return faiss_index.read_index(path)
+    except IndexFileError as e:
+        logger.debug("training afresh: %s", e)
+        return None
+
+
+def _build(plan, vectors: RowView, ids: np.ndarray, coarse=None):
+    """The index ``plan`` describes (keeping the trained lists of ``coarse`` where they fit), or an exact
+    one while there are too few vectors to train it."""
     if plan.peak_bytes > plan.budget_bytes:
         logger.warning("building %s may take %.1f GiB, over the budget of %.1f GiB",
                        plan.factory, plan.peak_bytes / 2**30, plan.budget_bytes / 2**30)
     try:
-        return faiss_index.build_index(vectors, ids, plan.factory, train_size=plan.train_rows or None), plan.factory
+        return (faiss_index.build_index(vectors, ids, plan.factory, train_size=plan.train_rows or None, coarse=coarse),
+                plan.factory)
     except InvalidFactoryError as e:  # e.g. too few vectors yet to train a forced IVF index
         logger.warning("using an exact index for now: %s", e)
         return faiss_index.build_index(vectors, ids, faiss_index.EXACT_FACTORY), faiss_index.EXACT_FACTORY
