@@ -73,7 +73,13 @@ def build_store(folder: Path, n: int, mixture: Mixture, chunk: int) -> tuple[Sto
         store = Store.open(directory)
         info = store.info()
         if info["embedded"] == n and (directory / INDEX).exists() and not store.check():
-            return store, {"reused": True, "index_factory": info["index_factory"]}
+            planned = faiss_index.plan_build(n, store.dim, store.manifest.index_factory).factory
+            if info["index_factory"] == planned:
+                return store, {"reused": True, "index_factory": planned}
+            started = time.perf_counter()  # built under an older default: rebuilt as the writer builds it now
+            store.repair()
+            return store, {"reused": True, "rebuilt_from": info["index_factory"], "index_s": time.perf_counter() - started,
+                           "index_factory": store.info()["index_factory"]}
         for name in STORE_FILES:  # only the store's own files, as `lookalike index --reset` does
             for path in directory.glob(name + "*"):
                 path.unlink()
