@@ -137,12 +137,16 @@ def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
     assert info["factory"] == factory and info["ntotal"] == len(ids)
     if budget is not None:  # the sample shrank to fit, keeping at least 39 rows a list
         assert 39 * info["nlist"] <= plan.train_rows < 256 * info["nlist"] and plan.peak_bytes <= budget
-    assert info["type"] == "IndexIVFScalarQuantizer" and factory.endswith(",SQfp16" if budget is None else ",SQ8")
+    assert info["type"] == "IndexIVFScalarQuantizer" and factory.endswith(",SQ8")
     recall = recall_at(fi.search(index, queries, 10)[1], truth)
-    print(f"\nrecall@10 {recall:.4f} with {factory}, nprobe {info['nprobe']}")
-    # measured (2 threads): 0.995 with IVF1024,Flat and with IVF1024,SQfp16; 0.9808 with IVF1024,SQ8
-    # trained on 56,250 rows (FAISS's own scores: the store re-ranks them by the exact vectors)
-    assert recall >= (0.99 if budget is None else 0.975)
+    # the store asks for more candidates and re-ranks them by the exact vectors (neighbours.py)
+    found = fi.search(index, queries, fi.candidates(index, 10))[1]
+    exact = np.einsum("nd,ncd->nc", queries, vectors[(found - 11) // 3])  # ids are 3 * row + 11
+    reranked = recall_at(np.take_along_axis(found, np.argsort(-exact, axis=1, kind="stable"), 1)[:, :10], truth)
+    print(f"\nrecall@10 {recall:.4f}, re-ranked {reranked:.4f}, with {factory}, nprobe {info['nprobe']}")
+    # measured (2 threads): 0.995 with IVF1024,Flat; with IVF1024,SQ8 0.9814 and 0.9950 re-ranked
+    # (0.9808 and 0.9942 trained on 56,250 rows)
+    assert recall >= 0.975 and reranked >= 0.99
 
 
 def test_compressed_codes_rank_like_exact_search():
@@ -171,7 +175,7 @@ def test_small_stores_get_an_exact_index():
 def test_large_stores_get_ivf_with_about_4_sqrt_n_lists(n):
     factory = fi.choose_factory(n, 128, memory_budget_bytes=2**50)
 
-    assert factory.startswith("IVF") and factory.endswith(",SQfp16")  # the store holds the float32 vectors
+    assert factory.startswith("IVF") and factory.endswith(",SQ8")  # the store re-ranks by its float32 vectors
     nlist = n_lists(factory)
     assert nlist & (nlist - 1) == 0, "a power of two"
     assert 4 * np.sqrt(n) / 2 <= nlist <= 4 * np.sqrt(n) * 2
@@ -185,9 +189,8 @@ def test_ivf_lists_keep_39_training_points_when_the_threshold_is_low(monkeypatch
 
 
 def test_codes_shrink_to_fit_the_memory_budget():
-    n, dim = 1_000_000, 128  # float16 codes: 256 MB; SQ8: 128 MB; PQ64: 64 MB (+ 8 MB of ids each)
-    assert fi.choose_factory(n, dim, 400 * 10**6) == "IVF4096,SQfp16"  # 317 MB of lists with their slack
-    assert fi.choose_factory(n, dim, 330 * 10**6) == "IVF4096,SQ8"
+    n, dim = 1_000_000, 128  # SQ8 codes: 128 MB; PQ64: 64 MB (+ 8 MB of ids each)
+    assert fi.choose_factory(n, dim, 600 * 10**6) == "IVF4096,SQ8"
     sq8 = fi.plan_build(n, dim, memory_budget_bytes=300 * 10**6)
     assert sq8.factory == "IVF4096,SQ8" and 39 * 4096 <= sq8.train_rows < 256 * 4096  # a smaller sample fits
     assert sq8.peak_bytes <= 300 * 10**6
