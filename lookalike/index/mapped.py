@@ -9,6 +9,7 @@ been touched. So the mapping is kept, and a long-running reader warms it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from . import faiss_index
@@ -17,9 +18,10 @@ from . import faiss_index
 class MappedIndex:
     """The index at ``path``, mapped; ``keep_warm`` makes each newly mapped file warm itself in the background."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_new: Callable[[], object] | None = None):
         self.path = path
         self.keep_warm = False
+        self.on_new = on_new  # also run in the background after a newly mapped index is warmed
         self._mapped: tuple[tuple, object] | None = None  # (what the index file was, its mapped index)
 
     def get(self, generation: int):
@@ -37,9 +39,14 @@ class MappedIndex:
         if mapped is None or mapped[0] != key:
             mapped = self._mapped = (key, faiss_index.read_index(self.path))
             if self.keep_warm:
-                threading.Thread(target=faiss_index.fault_in, args=(mapped[1],), name="lookalike-warm-index",
+                threading.Thread(target=self._warm_new, args=(mapped[1],), name="lookalike-warm-index",
                                  daemon=True).start()
         return mapped[1]
+
+    def _warm_new(self, index) -> None:
+        faiss_index.fault_in(index)
+        if self.on_new is not None:
+            self.on_new()
 
     def warm(self, generation: int) -> bool:
         """Map the index of ``generation`` and touch all of it now; False when there is no index file."""
