@@ -12,10 +12,10 @@ concurrent clients, each workload bounded by --requests and --max-seconds. Only
 127.0.0.1 is ever contacted.
 
 Baselines: with one client, each block of 10 requests is followed by the library doing the
-same work in this process with no HTTP in between (``store.search`` of the stored file, and raw FAISS
-on its vector on one thread and on every core, for /api/similar; ``store.search`` of the
-JPEG, which embeds it, for the upload), taken in turn so that a shared machine slows both
-alike. The index file is read through once first, so searches find it in the page cache as
+same work in this process with no HTTP in between (``store.search`` of a stored file, and
+raw FAISS on its vector on one thread and on every core, for /api/similar, each on images
+of its own; ``store.search`` of the JPEG, which embeds it, for the upload), taken in turn so
+that a shared machine slows both alike. The index file is read through once first, so searches find it in the page cache as
 in a server that has run a while; the server touches its whole mapping of the index at
 start (``Store.warm``, as this process does for its baselines), and the runs begin once
 ``/api/info`` says it is warm. Targets: /api/similar p50 <= 20 ms, upload p50 <= 60 ms (one
@@ -245,16 +245,20 @@ def _latencies(seconds: list[float]) -> dict:
             "mean_ms": float(ms.mean())}
 
 
-def library_work(store_dir: Path, jpeg: Path, ids: np.ndarray, k: int) -> dict:
+def library_work(store_dir: Path, jpeg: Path, n: int, count: int, k: int, rng: np.random.Generator) -> dict:
     """What each request does, done by the library in this process: the baselines, by workload.
 
     /api/similar/{id}: ``store.search`` of the stored file (it looks the vector up, as the
     server does, and shares the scan among all cores, as the server does for a request
     alone), and raw FAISS on that vector, prefetched, in the two ways FAISS offers: one
     OpenMP thread, and an OpenMP team over the probed lists (``parallel_mode`` 1); the
-    faster of them is the floor. The upload: ``store.search`` of the file, which embeds it
-    with the store's model, as ``lookalike query FILE`` does. Every index mapping is
-    touched through once first, as the server does at start (``Store.warm``).
+    faster of them is the floor. Each baseline searches ``count`` images of its own, drawn
+    as the requests' are: this machine's 480 MiB L3 cache still holds the lists one search
+    read when the next reads them, so a baseline run on the requests' own images would
+    find them in the cache (measured: 12.2 ms against 17.2 over HTTP on shared images; on
+    images of their own, in another process, the two were 11.5 and 12.5 ms). The upload:
+    ``store.search`` of the file, which embeds it with the store's model, as ``lookalike
+    query FILE`` does. The store is warmed first, as the server warms it at start (``Store.warm``).
     """
     import faiss
 
@@ -263,8 +267,6 @@ def library_work(store_dir: Path, jpeg: Path, ids: np.ndarray, k: int) -> dict:
     from lookalike.indexing import open_store
 
     store = open_store(store_dir, exact=True, device="cpu")
-    paths = [str(store.root / _key(int(i))) for i in ids]
-    vectors = store.get_vectors(paths)
     index = faiss_index.read_index(store_dir / INDEX)
     store.warm()
     faiss_index.fault_in(index)
@@ -272,15 +274,21 @@ def library_work(store_dir: Path, jpeg: Path, ids: np.ndarray, k: int) -> dict:
     cores = os.cpu_count() or 1
     store.search([jpeg], k)  # loads the model
 
-    def faiss_alone(i: int, threads: int) -> None:
+    def own_images() -> list[str]:
+        return [str(store.root / _key(int(i))) for i in rng.integers(1, n + 1, size=count)]
+
+    searched = own_images()
+    one_vectors, team_vectors = store.get_vectors(own_images()), store.get_vectors(own_images())
+
+    def faiss_alone(vectors: np.ndarray, i: int, threads: int) -> None:
         ivf.parallel_mode = 0 if threads == 1 else 1
         faiss.omp_set_num_threads(threads)
         index.search(vectors[i : i + 1], k + 1)
 
     return {
-        "similar": {"store.search": lambda i: store.search([paths[i]], k + 1, workers=cores),
-                    "FAISS, 1 thread": lambda i: faiss_alone(i, 1),
-                    f"FAISS, {cores} threads": lambda i: faiss_alone(i, cores)},
+        "similar": {"store.search": lambda i: store.search([searched[i]], k + 1, workers=cores),
+                    "FAISS, 1 thread": lambda i: faiss_alone(one_vectors, i, 1),
+                    f"FAISS, {cores} threads": lambda i: faiss_alone(team_vectors, i, cores)},
         "search": {"store.search": lambda i: store.search([jpeg], k, workers=cores)},
     }
 
@@ -313,7 +321,7 @@ def main() -> None:
     upload = [("POST", "/api/search", body, {"Content-Type": content_type})] * (args.requests // 2)
 
     built["read_index_into_page_cache_s"] = read_through(store_dir / "index.faiss")
-    library = library_work(store_dir, jpeg, ids, args.k)
+    library = library_work(store_dir, jpeg, args.n, len(ids), args.k, rng)
     server = Served(store_dir)
     try:
         built["server_warm_up_s"] = server.wait_warm()
