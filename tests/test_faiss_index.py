@@ -125,7 +125,7 @@ def large():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", [None, 60 * 2**20], ids=["default-budget", "60MiB"])
+@pytest.mark.parametrize("budget", [None, 110 * 2**20], ids=["default-budget", "110MiB"])
 def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
     vectors, ids, queries, truth = large
     plan = fi.plan_build(*vectors.shape, memory_budget_bytes=budget)
