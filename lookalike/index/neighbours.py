@@ -1,7 +1,7 @@
 """Neighbours: the ``k`` nearest stored images of query vectors, within one catalog snapshot.
 
 The index finds candidates; the store's own float32 vectors decide. An index with lossy
-codes (``SQfp16``, the default above 100k vectors, ``SQ8`` or ``PQ``) is asked for more
+codes (``SQ8``, the default above 100k vectors, ``SQfp16`` or ``PQ``) is asked for more
 candidates than ``k`` (``faiss_index.candidates``) and they are re-ranked by their exact
 inner products, so every score a search returns is the exact cosine similarity, whatever
 the index. Files changed since the index was written are searched by brute force instead,
