@@ -555,3 +555,18 @@ def test_fault_in_maps_every_page_of_a_mapped_index_and_changes_nothing(factory,
     read = fi.read_index(path, mmap=False)
     np.testing.assert_array_equal(fi.search(mapped, x[:20], 10)[1], fi.search(read, x[:20], 10)[1])
     assert fi.describe(mapped) == {**fi.describe(read), "mapped": True}  # nprobe and all unchanged
+
+
+def test_codes_behind_a_transform_are_reranked_and_their_lists_never_kept():
+    """PCA and OPQ score in their reduced space, and a retrained transform moves every centroid."""
+    from lookalike.index.build import _keep_lists
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 16)).astype("float32")
+    pca = faiss.index_factory(16, "PCA8,IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    pca.train(x)
+    assert fi.candidates(pca, 10) == 40 and fi.candidates(faiss.index_factory(16, "IVF4,Flat"), 10) == 10
+    assert not _keep_lists(faiss.index_factory(16, "PCA8,IVF4,SQ8", faiss.METRIC_INNER_PRODUCT), pca)
+    flat = fi.build_index(x, np.arange(2000), "IVF4,Flat")
+    assert not _keep_lists(faiss.index_factory(16, "PCA16,IVF4,SQ8", faiss.METRIC_INNER_PRODUCT), flat)
+    assert _keep_lists(faiss.index_factory(16, "IVF4,SQ8", faiss.METRIC_INNER_PRODUCT), flat)

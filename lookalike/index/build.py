@@ -123,8 +123,10 @@ def _keep_lists(index: faiss.Index, coarse: faiss.Index | None) -> bool:
 
     IVF training then skips k-means: FAISS trains no quantizer that already holds nlist centroids.
     """
+    if coarse is None or any(isinstance(faiss.downcast_index(i), faiss.IndexPreTransform) for i in (index, coarse)):
+        return False  # centroids live in the transform's space, which is trained afresh
     ivf = faiss.try_extract_index_ivf(index)
-    old = faiss.try_extract_index_ivf(coarse) if coarse is not None else None
+    old = faiss.try_extract_index_ivf(coarse)
     if ivf is None or old is None or (old.nlist, old.d, old.metric_type) != (ivf.nlist, ivf.d, ivf.metric_type):
         return False
     if not (old.is_trained and old.quantizer.ntotal == old.nlist and ivf.quantizer.ntotal == 0):

@@ -79,6 +79,7 @@ __all__ = [
     "default_nprobe",
     "describe",
     "estimate_build_bytes",
+    "exact_search",
     "fault_in",
     "gpu_available",
     "ids",
@@ -142,14 +143,30 @@ def candidates(index: faiss.Index, k: int) -> int:
 
     Float codes (``Flat``) score exactly: ``k``. Scalar-quantized ones (``SQfp16``, ``SQ8``)
     only swap near-ties: ``2k`` (at 1M x 1280-d, recall@10 of the re-ranked top 20 was 1.000
-    for both, against 0.999 and 0.978 for their own top 10). Others (PQ): ``4k``.
+    for both, against 0.999 and 0.978 for their own top 10). Others (PQ, or any codes behind a
+    PCA or OPQ transform, whose scores are taken in the reduced space): ``4k``.
     """
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):  # PCA, OPQ: scores in another space
+        return OTHER_CANDIDATES * k
     holder = codes_holder(index)
     if isinstance(holder, faiss.IndexFlat | faiss.IndexIVFFlat):
         return k
     if isinstance(holder, faiss.IndexScalarQuantizer | faiss.IndexIVFScalarQuantizer):
         return SCALAR_CANDIDATES * k
     return OTHER_CANDIDATES * k
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest inner products of each query with ``vectors``, by brute force (FAISS's ``knn``).
+
+    FAISS works through the product a block at a time, so memory stays bounded, unlike a full
+    ``queries @ vectors.T``.
+
+    Returns:
+        ``(D, I)``, both ``(n, k)``: scores, best first, and row positions in ``vectors``.
+    """
+    return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(vectors, dtype=np.float32),
+                     int(k), metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
