@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from lookalike.errors import StoreError
 from lookalike.index import faiss_index
-from lookalike.index.catalog import FileRecord
+from lookalike.index import neighbours as neighbours_module
 from lookalike.index.neighbours import exact_scores
 from lookalike.index.store import Store
 
@@ -90,7 +91,6 @@ def test_exact_scores_of_unknown_ids_are_minus_infinity(tmp_path):
     np.testing.assert_allclose(scores[0, [0, 2]], [queries[0] @ vectors[2], queries[0] @ vectors[0]], atol=1e-6)
     np.testing.assert_allclose(scores[1, 1:], [queries[1] @ vectors[1], queries[1] @ vectors[2]], atol=1e-6)
     assert exact_scores(queries, ids, {}, stored).max() == -np.inf
-    assert isinstance(next(iter(records.values())), FileRecord)
 
 
 def test_knn_is_search_in_faiss_shape(tmp_path):
@@ -106,3 +106,40 @@ def test_knn_is_search_in_faiss_shape(tmp_path):
     assert ids.tolist() == [[h.id for h in row] for row in hits]
     assert ids[:, 0].tolist() == list(range(1, 8))  # each stored vector finds itself first, at its exact score
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-6)
+
+
+def test_many_queries_and_many_changes_go_block_by_block_and_match_brute_force(tmp_path, monkeypatch):
+    monkeypatch.setattr(neighbours_module, "RERANK_BYTES", 3 * 20 * DIM * 4)  # 3 queries a block at k=10
+    monkeypatch.setattr(neighbours_module, "BRUTE_FORCE_ROWS", 7)
+    rng = np.random.default_rng(4)
+    vectors = _unit(rng, 600)
+    store = _store(tmp_path, "IVF4,SQ8", vectors)
+    writer = store.writer().__enter__()  # 30 changed files searched by brute force, 7 at a time
+    changed = _unit(rng, 30)
+    writer.write([(f"{i}.jpg", 1, 1) for i in range(30)], changed, [])
+    writer.vectors.close(), writer.catalog.close()
+    matrix = np.concatenate([changed, vectors[30:]])
+    queries = np.concatenate([changed[:5], _unit(rng, 35)])
+
+    hits = store.search(queries, k=10)
+
+    exact = queries @ matrix.T
+    for row, got in enumerate(hits):
+        want = np.argsort(-exact[row], kind="stable")[:10]
+        assert [int(h.path.rsplit("/", 1)[1].split(".")[0]) for h in got] == want.tolist()
+        np.testing.assert_allclose([h.score for h in got], exact[row, want], rtol=0, atol=1e-6)
+
+
+def test_knn_finds_the_images_left_and_refuses_a_k_past_them(tmp_path):
+    rng = np.random.default_rng(6)
+    store = _store(tmp_path, "IDMap2,Flat", _unit(rng, 3))
+    writer = store.writer().__enter__()
+    writer.remove(["2.jpg"])  # two embedded images left; the index still holds three
+    writer.vectors.close(), writer.catalog.close()
+
+    scores, ids = store.knn(_unit(rng, 2), 2)
+
+    assert sorted(ids[0].tolist()) == sorted(ids[1].tolist()) == [1, 2]  # 2.jpg (id 3) was removed: never found
+    assert np.isfinite(scores).all()
+    with pytest.raises(StoreError, match="more than the 2 images"):
+        store.knn(_unit(rng, 1), 3)

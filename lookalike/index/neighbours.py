@@ -20,7 +20,8 @@ from . import faiss_index
 from .catalog import Catalog, FileRecord
 from .shards import ShardSet
 
-RERANK_ROWS = 128  # queries re-ranked at a time: their candidates' vectors are copied out together (26 MB at 40 x 1280-d)
+RERANK_BYTES = 32 << 20  # the candidates' vectors copied out for one block of queries (128 queries at 40 x 1280-d)
+BRUTE_FORCE_ROWS = 16_384  # changed rows searched by brute force at a time (80 MiB of 1280-d vectors)
 
 
 class Hit(NamedTuple):
@@ -64,11 +65,12 @@ def neighbours(catalog: Catalog, index, stored: ShardSet, root: str, vectors: np
             parts.append(faiss_index.search(index, vectors, min(wanted, index.ntotal), exclude=stale, workers=workers))
     else:
         fresh = list(catalog.records("ok"))  # no usable index: everything by brute force
-    if fresh:
-        fresh_ids = np.array([r.id for r in fresh], dtype=np.int64)
-        scores = vectors @ stored.gather(np.array([r.shard for r in fresh]), np.array([r.row for r in fresh])).T
-        top = np.argsort(-scores, axis=1)[:, :k]
-        parts.append((np.take_along_axis(scores, top, 1), fresh_ids[top]))
+    for start in range(0, len(fresh), BRUTE_FORCE_ROWS):  # a block at a time: memory stays bounded without an index
+        block = fresh[start : start + BRUTE_FORCE_ROWS]
+        block_ids = np.array([r.id for r in block], dtype=np.int64)
+        rows = stored.gather(np.array([r.shard for r in block]), np.array([r.row for r in block]))
+        scores, at = faiss_index.exact_search(rows, vectors, min(k, len(block)))
+        parts.append((scores, block_ids[at]))
     scores = np.concatenate([p[0] for p in parts], axis=1)
     ids = np.concatenate([p[1] for p in parts], axis=1)
     records = {id_: r for id_, r in catalog.by_ids(np.unique(ids[ids >= 0]).tolist()).items() if r.row is not None}
@@ -89,8 +91,9 @@ def exact_scores(vectors: np.ndarray, ids: np.ndarray, records: dict[int, FileRe
         return scores
     where = np.minimum(np.searchsorted(known, ids), len(known) - 1)
     found = known[where] == ids
-    for start in range(0, len(ids), RERANK_ROWS):
-        rows = slice(start, start + RERANK_ROWS)
+    step = max(1, RERANK_BYTES // (4 * ids.shape[1] * vectors.shape[1]))
+    for start in range(0, len(ids), step):
+        rows = slice(start, start + step)
         block, kept = where[rows], found[rows]
         wanted = np.unique(block[kept])  # each candidate's vector is copied once, however many queries share it
         if not wanted.size:

@@ -19,7 +19,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,14 @@ class ResidentFiles:
         self._maps: dict[Path, tuple[tuple[int, int], mmap.mmap]] = {}
         self._lock = threading.Lock()
 
-    def hold(self, paths: Iterable[Path]) -> int:
+    def hold(self, paths: Iterable[Path], lengths: Mapping[Path, int] | None = None) -> int:
         """Map and read through each of ``paths`` not already held as it is now; let go of any other.
+
+        Args:
+            paths: the files to hold.
+            lengths: bytes to hold of some of them, from the start: only what is committed, for
+                a file whose uncommitted tail a writer may cut off (a page mapped past the end
+                of a file kills the process that reads it with SIGBUS).
 
         Returns:
             Bytes read through (0 when every file was already held, or off POSIX).
@@ -45,25 +51,27 @@ class ResidentFiles:
         if os.name != "posix":
             return 0
         wanted = {Path(p) for p in paths}
+        lengths = {Path(p): n for p, n in (lengths or {}).items()}
         read = 0
         with self._lock:
             for path in [p for p in self._maps if p not in wanted]:
                 self._maps.pop(path)[1].close()
             for path in sorted(wanted):
-                read += self._hold(path)
+                read += self._hold(path, lengths.get(path))
         return read
 
-    def _hold(self, path: Path) -> int:
+    def _hold(self, path: Path, limit: int | None) -> int:
         try:
             with open(path, "rb") as file:
                 stat = os.fstat(file.fileno())
-                key = (stat.st_ino, stat.st_size)
+                length = stat.st_size if limit is None else min(limit, stat.st_size)
+                key = (stat.st_ino, length)
                 held = self._maps.get(path)
                 if held is not None and held[0] == key:
                     return 0
-                if stat.st_size == 0:
+                if length == 0:
                     return 0
-                mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                mapping = mmap.mmap(file.fileno(), length, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as error:  # gone meanwhile, or can't be mapped: searches read it as before
             logger.debug("not keeping %s resident: %s", path, error)
             return 0
@@ -73,12 +81,13 @@ class ResidentFiles:
         if held is not None:
             held[1].close()
         self._maps[path] = (key, mapping)
-        return stat.st_size
+        return length
 
     def close(self) -> None:
         self.hold([])
 
     @property
-    def held(self) -> list[Path]:
+    def held(self) -> dict[Path, int]:
+        """The files held, and how many bytes of each."""
         with self._lock:
-            return sorted(self._maps)
+            return {path: key[1] for path, (key, _) in sorted(self._maps.items())}

@@ -147,8 +147,9 @@ class ShardSet:
             else:
                 path, total = self._shard_file(shard)
             picked = np.flatnonzero(shards == shard)
-            if rows[picked].min() < 0 or rows[picked].max() >= total:
-                raise StoreError(f"the catalog names row {int(rows[picked].max())} of {path}, which holds {total} "
+            outside = rows[picked][(rows[picked] < 0) | (rows[picked] >= total)]
+            if outside.size:
+                raise StoreError(f"the catalog names row {int(outside[0])} of {path}, which holds {total} "
                                  f"committed rows: the store is damaged; run `lookalike check`")
             with open(path, "rb", buffering=0) as file:
                 for i in picked.tolist():

@@ -60,8 +60,8 @@ class Store:
         self.embedder: Embedder | None = None  # set by lookalike.open_store, to embed new images
         self._resident = ResidentFiles()  # held by ``warm``: the catalog and vector files
         # not a bound method: a Store must not keep itself alive through its index, mapped as long as it lives
-        self._index_file = MappedIndex(self.directory / INDEX, on_new=functools.partial(_hold_files, self.directory,
-                                                                                         self._resident))
+        self._index_file = MappedIndex(self.directory / INDEX, on_new=functools.partial(
+            _hold_files, self.directory, self._resident, manifest.dim))
 
     @classmethod
     def create(cls, directory, root, spec: dict, index_factory: str | None = None, weights: str | None = None) -> "Store":
@@ -251,7 +251,7 @@ class Store:
         """
         with self.catalog() as catalog:
             generation = catalog.meta("index_generation")
-        _hold_files(self.directory, self._resident)
+        _hold_files(self.directory, self._resident, self.dim)
         return self._index_file.warm(generation) if generation >= 0 else False
 
     def keep_warm(self) -> None:
@@ -386,8 +386,13 @@ class Store:
         return StoreWriter(self, sync, map_parts)
 
 
-def _hold_files(directory: Path, resident: ResidentFiles) -> None:
-    """Keep the catalog and every committed vector file of the store in ``directory`` resident."""
+def _hold_files(directory: Path, resident: ResidentFiles, dim: int) -> None:
+    """Keep the catalog and the committed vectors of the store in ``directory`` resident.
+
+    Of ``vectors.f32`` only the committed rows: a writer cuts off a killed writer's tail.
+    Shard files are written whole before they are committed, and never change.
+    """
     with Catalog(directory / CATALOG) as catalog:
-        names = [shard.name for shard in catalog.shards()]
-    resident.hold([directory / CATALOG, directory / VECTORS, *(shard_path(directory, name) for name in names)])
+        rows, names = catalog.meta("rows"), [shard.name for shard in catalog.shards()]
+    resident.hold([directory / CATALOG, directory / VECTORS, *(shard_path(directory, name) for name in names)],
+                  lengths={directory / VECTORS: rows * 4 * dim})
