@@ -107,8 +107,8 @@ def trained_index(
     """
     index = factories.from_factory(vectors.shape[1], factory, metric)
     if _keep_lists(index, coarse):
-        default = factories.default_train_rows(len(vectors), faiss.extract_index_ivf(index).nlist)
-        train_size = min(train_size or default, max(ENCODER_SAMPLE_ROWS, faiss.extract_index_ivf(index).nlist))
+        nlist = faiss.extract_index_ivf(index).nlist
+        train_size = min(train_size or factories.default_train_rows(len(vectors), nlist), max(ENCODER_SAMPLE_ROWS, nlist))
     if not index.is_trained:
         _skip_polysemous_training(index)
         _train(index, factory, training_sample(index, vectors, train_size), gpu.resolve_gpu(use_gpu))

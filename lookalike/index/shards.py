@@ -102,13 +102,17 @@ class ShardSet:
         if shard == 0:
             data = VectorFile(self.directory / VECTORS, self.dim).view(self.vectors_rows)
         else:
-            path, rows = self._shard_file(shard)
-            data = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, self.dim)) if rows else \
-                np.zeros((0, self.dim), dtype=np.float32)
+            data = self._map_shard(shard)
         self._maps[shard] = data
         while len(self._maps) > MAX_OPEN_MAPS:
             self._maps.popitem(last=False)
         return data
+
+    def _map_shard(self, shard: int) -> np.ndarray:
+        path, rows = self._shard_file(shard)
+        if rows == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, self.dim))
 
     def _shard_file(self, shard: int) -> tuple[Path, int]:
         """A committed shard's file and rows, checked against the catalog (shard 1 and up)."""
