@@ -58,7 +58,7 @@ def rounds(configs: dict, repeats: int) -> dict[str, float]:
 
 
 def sample_pixels(paths: list[str], preprocessing, n: int) -> np.ndarray:
-    from lookalike.featurize.batches import file_pixels
+    from lookalike.featurize.images.batches import file_pixels
 
     rows = [file_pixels(p, preprocessing)[0] for p in paths[:n]]
     return np.stack([rows[i % len(rows)] for i in range(n)])
@@ -67,8 +67,8 @@ def sample_pixels(paths: list[str], preprocessing, n: int) -> np.ndarray:
 def model_only(args, pixels: np.ndarray, cores: int) -> dict:
     """images/s of each runtime x threads x forward batch, and of lookalike's default on the same pixels."""
     from lookalike import create_extractor
-    from lookalike.featurize.onnx_cache import model_path
-    from lookalike.featurize.onnx_runtime import OnnxNetwork
+    from lookalike.featurize.runtimes.onnx_cache import model_path
+    from lookalike.featurize.runtimes.onnx_network import OnnxNetwork
 
     default = create_extractor(args.model, device="cpu", runtime="onnx")
     torch_extractor = create_extractor(args.model, device="cpu", runtime="torch")
@@ -105,7 +105,7 @@ _worker: dict = {}
 
 
 def _start_session(path, pixels) -> None:
-    from lookalike.featurize.onnx_runtime import OnnxNetwork
+    from lookalike.featurize.runtimes.onnx_network import OnnxNetwork
 
     _worker.update(network=OnnxNetwork(path, threads=1), pixels=pixels)
 
@@ -183,7 +183,7 @@ def end_to_end(args, sets: dict[str, list[str]], cores: int) -> dict:
         for workers in sorted({1, cores}):
             for threads in sorted({1, cores}):
                 configs[f"onnx, {workers} workers, {threads} threads"] = create_extractor(
-                    args.model, device="cpu", runtime="onnx", num_workers=workers, threads=threads)
+                    args.model, device="cpu", runtime="onnx", workers=workers, threads=threads)
         configs["torch default"] = create_extractor(args.model, device="cpu", runtime="torch")
         seconds = rounds({name: (lambda e=e, paths=paths: sum(len(b.keys) for b in e.embed_paths(paths)))
                           for name, e in configs.items()}, args.repeats)

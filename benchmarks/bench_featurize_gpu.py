@@ -28,9 +28,8 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import results as results_module
+import torch
 from make_photos import bytes_per_mp, make_photos
 
 
@@ -62,11 +61,11 @@ def bench(paths: list[str], args) -> dict:
     from torchvision.transforms import v2 as T
 
     from lookalike import create_extractor
-    from lookalike.featurize.jpeg import decode_jpegs, read_jpeg
+    from lookalike.featurize.images.jpeg import decode_jpegs, read_jpeg
 
-    options = dict(device=args.device, batch_size=args.batch_size, num_workers=args.workers, weights=args.weights,
+    options = dict(device=args.device, batch_size=args.batch_size, workers=args.workers, weights=args.weights,
                    precision=args.precision, runtime="torch")
-    extractor = create_extractor(args.model, compile=args.compile, jpeg_on_device=args.gpu_decode, **options)
+    extractor = create_extractor(args.model, compile=args.compile, gpu_decode=args.gpu_decode, **options)
     extractor.threads_per_gpu = args.threads_per_gpu
     device, pre = extractor.device, extractor.model_spec.preprocessing
     n, batch_size = len(paths), args.batch_size
@@ -97,7 +96,7 @@ def bench(paths: list[str], args) -> dict:
 
         measures["decode_only"] = (decode_only, n)
     else:
-        from lookalike.featurize.reader import ImageFiles
+        from lookalike.featurize.images.reader import ImageFiles
 
         files = ImageFiles(paths, pre, extractor.max_pixels)
 
@@ -107,7 +106,7 @@ def bench(paths: list[str], args) -> dict:
 
         measures["decode_1_core"] = (decode_one_core, n)
     if extractor.jpeg_on_device and not args.compile:  # one compiled network per run is enough
-        cpu_decode = create_extractor(args.model, jpeg_on_device=False, compile=args.compile, **options)
+        cpu_decode = create_extractor(args.model, gpu_decode=False, compile=args.compile, **options)
         cpu_decode.threads_per_gpu = args.threads_per_gpu
         measures["lookalike_cpu_decode"] = (lambda: _count(cpu_decode.embed_paths(paths)), n)
 

@@ -29,13 +29,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from make_photos import make_photos  # noqa: E402
 import results  # noqa: E402
+from make_photos import make_photos  # noqa: E402
 
 
 def _network(device, unfreeze: int, classes: int):
     from lookalike.featurize import get_model_spec
-    from lookalike.featurize.backbone import build_backbone
+    from lookalike.featurize.models.backbone import build_backbone
     from lookalike.finetune.blocks import body_blocks
     from lookalike.finetune.groups import parameter_groups
     from lookalike.finetune.head import EmbeddingHead, FinetuneNet

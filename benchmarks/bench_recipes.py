@@ -26,10 +26,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from make_digits import make_digits  # noqa: E402
 import results  # noqa: E402
+from make_digits import make_digits  # noqa: E402
 
-OPTIONS = {"device": "cpu", "num_workers": 1}
+from lookalike.featurize.options import EmbedOptions  # noqa: E402
+
+OPTIONS = EmbedOptions(device="cpu", workers=1)
 
 
 def held_out_frozen(row, train_dir: Path, test_dir: Path, work: Path) -> float:
@@ -39,8 +41,8 @@ def held_out_frozen(row, train_dir: Path, test_dir: Path, work: Path) -> float:
 
     layer = None if row.layer == "flatten" else row.layer
     model = work / f"{row.layer}-{row.recipe}.skops"
-    train(train_dir, model, classifier=row.recipe, store=row.store, layer=layer, extractor_options=OPTIONS)
-    X, y, _, _ = labelled_vectors(test_dir, store=work / f"test-{row.layer}", layer=layer, extractor_options=OPTIONS)
+    train(train_dir, model, classifier=row.recipe, store=row.store, layer=layer, options=OPTIONS)
+    X, y, _, _ = labelled_vectors(test_dir, store=work / f"test-{row.layer}", layer=layer, options=OPTIONS)
     return float((load_model(model).estimator.predict(X) == y).mean())
 
 
@@ -77,7 +79,7 @@ def main() -> None:
     started = time.perf_counter()
     layers = "auto" if args.layers == "auto" else args.layers.split(",")
     advice = advise(train_dir, layers=layers, classifiers=args.classifiers.split(","), folds=args.folds,
-                    finetune=args.finetune, finetune_config=config, extractor_options=OPTIONS)
+                    finetune=args.finetune, finetune_config=config, options=OPTIONS)
     advise_seconds = time.perf_counter() - started
     print(f"advise: {advise_seconds:.0f}s; recommended: {advice.command}", flush=True)
 

@@ -35,12 +35,15 @@ sys.path.insert(0, str(HERE))
 import results
 from bench_search import Mixture
 
-from lookalike.index import faiss_index, ondisk
-from lookalike.index.layout import INDEX
-from lookalike.index.shards import ShardSet, write_shard_file
-from lookalike.index.store import Store
+from lookalike.ann import faiss_io
+from lookalike.ann import index as faiss_index
+from lookalike.featurize.options import EmbedOptions
 from lookalike.scale import connect
 from lookalike.scale.build import ray_map_parts
+from lookalike.store import ondisk
+from lookalike.store.layout import INDEX
+from lookalike.store.shards import ShardSet, write_shard_file
+from lookalike.store.store import Store
 
 SPEC = {"model": "synthetic", "layer": "none", "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {}}
 
@@ -99,7 +102,7 @@ def build_vectors(ray, directory: Path, n: int, dim: int, clusters: int, shard_r
 
 def recall(store: Store, n_queries: int, clusters: int, dim: int, k: int = 10) -> dict:
     """recall@k of ``store.search`` (re-ranked) and of the on-disk index alone, at its default nprobe, against exact search."""
-    index = faiss_index.read_index(store.directory / INDEX)
+    index = faiss_io.read_index(store.directory / INDEX)
     with store.catalog() as catalog:
         ids, shards, rows = catalog.ids_and_rows()
         vectors = ShardSet.of(store.directory, dim, catalog).gather(shards, rows)
@@ -151,7 +154,7 @@ def throughput_part(args, work: Path) -> dict:
             def tick(_, ticks=ticks):
                 ticks.append(time.perf_counter())
 
-            kwargs = {"store": store, "extractor_options": {"device": "cpu"}, "on_start": tick, "on_batch": tick}
+            kwargs = {"store": store, "options": EmbedOptions(device="cpu"), "on_start": tick, "on_batch": tick}
             if name == "local":
                 summary = index_folder(folder, **kwargs)
             elif name == "ray_1_node":
@@ -292,7 +295,7 @@ def plan_inputs(args, figures: dict) -> dict:
 
 def plan_table(p: dict) -> dict:
     """10M, 100M, 1B images: the default factory for the search machine and what it costs (arithmetic)."""
-    from lookalike.index.factory import plan_build
+    from lookalike.ann.factory import plan_build
 
     keys = ("factory", "recall", "bytes", "ivfdata", "head", "shards", "gpu", "cpu", "add")
     dim, rows = p["dim"], {k: [] for k in keys}

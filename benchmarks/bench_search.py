@@ -35,10 +35,12 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
 import results
-from lookalike.index import faiss_index
-from lookalike.index.store import INDEX, MANIFEST, STORE_DIRNAME, STORE_FILES, Store
+
+from lookalike.ann import factory as ann_factory
+from lookalike.ann import faiss_io
+from lookalike.ann import index as faiss_index
+from lookalike.store.store import INDEX, MANIFEST, STORE_DIRNAME, STORE_FILES, Store
 
 SPEC = {"model": "synthetic", "layer": "none", "dim": 1280, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {}}
 TARGET_SEARCH_RATIO, TARGET_OPEN_S = 1.10, 2.0
@@ -75,7 +77,7 @@ def build_store(folder: Path, n: int, mixture: Mixture, chunk: int) -> tuple[Sto
         store = Store.open(directory)
         info = store.info()
         if info["embedded"] == n and (directory / INDEX).exists() and not store.check():
-            planned = faiss_index.plan_build(n, store.dim, store.manifest.index_factory).factory
+            planned = ann_factory.plan_build(n, store.dim, store.manifest.index_factory).factory
             if info["index_factory"] == planned:
                 return store, {"reused": True, "index_factory": planned}
             started = time.perf_counter()  # built under an older default: rebuilt as the writer builds it now
@@ -140,7 +142,7 @@ def bench_search(directory: Path, queries: np.ndarray, k: int, repeats: int) -> 
     products with the vectors held in memory (numpy), where the store reads them from its files.
     """
     store = Store.open(directory)
-    index = faiss_index.read_index(directory / INDEX)  # as Store.search reads it: mapped, nprobe from the file
+    index = faiss_io.read_index(directory / INDEX)  # as Store.search reads it: mapped, nprobe from the file
     wanted = faiss_index.candidates(index, k)
     ids, _, rows = store.vectors()
     vectors = rows[:]  # every stored vector in memory: the raw side's re-rank reads no file
@@ -158,7 +160,7 @@ def bench_search(directory: Path, queries: np.ndarray, k: int, repeats: int) -> 
     result = _summary(times)
     result.update(same_top_k=float(same), within_target=result["ratio"] <= TARGET_SEARCH_RATIO,
                   candidates=wanted)
-    return {"search": result, "index": faiss_index.describe(index)}
+    return {"search": result, "index": faiss_io.describe(index)}
 
 
 def bench_open(directory: Path, query: np.ndarray, k: int, repeats: int, cold: bool) -> dict:
@@ -177,7 +179,7 @@ def bench_open(directory: Path, query: np.ndarray, k: int, repeats: int, cold: b
 
     opening = interleaved({"raw": open_raw, "lookalike": open_lookalike}, repeats)
     np.save(directory.parent / "query.npy", query)
-    lookalike_code = (f"import numpy as np; from lookalike.index.store import Store; "
+    lookalike_code = (f"import numpy as np; from lookalike.store.store import Store; "
                       f"Store.open({str(directory)!r}).search(np.load({str(directory.parent / 'query.npy')!r}), {k})")
     raw_code = f"import faiss; faiss.read_index({str(index_path)!r})"
     fresh = {"raw": [], "lookalike": []}

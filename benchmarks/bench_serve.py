@@ -38,9 +38,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 import bench_search
+import numpy as np
 import results
 
 TARGETS = {"similar": 20.0, "search": 60.0}  # p50 ms with one client
@@ -216,7 +215,7 @@ def recall_against_exact(store_dir: Path, answers: list[dict], k: int) -> dict:
     """
     import faiss
 
-    from lookalike.index.store import Store
+    from lookalike.store.store import Store
 
     store = Store.open(store_dir)
     ids, _, rows = store.vectors()
@@ -262,14 +261,14 @@ def library_work(store_dir: Path, jpeg: Path, n: int, count: int, k: int, rng: n
     """
     import faiss
 
-    from lookalike.index import faiss_index
-    from lookalike.index.store import INDEX
+    from lookalike.ann import faiss_io
     from lookalike.indexing import open_store
+    from lookalike.store.store import INDEX
 
     store = open_store(store_dir, exact=True, device="cpu")
-    index = faiss_index.read_index(store_dir / INDEX)
+    index = faiss_io.read_index(store_dir / INDEX)
     store.warm()
-    faiss_index.fault_in(index)
+    faiss_io.fault_in(index)
     ivf = faiss.extract_index_ivf(index)
     cores = os.cpu_count() or 1
     store.search([jpeg], k)  # loads the model

@@ -10,7 +10,7 @@ Every measurement is a fresh child process, so peaks never mix:
 - writer N: ``StoreWriter.write`` of N synthetic 1280-d vectors in batches of --batch-size,
   as ``index_folder`` writes them. The write phase and the index build on exit are reported
   apart: the peak is reset in between (``/proc/self/clear_refs``). For the build, the child
-  records the plan the store makes (``faiss_index.plan_build``: factory, training rows, the
+  records the plan the store makes (``ann_factory.plan_build``: factory, training rows, the
   peak it planned for, the budget) and the RSS it had before the build; the build is within
   its plan when peak RSS - RSS before <= planned peak;
 - index N: the real ``python -m lookalike index FOLDER`` on N generated 320x240 JPEGs
@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import results
 
 DIM = 1280
@@ -62,8 +61,8 @@ def child_floor() -> dict:
 
 
 def child_writer(n: int, batch_size: int) -> dict:
-    from lookalike.index import faiss_index
-    from lookalike.index.store import Store
+    from lookalike.ann import factory as ann_factory
+    from lookalike.store.store import Store
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir="/tmp") as folder:
@@ -77,7 +76,7 @@ def child_writer(n: int, batch_size: int) -> dict:
                 vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 writer.write([(f"photos/{i:07d}.jpg", 50_000, i) for i in range(start, start + count)], vectors, [])
         write_peak, write_s = status_bytes("VmHWM"), time.perf_counter() - started
-        plan = faiss_index.plan_build(n, DIM, store.manifest.index_factory)  # as the writer's sync plans it
+        plan = ann_factory.plan_build(n, DIM, store.manifest.index_factory)  # as the writer's sync plans it
         reset_hwm()
         before_build = status_bytes("VmRSS")
         started = time.perf_counter()

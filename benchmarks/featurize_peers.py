@@ -14,7 +14,7 @@ from PIL import Image
 
 def decoders(preprocessing) -> dict:
     """Each decoder as path -> the model's uint8 input (3, crop, crop), after the same resize and crop."""
-    from lookalike.featurize.batches import file_pixels
+    from lookalike.featurize.images.batches import file_pixels
 
     size = preprocessing.resize_size
     found = {

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import results as results_module
 import torch
 from PIL import Image
 
-import results as results_module
 from lookalike import create_extractor
 from lookalike.featurize import load_image
 
@@ -56,7 +56,7 @@ def main() -> None:
     for precision in ("fp32", "bf16", "fp16"):
         gpu = create_extractor(device=args.device, batch_size=32, precision=precision)
         results[f"network {precision}"] = _cosines(gpu._forward(pixels), reference)
-    gpu = create_extractor(device=args.device, batch_size=32, jpeg_on_device=True)  # as shipped: auto precision, nvJPEG
+    gpu = create_extractor(device=args.device, batch_size=32, gpu_decode=True)  # as shipped: auto precision, nvJPEG
     on_gpu = _vectors(gpu, paths)
     full = cpu.embed_images([Image.open(p) for p in paths])
     results["pipeline vs full decode"] = _cosines(on_gpu, full)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class LookalikeError(Exception):
     """Base class: catch this to handle every error lookalike raises on purpose."""
@@ -56,7 +58,7 @@ class StoreLockedError(StoreError):
     """Another process is writing to the store."""
 
 
-# The FAISS edge (lookalike.index.faiss_index) and near-duplicate grouping (lookalike.index.dupes).
+# The FAISS edge (lookalike.ann.index) and near-duplicate grouping (lookalike.ann.dupes).
 
 
 class InvalidFactoryError(LookalikeError, ValueError):
@@ -128,3 +130,13 @@ class OnnxExportError(LookalikeError):
 
 class CheckpointError(LookalikeError):
     """A fine-tuning checkpoint that can't be resumed: damaged, or made with other settings or images."""
+
+
+def first_line(error: BaseException) -> str:
+    """What an error says, in one line of at most 200 characters: its first line, without the C++
+    location FAISS starts its messages with (its type's name if it says nothing)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    match = re.match(r"Error in .*? at \S+:\d+: (?:Error: )?(.*)", lines[0])
+    return (match.group(1) if match else lines[0])[:200]

@@ -13,12 +13,26 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StoreError, StoreMismatchError, TransientError
-from .index.discover import FoundFile, discover
-from .index.layout import CATALOG, LOCK, MANIFEST, STORE_DIRNAME, find_store, remove_store_files
-from .index.lock import lock_store
-from .index.manifest import describe_spec
-from .index.store import Store
-from .index.writer import StoreWriter
+from .featurize.base import Extractor
+from .featurize.extractor import create_extractor, extractor_for_spec
+from .featurize.images.decode import IMAGE_EXTENSIONS
+from .featurize.images.discover import FoundFile, discover
+from .featurize.models.registry import DEFAULT_MODEL, is_model_file
+from .featurize.models.resolve import model_identity, resolve_model
+from .featurize.models.spec import comparable, describe_spec, spec_differences
+from .featurize.options import EmbedOptions
+from .store.layout import (
+    CATALOG,
+    LOCK,
+    MANIFEST,
+    STORE_DIRNAME,
+    find_store,
+    remove_store_files,
+    store_folder,
+)
+from .store.lock import lock_store
+from .store.store import Store
+from .store.writer import StoreWriter
 
 
 @dataclass
@@ -47,7 +61,7 @@ def index_folder(
     reset: bool = False,
     index_factory: str | None = None,
     retry_failed: bool = False,
-    extractor_options: dict | None = None,
+    options: EmbedOptions | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     only: list[str] | None = None,
@@ -60,11 +74,13 @@ def index_folder(
     Args:
         root: the folder.
         store: the store folder (default ``root/.lookalike``).
-        model, layer, weights: the featurizer; default the store's, else ``efficientnet_lite0``.
+        model, layer, weights: the featurizer; default the store's, else ``efficientnet_lite0``. A
+            fine-tuned model (``.lkft``) is known by its weights: the same file from another
+            path, or moved, is the same model, and the store records where it is now.
         reset: delete the store first and start over.
         index_factory: force a FAISS index type (factory string) instead of choosing by size.
         retry_failed: try every file that failed before again, changed or not.
-        extractor_options: passed to ``create_extractor`` (device, batch_size, num_workers, precision...).
+        options: how to run the network (``EmbedOptions``: device, batch size, workers, precision...).
         on_start: told how many files will be embedded; on_batch: how many more are done.
         only: index just these files under ``root`` (a CSV's list), removing nothing else.
 
@@ -76,13 +92,13 @@ def index_folder(
     """
     started = time.perf_counter()
     run = prepare_run(root, store=store, model=model, layer=layer, weights=weights, reset=reset,
-                      index_factory=index_factory, retry_failed=retry_failed, extractor_options=extractor_options,
-                      only=only)
+                      index_factory=index_factory, retry_failed=retry_failed, options=options, only=only)
     if on_start:
         on_start(len(run.todo))
     summary = run.summary
     with run.store.writer() as writer:  # with nothing to embed, no CNN runs; the index still catches up
         writer.use_factory(index_factory)
+        writer.use_model_file(run.model_file)
         writer.remove(run.removed)
         if run.todo:
             _embed(run.extractor, run.todo, writer, summary, on_batch)
@@ -98,43 +114,44 @@ class IndexRun:
     todo: list[FoundFile]  # to embed
     removed: list[str]  # keys to remove
     summary: IndexSummary  # counted so far: added, updated, removed, unchanged, retried
-    extractor: object | None  # built when there is something to embed (or a store to make)
+    extractor: Extractor | None  # built when there is something to embed (or a store to make)
+    model_file: str | None = None  # a fine-tuned model's file, given now: recorded in the manifest
 
 
 def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, weights=None, reset=False,
-                index_factory=None, retry_failed=False, extractor_options=None, only=None) -> IndexRun:
+                index_factory=None, retry_failed=False, options: EmbedOptions | None = None, only=None) -> IndexRun:
     """Open (or make) the store and plan a run: what ``index_folder`` does before embedding.
 
     The Ray engine (``lookalike.scale``) plans its runs with it, so both engines skip, retry and
     remove the same files. Args and Raises as ``index_folder``.
     """
     root = Path(root).resolve()
-    store_dir = Path(store) if store is not None else root / STORE_DIRNAME
+    store_dir = store_folder(store) if store is not None else root / STORE_DIRNAME
     if reset:
         _remove_store(store_dir)
     existing = _open_existing(store_dir, root)
     if existing is not None:
-        model, layer, weights = _same_featurizer(existing, model, layer, weights)
+        layer = _same_model(existing, model, layer)
         if index_factory:
             _check_factory(index_factory, existing.dim)
     todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
     if only is not None:
         removed, summary.removed = [], 0
+    model_file = os.path.abspath(model) if is_model_file(model) else None
     extractor = None
     if todo or existing is None:
-        extractor = _extractor(model, layer, weights, extractor_options)
+        extractor = _extractor(existing, model, layer, weights, options)
         if index_factory:
             _check_factory(index_factory, extractor.dim)
         spec = extractor.spec.to_dict()
         if existing is None:
-            existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None)
-        existing.manifest.check_spec(spec)
-    return IndexRun(existing, todo, removed, summary, extractor)
+            existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None,
+                                    model_file)
+        _check_spec(existing, spec)
+    return IndexRun(existing, todo, removed, summary, extractor, model_file)
 
 
 def _files(root: Path, store_dir: Path, only: list[str] | None) -> list[FoundFile]:
-    from .featurize import IMAGE_EXTENSIONS
-
     files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
     if only is not None:
         wanted = {os.path.abspath(p) for p in only}
@@ -214,35 +231,45 @@ def _plan(store: Store | None, files: list[FoundFile], store_dir: Path,
     return todo, removed, summary
 
 
-def _same_featurizer(store: Store, model, layer, weights):
-    """Default to the store's featurizer; refuse another one by name before loading anything."""
+def _same_model(store: Store, model, layer) -> str | None:
+    """Refuse another model or layer than the store's, by name, before anything is loaded; the layer to build.
+
+    A fine-tuned model is compared by its identity (its weights' digest), never by its path.
+    """
     spec = store.manifest.spec
-    stored_layer = None if spec["layer"] == _default_layer(spec["model"]) else spec["layer"]
-    model = model or spec["model"]
-    if model != spec["model"] or (layer is not None and layer != spec["layer"] and layer != stored_layer):
+    stored = comparable(spec)["model"]
+    if (model is not None and model_identity(model) != stored) or (layer is not None and layer != spec["layer"]):
         raise StoreMismatchError(
-            f"this store holds vectors from {describe_spec(spec)}, not {model} (layer {layer or 'default'}). "
+            f"this store holds vectors from {describe_spec(spec)}, not {model or stored} (layer {layer or 'default'}). "
             f"Use the store's model, or --reset to start over with the new one."
         )
-    return model, layer if layer is not None else stored_layer, weights or store.manifest.weights
+    if model is not None and layer is None and spec["layer"] != resolve_model(model).default_layer:
+        return spec["layer"]  # the store's own earlier layer
+    return layer
 
 
-def _default_layer(model: str) -> str:
-    from .featurize import get_model_spec
+def _extractor(existing: Store | None, model, layer, weights, options: EmbedOptions | None) -> Extractor:
+    """The store's own featurizer when no model is named (from the ONNX export cache where it can), else the one named."""
+    if existing is not None and model is None:
+        return extractor_for_spec(existing.manifest.spec, weights=weights or existing.manifest.weights,
+                                  model_file=existing.manifest.model_file, options=options)
+    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, options=options)
 
-    return get_model_spec(model).feature_node or "pre_logits"
+
+def _check_spec(store: Store, spec: dict) -> None:
+    """Raise ``StoreMismatchError`` naming both sides if ``spec`` made vectors another way than the store's."""
+    differences = spec_differences(store.manifest.spec, spec)
+    if differences:
+        raise StoreMismatchError(
+            f"this store holds vectors from {describe_spec(store.manifest.spec)}, not {describe_spec(spec)} "
+            f"({'; '.join(differences)}). Use the store's model, or --reset to start over with the new one."
+        )
 
 
 def _check_factory(factory: str, dim: int) -> None:
-    from .index.faiss_index import check_factory  # faiss loads only when there is work for it
+    from .ann.factory import check_factory  # faiss loads only when there is work for it
 
     check_factory(factory, dim)
-
-
-def _extractor(model, layer, weights, options):
-    from .featurize import DEFAULT_MODEL, create_extractor
-
-    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, **(options or {}))
 
 
 def _remove_store(store_dir: Path) -> None:
@@ -256,41 +283,50 @@ def _remove_store(store_dir: Path) -> None:
         store_dir.rmdir()  # only if nothing else is in it
 
 
-def open_store(path: str | os.PathLike | None = None, *, exact: bool = False, **extractor_options) -> Store:
+def open_store(path: str | os.PathLike | None = None, *, options: EmbedOptions | None = None,
+               exact: bool = False, **changes) -> Store:
     """Open a store for searching; images outside it are embedded with the store's own spec.
 
     Args:
-        path: the store folder, or a folder inside an indexed tree (searched upward like git);
-            default ``$LOOKALIKE_STORE`` or the current folder.
-        exact: ``path`` must be the store folder itself (not searched upward).
-        extractor_options: for embedding query images (device, batch_size...).
+        path: the store folder, or the folder it indexes, or a folder inside an indexed tree
+            (searched upward as git finds ``.git``); default ``$LOOKALIKE_STORE`` or the current folder.
+        options: how to embed query images (``EmbedOptions``; they run in this process unless
+            ``workers`` says otherwise).
+        exact: ``path`` must be the store or the folder it indexes (no search upward).
+        changes: ``EmbedOptions`` fields to change, e.g. ``device="cpu"``.
 
     Raises:
         StoreNotFoundError: no store there.
     """
-    if path is not None and (exact or (Path(path) / MANIFEST).is_file()):
-        store = Store.open(path)
+    if path is not None:
+        folder = store_folder(path)
+        store = Store.open(folder if exact or (folder / MANIFEST).is_file() else find_store(path))
     else:
-        store = Store.open(find_store(path if path is not None else "."))
-    store.embedder = _lazy_embedder(store, extractor_options)
+        store = Store.open(find_store("."))
+    store.embedder = QueryEmbedder(store, EmbedOptions.of(options, **changes))
     return store
 
 
-def _lazy_embedder(store: Store, options: dict):
-    """Builds the extractor on first use only: queries of indexed paths never load the model."""
-    state = {}
+class QueryEmbedder:
+    """A store's ``embedder``: images outside the store embedded with its own spec.
 
-    def embed(paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
-        if "extractor" not in state:
-            from .featurize import extractor_for_spec
+    The extractor is built on first use only, so queries of indexed paths never load the model.
+    """
 
-            state["extractor"] = extractor_for_spec(store.manifest.spec, weights=store.manifest.weights,
-                                                    **{"num_workers": 0, **options})
+    def __init__(self, store: Store, options: EmbedOptions):
+        self.store = store
+        self.options = options if options.workers is not None else options.replace(workers=0)
+        self._extractor: Extractor | None = None
+
+    def __call__(self, paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
+        """(paths that worked, their vectors row-aligned, {path: failure reason})."""
+        if self._extractor is None:
+            manifest = self.store.manifest
+            self._extractor = extractor_for_spec(manifest.spec, weights=manifest.weights, model_file=manifest.model_file,
+                                                 options=self.options)
         keys, vectors, failed = [], [], {}
-        for batch in state["extractor"].embed_paths(paths):
+        for batch in self._extractor.embed_paths(paths):
             keys += batch.keys
             vectors.append(batch.vectors)
             failed.update({f.key: f.reason for f in batch.failures})
-        return keys, np.concatenate(vectors) if vectors else np.zeros((0, store.dim), np.float32), failed
-
-    return embed
+        return keys, np.concatenate(vectors) if vectors else np.zeros((0, self.store.dim), np.float32), failed

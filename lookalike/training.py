@@ -18,7 +18,10 @@ from typing import NamedTuple
 import numpy as np
 
 from .classify.labels import check_trainable, read_labelled
+from .classify.predictions import probabilities, top_labels
 from .errors import DatasetError
+from .featurize.models.registry import is_model_file
+from .featurize.options import EmbedOptions
 
 
 class Prediction(NamedTuple):
@@ -38,7 +41,7 @@ class TrainResult:
     best_params: dict | None = None
 
 
-def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None, extractor_options=None,
+def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None, options: EmbedOptions | None = None,
                      on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None):
     """Embed a labelled set through a store (only new or changed images run the CNN).
 
@@ -47,15 +50,13 @@ def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None
         embedding spec, and (path, reason) for the ones that could not.
     """
     from .featurize import IMAGE_EXTENSIONS
-    from .index.store import Store
     from .indexing import index_folder
-
-    from .featurize.finetuned import canonical_name
+    from .store.store import Store
 
     images = read_labelled(source, IMAGE_EXTENSIONS)
     check_trainable(images.labels, 2, source)  # one class: say so before any embedding
-    summary = index_folder(images.root, store=store, model=canonical_name(model), layer=layer, weights=weights,
-                           extractor_options=extractor_options, on_start=on_start, on_batch=on_batch,
+    summary = index_folder(images.root, store=store, model=model, layer=layer, weights=weights,
+                           options=options, on_start=on_start, on_batch=on_batch,
                            only=images.paths)
     opened = Store.open(summary.store)
     with opened.catalog() as catalog:
@@ -109,7 +110,9 @@ def train(source, output, *, classifier: str = "svm", C: float | None = None, k:
         report = cross_validated_report(estimator, X, y, folds) if smallest >= 2 else {}
         final = with_probabilities(clone(estimator), smallest).fit(X, y)
     report = {**report, "classifier": classifier, "best_params": best, "skipped": len(skipped)}
-    save_model(SavedModel(final, spec, sorted(set(y)), report, classifier), output)
+    model_file = embed_options.get("model")
+    model_file = os.path.abspath(model_file) if is_model_file(model_file) else None
+    save_model(SavedModel(final, spec, sorted(set(y)), report, classifier, model_file), output)
     (output.parent / (output.name + ".report.json")).write_text(json.dumps(report, indent=2) + "\n")
     if "confusion_matrix" in report:
         confusion_png(report, output.parent / (output.name + ".confusion.png"))
@@ -123,18 +126,8 @@ def _check_neighbours(k: int, n: int, folds: int) -> None:
         raise DatasetError(f"--k {k} is more than the {fewest} images each of the {folds} folds trains on: use --k {fewest} or less")
 
 
-def probabilities(estimator, X: np.ndarray) -> np.ndarray:
-    """Class probabilities in ``estimator.classes_`` order; a softmax of decision scores where there are none."""
-    if hasattr(estimator, "predict_proba"):
-        return estimator.predict_proba(X)
-    scores = estimator.decision_function(X)
-    if scores.ndim == 1:
-        scores = np.stack([-scores, scores], axis=1)
-    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return scores / scores.sum(axis=1, keepdims=True)
-
-
-def predict(model_path, inputs: Sequence[str | os.PathLike], *, top: int = 3, **extractor_options):
+def predict(model_path, inputs: Sequence[str | os.PathLike], *, top: int = 3, options: EmbedOptions | None = None,
+            weights: str | os.PathLike | None = None, model_file: str | os.PathLike | None = None, **changes):
     """Label images (files, or folders searched recursively) with a saved model: a classifier from
     ``train`` or a fine-tuned ``.lkft`` from ``finetune`` (its own head on its own embeddings).
 
@@ -142,54 +135,56 @@ def predict(model_path, inputs: Sequence[str | os.PathLike], *, top: int = 3, **
         (predictions, failures): a ``Prediction`` per readable image, (path, reason) for the rest.
     """
     from .featurize import IMAGE_EXTENSIONS
-    from .index.discover import discover
+    from .featurize.images.discover import discover
 
     paths = []
     for item in map(Path, inputs):
         paths += [f.path for f in discover(item, IMAGE_EXTENSIONS)] if item.is_dir() else [str(item)]
     if not paths:
         raise DatasetError(f"no images in {', '.join(map(str, inputs))}")
-    classes, extractor, probabilities_of = _labeller(model_path, extractor_options)
+    classes, extractor, probabilities_of = _labeller(model_path, EmbedOptions.of(options, **changes), weights, model_file)
     predictions, failures = [], []
     for batch in extractor.embed_paths(paths):
         failures += [(f.key, f.reason) for f in batch.failures]
         if not batch.keys:
             continue
-        probs = probabilities_of(batch.vectors)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-        for key, row, best in zip(batch.keys, probs, order):
-            predictions.append(Prediction(key, classes[best].tolist(), row[best].round(6).tolist()))
+        for key, labels in zip(batch.keys, top_labels(probabilities_of(batch.vectors), classes, top)):
+            predictions.append(Prediction(key, [label for label, _ in labels], [round(p, 6) for _, p in labels]))
     return predictions, failures
 
 
-def _labeller(model_path, extractor_options: dict):
+def _labeller(model_path, options: EmbedOptions, weights, model_file=None):
     """(classes, extractor, vectors -> probabilities) for a classifier file or a ``.lkft``."""
     from .featurize import create_extractor, extractor_for_spec
-    from .featurize.finetuned import is_finetuned, read_finetuned
+    from .featurize.models.finetuned import read_finetuned
 
-    if not is_finetuned(model_path):
+    if not is_model_file(model_path):
         from .classify.persist import load_model
 
         saved = load_model(model_path)
         classes = np.asarray(saved.estimator.classes_, dtype=str)
-        return classes, extractor_for_spec(saved.spec, **extractor_options), lambda v: probabilities(saved.estimator, v)
+        extractor = extractor_for_spec(saved.spec, weights=weights, model_file=model_file or saved.model_file,
+                                       options=options)
+        return classes, extractor, lambda v: probabilities(saved.estimator, v)
     model = read_finetuned(model_path)
-    extractor = create_extractor(model.path, **extractor_options)  # refuses weights=: the file holds its own
+    extractor = create_extractor(model.path, weights=weights, options=options)  # refuses weights=: the file holds its own
     if extractor.spec.weights_sha256 != model.document["spec"]["weights_sha256"]:
         raise DatasetError(f"{model_path} changed while it was being read: run again")
     return np.asarray(model.classes, dtype=str), extractor, model.probabilities
 
 
-def evaluate(model_path, source, **extractor_options) -> tuple[dict, list[tuple[str, str]]]:
+def evaluate(model_path, source, *, options: EmbedOptions | None = None, weights: str | os.PathLike | None = None,
+             model_file: str | os.PathLike | None = None, **changes) -> tuple[dict, list[tuple[str, str]]]:
     """Score a saved model (classifier or ``.lkft``) on a held-out labelled folder or CSV: the training report's fields."""
     from .classify.persist import load_model
     from .classify.report import score
     from .featurize import IMAGE_EXTENSIONS
-    from .featurize.finetuned import is_finetuned, read_finetuned
+    from .featurize.models.finetuned import read_finetuned
 
-    known = read_finetuned(model_path).classes if is_finetuned(model_path) else load_model(model_path).classes
+    known = read_finetuned(model_path).classes if is_model_file(model_path) else load_model(model_path).classes
     images = read_labelled(source, IMAGE_EXTENSIONS)
-    predictions, failures = predict(model_path, images.paths, top=1, **extractor_options)
+    predictions, failures = predict(model_path, images.paths, top=1, options=EmbedOptions.of(options, **changes),
+                                    weights=weights, model_file=model_file)
     truth = dict(zip(images.paths, images.labels))
     report = score([truth[p.path] for p in predictions], [p.labels[0] for p in predictions],
                    sorted(set(known) | set(images.labels)))

@@ -65,7 +65,7 @@ def lite0():
     """The bundled default model on the CPU with torch, built once."""
     from lookalike import create_extractor
 
-    return create_extractor(device="cpu", batch_size=8, num_workers=0, runtime="torch")
+    return create_extractor(device="cpu", batch_size=8, workers=0, runtime="torch")
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ def lite0_onnx(onnx_cache_dir):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
-        return create_extractor(device="cpu", batch_size=8, num_workers=0, runtime="onnx")
+        return create_extractor(device="cpu", batch_size=8, workers=0, runtime="onnx")
 
 
 @pytest.fixture(params=["torch", "onnx"])

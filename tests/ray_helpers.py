@@ -44,7 +44,7 @@ def pause_gate() -> None:
     from lookalike.scale import tasks
 
     gate = Path(os.environ["RAY_TMPDIR"]) / PAUSE_GATE
-    embed = tasks.Embedder.__call__
+    embed = tasks.EmbedActor.__call__
     calls = []
 
     def gated(self, batch):
@@ -58,7 +58,7 @@ def pause_gate() -> None:
                     time.sleep(0.01)
         return out
 
-    tasks.Embedder.__call__ = gated
+    tasks.EmbedActor.__call__ = gated
 
 
 def unreadable_as_root() -> None:
@@ -120,7 +120,7 @@ def ray_cluster(ray_temp):
 
 def store_contents(store_dir) -> tuple[dict, dict]:
     """({key: vector}, {key: reason}) of a store."""
-    from lookalike.index.store import Store
+    from lookalike.store.store import Store
 
     store = Store.open(store_dir)
     return {store.relative(p): v for p, v in store}, {r.path: r.reason for r in store.failures()}
@@ -137,7 +137,7 @@ def assert_same_as_local(local_dir, ray_dir) -> None:
 
 
 def shard_rows(store_dir) -> int:
-    from lookalike.index.store import Store
+    from lookalike.store.store import Store
 
     with Store.open(store_dir).catalog() as catalog:
         return sum(s.rows for s in catalog.shards())

@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 from conftest import photo
-from lookalike.indexing import index_folder
 from test_indexing import make_photo_folder
+
+from lookalike.featurize.options import EmbedOptions
+from lookalike.indexing import index_folder
 
 
 def photo_folder(tmp_path_factory) -> Path:
@@ -20,7 +22,7 @@ def photo_folder(tmp_path_factory) -> Path:
         copy = photo("rocket")
         copy.thumbnail((400, 400))
         copy.resize((copy.width * 3 // 4, copy.height * 3 // 4)).save(folder / "rocket-copy.jpg", quality=70)
-        index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+        index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     return folder
 
 

@@ -7,15 +7,16 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from finetune_data import digits, textures
+
 from lookalike.cli import main
-from lookalike.featurize.finetuned import read_finetuned
+from lookalike.featurize.models.finetuned import read_finetuned
+from lookalike.featurize.options import EmbedOptions
 from lookalike.finetune import FinetuneConfig, finetune_images
-from lookalike.finetune.advise import auto_layers, advise, folds_for
+from lookalike.finetune.advise import advise, auto_layers, folds_for
 from lookalike.training import evaluate, train
 
-OPTIONS = {"device": "cpu", "num_workers": 0, "runtime": "torch"}  # no ONNX exports: these tests are about the recipes
+OPTIONS = EmbedOptions(device="cpu", workers=0, runtime="torch")  # no ONNX exports: these tests are about the recipes
 LAYERS = ["embedding", "_blocks.11"]
 
 
@@ -27,7 +28,7 @@ def digit_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first(digit_set):
-    return advise(digit_set, models=["efficientnet_lite0"], layers=LAYERS, folds=3, extractor_options=OPTIONS)
+    return advise(digit_set, models=["efficientnet_lite0"], layers=LAYERS, folds=3, options=OPTIONS)
 
 
 def test_auto_layers_are_the_embedding_and_earlier_blocks_spread_over_depth():
@@ -43,7 +44,7 @@ def test_every_tap_is_embedded_once_and_a_rerun_embeds_nothing(digit_set, first,
     import lookalike.featurize
 
     monkeypatch.setattr(lookalike.featurize, "create_extractor", lambda *a, **k: pytest.fail("the CNN ran again"))
-    again = advise(digit_set, models=["efficientnet_lite0"], layers=LAYERS, folds=3, extractor_options=OPTIONS)
+    again = advise(digit_set, models=["efficientnet_lite0"], layers=LAYERS, folds=3, options=OPTIONS)
     assert again.embedded == 0
     assert [(r.layer, r.recipe, r.accuracy) for r in again.rows] == [(r.layer, r.recipe, r.accuracy) for r in first.rows]
 
@@ -54,7 +55,7 @@ def test_the_frozen_rows_are_what_train_reaches_on_its_own(digit_set, first, tmp
     for row in first.rows:
         layer = None if row.layer == "flatten" else row.layer
         result = train(digit_set, tmp_path / f"{row.recipe}.skops", classifier=row.recipe, k=5 if row.recipe == "knn" else None,
-                       folds=3, store=row.store, layer=layer, extractor_options=OPTIONS)
+                       folds=3, store=row.store, layer=layer, options=OPTIONS)
         assert result.report["accuracy"] == pytest.approx(row.accuracy, abs=1e-9), row  # equal folds: mean = pooled
         reached.append(result.report["accuracy"])
     reached = [round(a, 9) for a in reached]
@@ -82,7 +83,7 @@ def test_the_command_is_ready_to_paste_and_json_and_chart_are_written(digit_set,
 def test_the_finetune_row_is_what_finetune_reaches_on_its_own(digit_set, tmp_path):
     config = FinetuneConfig(head_epochs=1, epochs=1, unfreeze=1, batch_size=4, val_fraction=0.25, flip=False, image_size=64)
     advice = advise(digit_set, models=["efficientnet_lite0"], layers=["embedding"], classifiers=["svm"], folds=3,
-                    finetune=True, finetune_config=config, extractor_options=OPTIONS)
+                    finetune=True, finetune_config=config, options=OPTIONS)
     tuned = next(r for r in advice.rows if r.recipe == "finetune")
     assert len(tuned.folds) == 3 and tuned.layer == "flatten"
 
@@ -99,7 +100,7 @@ def test_the_finetune_row_is_what_finetune_reaches_on_its_own(digit_set, tmp_pat
         shutil.copy(paths[i], held_out / labels[i])
     model = tmp_path / "fold0.lkft"
     finetune_images(list(paths[train_idx]), list(labels[train_idx]), model, config, device="cpu", workers=0)
-    report, _ = evaluate(model, held_out, **OPTIONS)
+    report, _ = evaluate(model, held_out, options=OPTIONS)
     assert report["accuracy"] == pytest.approx(tuned.folds[0]["accuracy"], abs=1e-9)
     assert read_finetuned(model).classes == ["0", "1", "7"]
     position = [r.recipe for r in advice.rows].index("finetune")
@@ -114,5 +115,5 @@ def test_advise_takes_a_finetuned_model_as_a_candidate(tmp_path):
     model = tmp_path / "tex.lkft"
     finetune_images([str(p) for p in sorted(root.rglob("*.png"))], [p.parent.name for p in sorted(root.rglob("*.png"))],
                     model, config, device="cpu", workers=0)
-    advice = advise(root, models=[str(model)], layers=["embedding"], classifiers=["knn"], folds=3, extractor_options=OPTIONS)
+    advice = advise(root, models=[str(model)], layers=["embedding"], classifiers=["knn"], folds=3, options=OPTIONS)
     assert advice.rows[0].model == str(model.resolve()) and advice.embedded == 9

@@ -5,8 +5,8 @@ import torch
 from lookalike import create_extractor, list_layers
 from lookalike.errors import UnknownLayerError
 from lookalike.featurize import get_model_spec
-from lookalike.featurize.efficientnet_lite import efficientnet_lite0
-from lookalike.featurize.weights import load_state_dict
+from lookalike.featurize.models.efficientnet_lite import efficientnet_lite0
+from lookalike.featurize.models.weights import load_state_dict
 
 
 def test_an_earlier_layer_is_global_average_pooled(photos):

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from click.testing import CliRunner
 
 from lookalike.cli import main
 from lookalike.featurize import get_model_spec, load_image
-from lookalike.featurize.weights import weights_location
+from lookalike.featurize.models.weights import weights_location
 
 
 def _invoke(*args):

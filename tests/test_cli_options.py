@@ -4,8 +4,8 @@ the library's warnings as single lines."""
 import logging
 
 from click.testing import CliRunner
-
 from conftest import photo
+
 from lookalike.cli import main
 from lookalike.cli.options import SparseProgress, progressbar, warning_lines
 
@@ -49,8 +49,8 @@ def test_a_library_warning_is_one_line_on_stderr(capsys):
         logging.getLogger("lookalike.featurize.extractor").warning("%s runs on torch", "tiny")
         logging.getLogger("lookalike.featurize.extractor").warning("first\n  second")
         logging.getLogger("lookalike.featurize.extractor").info("not shown")
-        logging.getLogger("lookalike.featurize.onnx_export").info("exporting tiny to ONNX (once)")  # why it pauses
+        logging.getLogger("lookalike.featurize.runtimes.onnx_export").info("exporting tiny to ONNX (once)")  # why it pauses
     assert capsys.readouterr().err.splitlines() == [
         "warning: tiny runs on torch", "warning: first second", "exporting tiny to ONNX (once)"]
-    logging.getLogger("lookalike.featurize.onnx_export").info("outside a command: not shown")
+    logging.getLogger("lookalike.featurize.runtimes.onnx_export").info("outside a command: not shown")
     assert capsys.readouterr().err == ""

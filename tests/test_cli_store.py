@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import photo
-from lookalike.cli import main
-from lookalike.crashpoints import PAUSE_FILE_ENV
-from lookalike.indexing import index_folder, open_store
 from test_crash import BATCH, lookalike_subprocess, make_images
 from test_indexing import make_photo_folder
+
+from lookalike.cli import main
+from lookalike.crashpoints import PAUSE_FILE_ENV
+from lookalike.featurize.options import EmbedOptions
+from lookalike.indexing import index_folder, open_store
+
 
 def _cli(*args, cwd=None):
     if cwd:
@@ -73,7 +75,7 @@ def test_dupes_groups_the_near_duplicate(folder):
 
 
 def test_export_npy_holds_vectors_with_their_paths(folder, tmp_path):
-    index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     result = _cli("export", tmp_path / "out.npy", "--store", folder / ".lookalike")
     assert result.exit_code == 0, result.output
     vectors = np.load(tmp_path / "out.npy")
@@ -84,7 +86,7 @@ def test_export_npy_holds_vectors_with_their_paths(folder, tmp_path):
 
 def test_export_parquet_holds_vectors_with_their_paths(folder, tmp_path):
     import pyarrow.parquet as pq  # the dev extra has it: a missing one fails
-    index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     result = _cli("export", tmp_path / "out.parquet", "--format", "parquet", "--store", folder / ".lookalike")
     assert result.exit_code == 0, result.output
     table = pq.read_table(tmp_path / "out.parquet").to_pydict()
@@ -92,12 +94,21 @@ def test_export_parquet_holds_vectors_with_their_paths(folder, tmp_path):
     np.testing.assert_array_equal(vectors, open_store(folder).get_vectors(table["path"]))
 
 
+def test_k_past_the_store_gives_every_other_image_and_never_the_query_itself(folder):
+    """One policy for k over the store's size (clamped) and for the query image (left out), by id."""
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
+    result = _cli("query", folder / "chelsea.jpg", "-k", "50", "--json", "--store", folder)
+    assert result.exit_code == 0, result.output
+    paths = [row["path"] for row in json.loads(result.stdout)]
+    indexed = len(open_store(folder))
+    assert len(paths) == indexed - 1 and not any(p.endswith("/chelsea.jpg") or p == "chelsea.jpg" for p in paths)
+
+
 @pytest.mark.parametrize(
     "setup, args, message",
     [
         ("none", ["query", "x.jpg"], "no lookalike store"),
         ("empty", ["query", "photos/chelsea.jpg"], "no vectors yet"),
-        ("indexed", ["query", "photos/chelsea.jpg", "-k", "50"], "k=50 is more than the 6 images"),
         ("indexed", ["query", "photos/broken.jpg"], "cannot read query image"),
         ("indexed", ["query", "nowhere.jpg"], "no such file"),
         ("indexed", ["index", "photos", "--model", "resnet18"], "not resnet18"),
@@ -108,9 +119,9 @@ def test_errors_are_one_line_and_a_nonzero_exit(folder, tmp_path, monkeypatch, s
     if setup == "empty":
         empty = tmp_path / "empty"
         empty.mkdir()
-        index_folder(empty, store=folder / ".lookalike", extractor_options={"device": "cpu"})
+        index_folder(empty, store=folder / ".lookalike", options=EmbedOptions(device="cpu"))
     elif setup == "indexed":
-        index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+        index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     if setup != "none":
         monkeypatch.setenv("LOOKALIKE_STORE", str(folder / ".lookalike"))
     result = _cli(*args)
@@ -143,7 +154,7 @@ def test_ctrl_c_keeps_what_was_done_and_says_how_to_resume(tmp_path):
     assert process.returncode == 1, f"exit {process.returncode}: the interrupt was ignored\n{stderr[-2000:]}"
     assert "interrupted: what was indexed is saved" in stderr and "Traceback" not in stderr
     interrupted = open_store(store_dir)
-    assert interrupted.check() == [] and interrupted.index_lag()[0] == interrupted.index_lag()[1]  # index caught up
+    assert interrupted.check().ok and interrupted.index_lag()[0] == interrupted.index_lag()[1]  # index caught up
     assert len(interrupted) == 4  # the two committed batches
-    summary = index_folder(folder, store=store_dir, extractor_options={"device": "cpu", "num_workers": 0})
+    summary = index_folder(folder, store=store_dir, options=EmbedOptions(device="cpu", workers=0))
     assert (summary.unchanged, summary.added, len(open_store(store_dir))) == (4, 12, 16)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import photo
-from lookalike.crashpoints import PAUSE_FILE_ENV
-from lookalike.index import faiss_index
-from lookalike.index.store import CATALOG, VECTORS, Store
 from test_crash import BATCH, index_in_process, lookalike_subprocess, make_images
+
+from lookalike.ann import faiss_io
+from lookalike.crashpoints import PAUSE_FILE_ENV
+from lookalike.store.store import CATALOG, VECTORS, Store
 
 DIM = 1280
 K = 4
@@ -114,7 +114,7 @@ def test_a_reader_holding_the_old_index_when_a_writer_commits_does_not_mix_it_wi
     query = unit(1)
     newcomer, changed = unit(1), unit(1)
     newcomer[0], changed[0] = query[0], (query[0] + 0.2 * changed[0]) / np.linalg.norm(query[0] + 0.2 * changed[0])
-    real_read = faiss_index.read_index
+    real_read = faiss_io.read_index
     committed = []
 
     def read_then_let_a_writer_commit(path, *args, **kwargs):
@@ -127,7 +127,7 @@ def test_a_reader_holding_the_old_index_when_a_writer_commits_does_not_mix_it_wi
                 writer.remove(["a4.jpg"])
         return index
 
-    monkeypatch.setattr(faiss_index, "read_index", read_then_let_a_writer_commit)
+    monkeypatch.setattr(faiss_io, "read_index", read_then_let_a_writer_commit)
     (hits,) = store.search(query, k=3)
     assert committed, "the interleaving did not happen"
     assert [h.path.rsplit("/", 1)[1] for h in hits[:2]] == ["new.jpg", "a3.jpg"]
@@ -141,7 +141,7 @@ def test_a_lock_outlives_no_process_that_held_it(tmp_path):
 
     store = Store.create(tmp_path / ".lookalike", tmp_path, {"model": "fake", "layer": "x", "dim": 4,
                                                               "weights_sha256": "0", "preprocessing": {}, "versions": {}})
-    code = ("import os, sys, time; from lookalike.index.lock import lock_store\n"
+    code = ("import os, sys, time; from lookalike.store.lock import lock_store\n"
             "with lock_store(sys.argv[1]):\n"
             "    if os.fork() == 0:\n        time.sleep(30); os._exit(0)\n"
             "    print('held', flush=True); sys.stdin.readline(); os._exit(0)\n")

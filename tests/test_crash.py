@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import alive, photo
+
 from lookalike.cli import main
 from lookalike.crashpoints import CRASH_EXIT_CODE, PAUSE_FILE_ENV
-from lookalike.index.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
+from lookalike.store.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
 
 BATCH = ["--batch-size", "2", "--workers", "0", "--device", "cpu"]
 DIM = 1280
@@ -91,7 +91,7 @@ def assert_same_store(got: Path, want: Path) -> None:
     assert committed(got) == committed(want)
     assert (got / VECTORS).stat().st_size == (want / VECTORS).stat().st_size, \
         "a vector appended twice, or a dead tail kept"
-    assert Store.open(got).check() == []
+    assert Store.open(got).check().ok
     written, generation = Store.open(got).index_lag()
     assert written == generation and (got / INDEX).exists()
     assert Store.open(got).info()["index_factory"] == Store.open(want).info()["index_factory"]
@@ -246,4 +246,4 @@ def test_a_sigkilled_indexers_workers_die_with_it_and_a_rerun_succeeds_at_once(t
     assert not [pid for pid in workers if alive(pid)], "workers outlived the SIGKILLed indexer"
     embedded, _ = index_in_process(folder, store)
     assert embedded == 8  # batches 1 and 2 were committed before the kill
-    assert len(Store.open(store)) == 12 and Store.open(store).check() == []
+    assert len(Store.open(store)) == 12 and Store.open(store).check().ok

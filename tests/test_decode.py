@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from conftest import photo
 from PIL import Image
 
-from conftest import photo
 from lookalike.errors import ImageLoadError
-from lookalike.featurize.decode import load_image, to_rgb
+from lookalike.featurize.images.decode import load_image, to_rgb
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_values_beyond_any_known_range_are_stretched_not_clipped():
 
 
 def test_exif_orientation_is_applied_to_images_opened_by_the_caller(corpus_dir):
-    from lookalike.featurize.decode import upright_rgb
+    from lookalike.featurize.images.decode import upright_rgb
 
     root, _ = corpus_dir
     with Image.open(root / "12_exif_rotated.jpg") as opened:

@@ -1,6 +1,6 @@
 import os
 
-from lookalike.index.discover import discover
+from lookalike.featurize.images.discover import discover
 
 EXTENSIONS = frozenset({".jpg", ".png"})
 

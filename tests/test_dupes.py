@@ -8,8 +8,8 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from lookalike.ann.dupes import DuplicateGroup, DuplicateGroupsError, duplicate_groups
 from lookalike.errors import LookalikeError
-from lookalike.index.dupes import DuplicateGroup, DuplicateGroupsError, duplicate_groups
 
 N, DIM = 2000, 64
 THRESHOLDS = (0.8, 0.9, 0.95, 0.98)

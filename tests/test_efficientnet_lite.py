@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lookalike.featurize import get_model_spec
-from lookalike.featurize.efficientnet_lite import efficientnet_lite0
-from lookalike.featurize.weights import load_state_dict
+from lookalike.featurize.models.efficientnet_lite import efficientnet_lite0
+from lookalike.featurize.models.weights import load_state_dict
 
 CATS = {281: "tabby", 282: "tiger cat", 285: "Egyptian cat"}
 COFFEE = {967: "espresso"}  # measured: espresso 0.951, cup 0.015

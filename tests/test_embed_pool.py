@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import alive
+
 from lookalike import create_extractor
 from lookalike.errors import TransientError
-from lookalike.featurize.embed_pool import TASK_IMAGES
+from lookalike.featurize.runtimes.embed_pool import TASK_IMAGES
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def paths(corpus_dir):
 
 @pytest.mark.parametrize("batch_size", [1, 3, TASK_IMAGES + 1, 64])
 def test_workers_yield_the_batches_keys_vectors_and_failures_of_one_process(lite0_onnx, paths, batch_size):
-    with create_extractor(device="cpu", runtime="onnx", batch_size=batch_size, num_workers=2) as pooled:
+    with create_extractor(device="cpu", runtime="onnx", batch_size=batch_size, workers=2) as pooled:
         batches = list(pooled.embed_paths(paths))
         assert pooled._pool is not None and pooled._pool.workers == 2  # the workers did it
     here = list(pooled.embed_paths(paths, num_workers=0))
@@ -34,24 +34,24 @@ def test_workers_yield_the_batches_keys_vectors_and_failures_of_one_process(lite
 def test_many_images_are_shared_out_and_one_stays_here(photos, shared_memory, monkeypatch):
     import contextlib
 
-    from lookalike.featurize import embed_pool
+    from lookalike.featurize.runtimes import embed_pool
 
     if not shared_memory:  # as on a platform without memfd: the pixels travel in the tasks
         monkeypatch.setattr(embed_pool, "_shared", lambda pixels: contextlib.nullcontext(None))
     images = list(photos.values()) * 4
-    extractor = create_extractor(device="cpu", runtime="onnx", num_workers=2)
+    extractor = create_extractor(device="cpu", runtime="onnx", workers=2)
     single = extractor.embed_images(images[:1])
     assert extractor._pool is None  # one image: no processes to start
     shared = extractor.embed_images(images)
     assert extractor._pool is not None
     extractor.close()
-    here = create_extractor(device="cpu", runtime="onnx", num_workers=0).embed_images(images)
+    here = create_extractor(device="cpu", runtime="onnx", workers=0).embed_images(images)
     np.testing.assert_allclose(shared, here, atol=1e-6)
     np.testing.assert_allclose(single, here[:1], atol=1e-6)
 
 
 def test_close_ends_the_workers_and_the_extractor_still_works(paths):
-    extractor = create_extractor(device="cpu", runtime="onnx", num_workers=2)
+    extractor = create_extractor(device="cpu", runtime="onnx", workers=2)
     first = np.concatenate([b.vectors for b in extractor.embed_paths(paths)])
     workers = list(extractor._pool._executor._processes)
     assert len(workers) == 2 and all(alive(pid) for pid in workers)
@@ -65,7 +65,7 @@ def test_close_ends_the_workers_and_the_extractor_still_works(paths):
 def test_a_killed_worker_is_a_transient_error_and_the_next_call_starts_afresh(paths):
     import signal
 
-    extractor = create_extractor(device="cpu", runtime="onnx", batch_size=2, num_workers=2)
+    extractor = create_extractor(device="cpu", runtime="onnx", batch_size=2, workers=2)
     batches = extractor.embed_paths(paths)
     next(batches)
     os.kill(next(iter(extractor._pool._executor._processes)), signal.SIGKILL)
@@ -81,11 +81,11 @@ def test_workers_started_by_spawn_as_on_macos_give_the_same_vectors(paths, monke
     """Where there is no fork, the workers get their settings pickled and open the export by path."""
     import multiprocessing
 
-    from lookalike.featurize import embed_pool
+    from lookalike.featurize.runtimes import embed_pool
 
     real = multiprocessing.get_context
     monkeypatch.setattr(embed_pool.multiprocessing, "get_context", lambda method=None: real("spawn"))
-    with create_extractor(device="cpu", runtime="onnx", batch_size=8, num_workers=2) as spawned:
+    with create_extractor(device="cpu", runtime="onnx", batch_size=8, workers=2) as spawned:
         batches = list(spawned.embed_paths(paths))
         assert spawned._pool._executor._mp_context.get_start_method() == "spawn"
     here = list(spawned.embed_paths(paths, num_workers=0))

@@ -7,21 +7,23 @@ import os
 import faiss
 import numpy as np
 import pytest
+from smaps import mapped_kib
 
-from lookalike.errors import LookalikeError, MissingDependencyError
-from lookalike.index import factory as factories
-from lookalike.index import gpu
-from lookalike.index import faiss_index as fi
-from lookalike.index import vectors as vectors_module
-from lookalike.index.faiss_index import (
+from lookalike.ann import build as ann_build
+from lookalike.ann import factory as factories
+from lookalike.ann import faiss_io, gpu
+from lookalike.ann import index as fi
+from lookalike.ann import rows as vectors_module
+from lookalike.ann.rows import RowView
+from lookalike.errors import (
     DimensionMismatchError,
     IndexFileError,
     IndexStateError,
     InvalidFactoryError,
     InvalidIdsError,
+    LookalikeError,
+    MissingDependencyError,
 )
-from lookalike.index.vectors import RowView
-from smaps import mapped_kib
 
 DIM = 32
 
@@ -70,7 +72,7 @@ def small():
 @pytest.fixture(scope="module")
 def small_ivf(small):
     vectors, ids, _ = small
-    return fi.build_index(vectors, ids, "IVF16,Flat")
+    return ann_build.build_index(vectors, ids, "IVF16,Flat")
 
 
 # --- exact search --------------------------------------------------------------------
@@ -78,8 +80,8 @@ def small_ivf(small):
 
 def test_exact_index_equals_numpy_brute_force(small):
     vectors, ids, queries = small
-    index = fi.build_index(vectors, ids)
-    assert fi.describe(index)["factory"] == "IDMap2,Flat"
+    index = ann_build.build_index(vectors, ids)
+    assert faiss_io.describe(index)["factory"] == "IDMap2,Flat"
 
     scores, found = fi.search(index, queries, 10)
 
@@ -90,7 +92,7 @@ def test_exact_index_equals_numpy_brute_force(small):
 
 def test_added_vectors_come_back_under_their_ids(small):
     vectors, ids, queries = small
-    index = fi.build_index(vectors[:1000], ids[:1000])
+    index = ann_build.build_index(vectors[:1000], ids[:1000])
 
     fi.add(index, vectors[1000:], ids[1000:])
     fi.add(index, queries[0], [7])  # one (dim,) vector
@@ -128,12 +130,12 @@ def large():
 @pytest.mark.parametrize("budget", [None, 110 * 2**20], ids=["default-budget", "110MiB"])
 def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
     vectors, ids, queries, truth = large
-    plan = fi.plan_build(*vectors.shape, memory_budget_bytes=budget)
+    plan = factories.plan_build(*vectors.shape, memory_budget_bytes=budget)
     factory = plan.factory
 
-    index = fi.build_index(vectors, ids, factory, train_size=plan.train_rows)
+    index = ann_build.build_index(vectors, ids, factory, train_size=plan.train_rows)
 
-    info = fi.describe(index)
+    info = faiss_io.describe(index)
     assert info["factory"] == factory and info["ntotal"] == len(ids)
     if budget is not None:  # the sample shrank to fit, keeping at least 39 rows a list
         assert 39 * info["nlist"] <= plan.train_rows < 256 * info["nlist"] and plan.peak_bytes <= budget
@@ -156,8 +158,8 @@ def test_compressed_codes_rank_like_exact_search():
     ids = np.arange(n, dtype="int64")
     _, truth = brute_force(vectors, ids, queries, k)
 
-    sq8 = fi.build_index(vectors, ids, "IVF64,SQ8")
-    pq = fi.build_index(vectors, ids, "IVF64,PQ8")  # 8 dims a sub-quantizer train fast
+    sq8 = ann_build.build_index(vectors, ids, "IVF64,SQ8")
+    pq = ann_build.build_index(vectors, ids, "IVF64,PQ8")  # 8 dims a sub-quantizer train fast
 
     assert recall_at(fi.search(sq8, queries, k)[1], truth) >= 0.98  # measured 0.984
     assert recall_at(fi.search(pq, queries, k)[1], truth) >= 0.42  # 8 bytes a vector: coarse, but not noise; measured 0.428
@@ -167,13 +169,13 @@ def test_compressed_codes_rank_like_exact_search():
 
 
 def test_small_stores_get_an_exact_index():
-    assert fi.choose_factory(0, 128) == "IDMap2,Flat"
-    assert fi.choose_factory(fi.EXACT_THRESHOLD - 1, 512) == "IDMap2,Flat"
+    assert factories.choose_factory(0, 128) == "IDMap2,Flat"
+    assert factories.choose_factory(factories.EXACT_THRESHOLD - 1, 512) == "IDMap2,Flat"
 
 
-@pytest.mark.parametrize("n", [fi.EXACT_THRESHOLD, 1_000_000, 30_000_000, 2_000_000_000])
+@pytest.mark.parametrize("n", [factories.EXACT_THRESHOLD, 1_000_000, 30_000_000, 2_000_000_000])
 def test_large_stores_get_ivf_with_about_4_sqrt_n_lists(n):
-    factory = fi.choose_factory(n, 128, memory_budget_bytes=2**50)
+    factory = factories.choose_factory(n, 128, memory_budget_bytes=2**50)
 
     assert factory.startswith("IVF") and factory.endswith(",SQ8")  # the store re-ranks by its float32 vectors
     nlist = n_lists(factory)
@@ -184,37 +186,37 @@ def test_large_stores_get_ivf_with_about_4_sqrt_n_lists(n):
 
 def test_ivf_lists_keep_39_training_points_when_the_threshold_is_low(monkeypatch):
     monkeypatch.setattr(factories, "EXACT_THRESHOLD", 100)
-    factory = fi.choose_factory(1000, 16)
+    factory = factories.choose_factory(1000, 16)
     assert n_lists(factory) <= 1000 / 39
 
 
 def test_codes_shrink_to_fit_the_memory_budget():
     n, dim = 1_000_000, 128  # SQ8 codes: 128 MB; PQ64: 64 MB (+ 8 MB of ids each)
-    assert fi.choose_factory(n, dim, 600 * 10**6) == "IVF4096,SQ8"
-    sq8 = fi.plan_build(n, dim, memory_budget_bytes=300 * 10**6)
+    assert factories.choose_factory(n, dim, 600 * 10**6) == "IVF4096,SQ8"
+    sq8 = factories.plan_build(n, dim, memory_budget_bytes=300 * 10**6)
     assert sq8.factory == "IVF4096,SQ8" and 39 * 4096 <= sq8.train_rows < 256 * 4096  # a smaller sample fits
     assert sq8.peak_bytes <= 300 * 10**6
     # The floor under every IVF4096 build is training: k-means on 39 rows a list (82 MB of floats)
     # and PQ's encoder sample with its residuals; PQ64's lists (72 MB) fit under it.
-    floor = fi.estimate_build_bytes(n, dim, "IVF4096,PQ16", 39 * 4096)
+    floor = factories.estimate_build_bytes(n, dim, "IVF4096,PQ16", 39 * 4096)
     assert floor > 39 * 4096 * 4 * dim + 16 * n
-    assert fi.choose_factory(n, dim, floor) == "IVF4096,PQ64"
+    assert factories.choose_factory(n, dim, floor) == "IVF4096,PQ64"
     with pytest.raises(InvalidFactoryError, match="memory_budget_bytes"):
-        fi.choose_factory(n, dim, floor - 1)
+        factories.choose_factory(n, dim, floor - 1)
 
 
 def test_the_training_sample_is_counted_in_the_plan():
     n, dim = 1_000_000, 1280
-    plan = fi.plan_build(n, dim, "IVF4096,Flat", memory_budget_bytes=2**50)
+    plan = factories.plan_build(n, dim, "IVF4096,Flat", memory_budget_bytes=2**50)
     assert plan.train_rows == n  # 256 a list would be 1,048,576 rows: every row, 4.9 GiB copied
     index_bytes = n * (4 * dim + 8)
     assert plan.peak_bytes >= index_bytes + n * 16
-    smaller = fi.plan_build(n, dim, "IVF4096,SQ8", memory_budget_bytes=3 * 2**30)
+    smaller = factories.plan_build(n, dim, "IVF4096,SQ8", memory_budget_bytes=3 * 2**30)
     assert smaller.peak_bytes <= 3 * 2**30 and smaller.train_rows < n
 
 
 def test_default_budget_is_half_the_ram_or_4_gib():
-    budget = fi.default_memory_budget()
+    budget = factories.default_memory_budget()
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -226,7 +228,7 @@ def test_default_budget_is_half_the_ram_or_4_gib():
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat", "IVF16,SQ8", "IVF16,PQ4"])
 def test_factories_chosen_here_take_ids_and_removals(small, factory):
     vectors, ids, _ = small
-    index = fi.build_index(vectors, ids, factory)
+    index = ann_build.build_index(vectors, ids, factory)
     assert index.ntotal == len(ids)
     assert fi.remove(index, ids[:10]) == 10
 
@@ -237,7 +239,7 @@ def test_factories_chosen_here_take_ids_and_removals(small, factory):
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
 def test_removed_ids_never_come_back(small, factory):
     vectors, ids, queries = small
-    index = fi.build_index(vectors, ids, factory)
+    index = ann_build.build_index(vectors, ids, factory)
     gone = np.random.default_rng(5).choice(len(ids), size=700, replace=False)
 
     assert fi.remove(index, ids[gone]) == 700
@@ -259,7 +261,7 @@ def test_removed_ids_never_come_back(small, factory):
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF4,Flat"])
 def test_k_beyond_ntotal_pads_with_minus_one(factory):
     x = clustered(300, DIM, n_clusters=4, seed=7)
-    index = fi.build_index(x, np.arange(300) + 1000, factory)
+    index = ann_build.build_index(x, np.arange(300) + 1000, factory)
     fi.remove(index, np.arange(5, 300) + 1000)
 
     scores, found = fi.search(index, x[0], 8)  # one (dim,) query
@@ -271,14 +273,14 @@ def test_k_beyond_ntotal_pads_with_minus_one(factory):
 
 
 def test_an_empty_exact_index_answers_with_minus_ones():
-    index = fi.build_index(np.empty((0, DIM)), np.empty(0, dtype="int64"))
+    index = ann_build.build_index(np.empty((0, DIM)), np.empty(0, dtype="int64"))
     scores, found = fi.search(index, np.ones((3, DIM)), 4)
     assert found.shape == (3, 4) and (found == -1).all()
 
 
 def test_inputs_are_coerced_to_float32_and_int64(small):
     vectors, ids, queries = small
-    index = fi.build_index(np.asfortranarray(vectors, dtype=np.float64), ids.astype(np.uint64))
+    index = ann_build.build_index(np.asfortranarray(vectors, dtype=np.float64), ids.astype(np.uint64))
     _, found = fi.search(index, queries.astype(np.float64).tolist(), 3)
     np.testing.assert_array_equal(found, brute_force(vectors, ids, queries, 3)[1])
 
@@ -295,7 +297,7 @@ def test_inputs_are_coerced_to_float32_and_int64(small):
 )
 def test_bad_shapes_raise_dimension_mismatch(vectors, ids):
     with pytest.raises(DimensionMismatchError):
-        fi.build_index(vectors, ids)
+        ann_build.build_index(vectors, ids)
 
 
 def test_wrong_dimension_for_the_index_raises(small_ivf):
@@ -311,9 +313,9 @@ def test_wrong_dimension_for_the_index_raises(small_ivf):
 
 def test_bad_ids_and_k_raise(small_ivf):
     with pytest.raises(InvalidIdsError, match="non-negative"):
-        fi.build_index(np.ones((2, DIM)), [3, -1])
+        ann_build.build_index(np.ones((2, DIM)), [3, -1])
     with pytest.raises(InvalidIdsError, match="integers"):
-        fi.build_index(np.ones((2, DIM)), [0.5, 1.5])
+        ann_build.build_index(np.ones((2, DIM)), [0.5, 1.5])
     with pytest.raises(InvalidIdsError):
         fi.remove(small_ivf, ["a"])
     with pytest.raises(ValueError, match="k must be"):
@@ -333,7 +335,7 @@ def test_bad_ids_and_k_raise(small_ivf):
 def test_unusable_factories_raise_a_clear_error(small, factory, message):
     vectors, ids, _ = small
     with pytest.raises(InvalidFactoryError, match=message) as caught:
-        fi.build_index(vectors, ids, factory)
+        ann_build.build_index(vectors, ids, factory)
     assert isinstance(caught.value, LookalikeError)
     assert "Error in" not in str(caught.value), "no C++ signatures in messages"
 
@@ -341,8 +343,8 @@ def test_unusable_factories_raise_a_clear_error(small, factory, message):
 def test_train_size_caps_the_training_sample(small):
     vectors, ids, queries = small
     with pytest.raises(InvalidFactoryError, match="got 10"):
-        fi.build_index(vectors, ids, "IVF16,Flat", train_size=10)
-    index = fi.build_index(vectors, ids, "IVF16,Flat", train_size=16 * 39)
+        ann_build.build_index(vectors, ids, "IVF16,Flat", train_size=10)
+    index = ann_build.build_index(vectors, ids, "IVF16,Flat", train_size=16 * 39)
     assert recall_at(fi.search(index, queries, 10)[1], brute_force(vectors, ids, queries, 10)[1]) >= 0.99  # measured 1.0
 
 
@@ -354,8 +356,8 @@ def test_chunks_of_mapped_rows_build_the_index_one_array_builds(small, tmp_path,
     rows = np.arange(len(vectors))[::-1].copy()
     monkeypatch.setattr(vectors_module, "READ_CHUNK_ROWS", 300)  # several chunks, the last one short
 
-    chunked = fi.build_index(RowView(np.memmap(path, dtype="float32", mode="r", shape=vectors.shape), rows), ids, factory)
-    whole = fi.build_index(vectors, ids, factory)
+    chunked = ann_build.build_index(RowView(np.memmap(path, dtype="float32", mode="r", shape=vectors.shape), rows), ids, factory)
+    whole = ann_build.build_index(vectors, ids, factory)
 
     for got, expected in zip(fi.search(chunked, queries, 10), fi.search(whole, queries, 10)):
         np.testing.assert_array_equal(got, expected)
@@ -367,57 +369,57 @@ def test_chunks_of_mapped_rows_build_the_index_one_array_builds(small, tmp_path,
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat", "IVF16,SQ8"])
 def test_write_read_round_trip_mapped_or_not(small, tmp_path, factory):
     vectors, ids, queries = small
-    index = fi.build_index(vectors, ids, factory)
+    index = ann_build.build_index(vectors, ids, factory)
     expected = fi.search(index, queries, 10)
     path = tmp_path / "vectors.faiss"
 
-    fi.write_index(index, path)
+    faiss_io.write_index(index, path)
 
     assert os.listdir(tmp_path) == ["vectors.faiss"], "no temporary file left behind"
-    for reopened in (fi.read_index(path), fi.read_index(path, mmap=False), faiss.read_index(str(path))):
+    for reopened in (faiss_io.read_index(path), faiss_io.read_index(path, mmap=False), faiss.read_index(str(path))):
         got = fi.search(reopened, queries, 10)
         np.testing.assert_array_equal(got[1], expected[1])
         np.testing.assert_array_equal(got[0], expected[0])
-    assert fi.is_mapped(fi.read_index(path)) and not fi.is_mapped(fi.read_index(path, mmap=False))
+    assert faiss_io.is_mapped(faiss_io.read_index(path)) and not faiss_io.is_mapped(faiss_io.read_index(path, mmap=False))
 
 
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
 def test_mapped_index_refuses_changes_instead_of_crashing(small, tmp_path, factory):
     vectors, ids, _ = small
     path = tmp_path / "vectors.faiss"
-    fi.write_index(fi.build_index(vectors, ids, factory), path)
-    mapped = fi.read_index(path)
+    faiss_io.write_index(ann_build.build_index(vectors, ids, factory), path)
+    mapped = faiss_io.read_index(path)
 
     with pytest.raises(IndexStateError, match="mmap=False"):
         fi.remove(mapped, ids[:3])
     with pytest.raises(IndexStateError, match="mmap=False"):
         fi.add(mapped, vectors[:3], [1, 2, 3])
 
-    editable = fi.read_index(path, mmap=False)
+    editable = faiss_io.read_index(path, mmap=False)
     assert fi.remove(editable, ids[:3]) == 3
 
 
 def test_nprobe_survives_the_file(small, small_ivf, tmp_path):
     path = tmp_path / "ivf.faiss"
-    fi.write_index(small_ivf, path)
+    faiss_io.write_index(small_ivf, path)
     assert faiss.extract_index_ivf(faiss.read_index(str(path))).nprobe == faiss.extract_index_ivf(small_ivf).nprobe > 1
 
 
 def test_replacing_the_file_leaves_a_mapped_reader_on_the_old_one(small, tmp_path):
     vectors, ids, queries = small
     path = tmp_path / "vectors.faiss"
-    fi.write_index(fi.build_index(vectors, ids), path)
-    mapped = fi.read_index(path)
+    faiss_io.write_index(ann_build.build_index(vectors, ids), path)
+    mapped = faiss_io.read_index(path)
 
-    fi.write_index(fi.build_index(vectors[:10], ids[:10]), path)
+    faiss_io.write_index(ann_build.build_index(vectors[:10], ids[:10]), path)
 
     np.testing.assert_array_equal(fi.search(mapped, queries, 5)[1], brute_force(vectors, ids, queries, 5)[1])
-    assert fi.read_index(path).ntotal == 10
+    assert faiss_io.read_index(path).ntotal == 10
 
 
 def test_missing_and_corrupt_files_raise_index_file_error(small_ivf, tmp_path):
     good = tmp_path / "good.faiss"
-    fi.write_index(small_ivf, good)
+    faiss_io.write_index(small_ivf, good)
     data = good.read_bytes()
     (tmp_path / "truncated.faiss").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.faiss").write_bytes(b"")
@@ -427,15 +429,15 @@ def test_missing_and_corrupt_files_raise_index_file_error(small_ivf, tmp_path):
     for name in ("missing.faiss", "truncated.faiss", "empty.faiss", "noise.faiss", "folder.faiss"):
         for mmap in (True, False):
             with pytest.raises(IndexFileError, match=name):
-                fi.read_index(tmp_path / name, mmap=mmap)
+                faiss_io.read_index(tmp_path / name, mmap=mmap)
 
 
 def test_unwritable_place_raises_index_file_error_and_leaves_nothing(small_ivf, tmp_path):
     with pytest.raises(IndexFileError, match="can't write"):
-        fi.write_index(small_ivf, tmp_path / "no_such_folder" / "x.faiss")
+        faiss_io.write_index(small_ivf, tmp_path / "no_such_folder" / "x.faiss")
     (tmp_path / "taken").mkdir()
     with pytest.raises(IndexFileError):
-        fi.write_index(small_ivf, tmp_path / "taken")
+        faiss_io.write_index(small_ivf, tmp_path / "taken")
     assert os.listdir(tmp_path) == ["taken"]
 
 
@@ -444,13 +446,13 @@ def test_unwritable_place_raises_index_file_error_and_leaves_nothing(small_ivf, 
 
 def test_describe_reports_what_info_needs(small, small_ivf):
     vectors, ids, _ = small
-    info = fi.describe(small_ivf)
+    info = faiss_io.describe(small_ivf)
     assert info["type"] == "IndexIVFFlat" and info["factory"] == "IVF16,Flat"
     assert (info["ntotal"], info["dim"], info["nlist"], info["metric"]) == (len(ids), DIM, 16, "inner_product")
     assert info["nprobe"] == faiss.extract_index_ivf(small_ivf).nprobe
     assert info["bytes_per_vector"] == 4 * DIM
-    assert fi.describe(fi.build_index(vectors, ids, "IVF16,SQ8"))["bytes_per_vector"] == DIM
-    exact = fi.describe(fi.build_index(vectors, ids))
+    assert faiss_io.describe(ann_build.build_index(vectors, ids, "IVF16,SQ8"))["bytes_per_vector"] == DIM
+    exact = faiss_io.describe(ann_build.build_index(vectors, ids))
     assert "nlist" not in exact and exact["factory"] == "IDMap2,Flat" and not exact["mapped"]
 
 
@@ -463,24 +465,24 @@ def test_gpu_path_gives_the_cpu_result(small, monkeypatch):
     monkeypatch.setattr(gpu, "gpu_available", lambda: True)
     monkeypatch.setattr(gpu, "to_gpu", faiss.clone_index)
 
-    on_gpu = fi.build_index(vectors, ids, "IVF16,SQ8", use_gpu=True)
-    on_cpu = fi.build_index(vectors, ids, "IVF16,SQ8", use_gpu=False)
+    on_gpu = ann_build.build_index(vectors, ids, "IVF16,SQ8", use_gpu=True)
+    on_cpu = ann_build.build_index(vectors, ids, "IVF16,SQ8", use_gpu=False)
 
     ivf = faiss.extract_index_ivf(on_gpu)
     assert ivf.clustering_index is None and ivf.quantizer.ntotal == 16, "the index's own quantizer is back"
     np.testing.assert_array_equal(fi.search(on_gpu, queries, 10)[1], fi.search(on_cpu, queries, 10)[1])
 
 
-@pytest.mark.skipif(fi.gpu_available(), reason="this faiss has a GPU")
+@pytest.mark.skipif(gpu.gpu_available(), reason="this faiss has a GPU")
 def test_asking_for_a_gpu_without_one_says_how_to_get_it(small):
     vectors, ids, _ = small
     with pytest.raises(MissingDependencyError, match="faiss-gpu"):
-        fi.build_index(vectors, ids, "IVF16,Flat", use_gpu=True)
-    assert fi.build_index(vectors, ids, "IVF16,Flat").ntotal == len(ids)  # use_gpu=None falls back quietly
+        ann_build.build_index(vectors, ids, "IVF16,Flat", use_gpu=True)
+    assert ann_build.build_index(vectors, ids, "IVF16,Flat").ntotal == len(ids)  # use_gpu=None falls back quietly
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not fi.gpu_available(), reason="needs a CUDA-enabled faiss and a GPU")
+@pytest.mark.skipif(not gpu.gpu_available(), reason="needs a CUDA-enabled faiss and a GPU")
 def test_gpu_build_returns_a_writable_cpu_index_with_good_recall(tmp_path):
     n, dim, k = 50_000, 64, 10
     x = clustered(n + 200, dim, n_clusters=500, noise=1.2, seed=9)
@@ -489,10 +491,10 @@ def test_gpu_build_returns_a_writable_cpu_index_with_good_recall(tmp_path):
     _, truth = brute_force(vectors, ids, queries, k)
 
     for factory in ("IDMap2,Flat", "IVF256,Flat", "IVF256,SQ8"):
-        index = fi.build_index(vectors, ids, factory, use_gpu=True)
+        index = ann_build.build_index(vectors, ids, factory, use_gpu=True)
         assert not isinstance(index, faiss.GpuIndex)
-        fi.write_index(index, tmp_path / "gpu.faiss")
-        assert recall_at(fi.search(fi.read_index(tmp_path / "gpu.faiss"), queries, k)[1], truth) >= 0.95
+        faiss_io.write_index(index, tmp_path / "gpu.faiss")
+        assert recall_at(fi.search(faiss_io.read_index(tmp_path / "gpu.faiss"), queries, k)[1], truth) >= 0.95
 
 
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF16,Flat"])
@@ -501,9 +503,9 @@ def test_ids_lists_every_id_an_index_holds(factory):
     vectors = rng.standard_normal((2000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = 5 + 3 * np.arange(2000, dtype=np.int64)
-    index = fi.build_index(vectors, ids, factory)
+    index = ann_build.build_index(vectors, ids, factory)
     fi.remove(index, ids[:10])
-    assert sorted(fi.ids(index).tolist()) == ids[10:].tolist()
+    assert sorted(faiss_io.ids(index).tolist()) == ids[10:].tolist()
 
 
 # --- one query's lists shared among threads ------------------------------------------------
@@ -530,7 +532,7 @@ def test_lists_shared_among_workers_give_faiss_s_own_answer(small, workers, metr
 
 def test_lists_shared_among_workers_pad_with_minus_one_beyond_ntotal():
     x = clustered(300, DIM, n_clusters=4, seed=7)
-    index = fi.build_index(x, np.arange(300) + 1000, "IVF4,Flat")
+    index = ann_build.build_index(x, np.arange(300) + 1000, "IVF4,Flat")
     faiss.extract_index_ivf(index).nprobe = 4
 
     scores, found = fi.search(index, x[0], 310, workers=2)
@@ -544,22 +546,22 @@ def test_fault_in_maps_every_page_of_a_mapped_index_and_changes_nothing(factory,
     x = clustered(20_000, 64, n_clusters=40, seed=4)  # 5 MB of codes
     ids = np.arange(len(x), dtype="int64") + 5
     path = (tmp_path / "index.faiss").resolve()
-    fi.write_index(fi.build_index(x, ids, factory), path)
-    mapped = fi.read_index(path)
+    faiss_io.write_index(ann_build.build_index(x, ids, factory), path)
+    mapped = faiss_io.read_index(path)
     size_kib = path.stat().st_size // 1024
-    assert fi.is_mapped(mapped) and mapped_kib(path) < size_kib // 2  # a fresh mapping: pages come as touched
+    assert faiss_io.is_mapped(mapped) and mapped_kib(path) < size_kib // 2  # a fresh mapping: pages come as touched
 
-    fi.fault_in(mapped)
+    faiss_io.fault_in(mapped)
 
     assert mapped_kib(path) >= 0.97 * size_kib  # every list's codes, though no search has probed any yet
-    read = fi.read_index(path, mmap=False)
+    read = faiss_io.read_index(path, mmap=False)
     np.testing.assert_array_equal(fi.search(mapped, x[:20], 10)[1], fi.search(read, x[:20], 10)[1])
-    assert fi.describe(mapped) == {**fi.describe(read), "mapped": True}  # nprobe and all unchanged
+    assert faiss_io.describe(mapped) == {**faiss_io.describe(read), "mapped": True}  # nprobe and all unchanged
 
 
 def test_codes_behind_a_transform_are_reranked_and_their_lists_never_kept():
     """PCA and OPQ score in their reduced space, and a retrained transform moves every centroid."""
-    from lookalike.index.build import _keep_lists
+    from lookalike.ann.build import _keep_lists
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2000, 16)).astype("float32")
@@ -567,6 +569,6 @@ def test_codes_behind_a_transform_are_reranked_and_their_lists_never_kept():
     pca.train(x)
     assert fi.candidates(pca, 10) == 40 and fi.candidates(faiss.index_factory(16, "IVF4,Flat"), 10) == 10
     assert not _keep_lists(faiss.index_factory(16, "PCA8,IVF4,SQ8", faiss.METRIC_INNER_PRODUCT), pca)
-    flat = fi.build_index(x, np.arange(2000), "IVF4,Flat")
+    flat = ann_build.build_index(x, np.arange(2000), "IVF4,Flat")
     assert not _keep_lists(faiss.index_factory(16, "PCA16,IVF4,SQ8", faiss.METRIC_INNER_PRODUCT), flat)
     assert _keep_lists(faiss.index_factory(16, "IVF4,SQ8", faiss.METRIC_INNER_PRODUCT), flat)

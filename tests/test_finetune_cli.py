@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from finetune_data import TINY, held_out_textures, textures
-from lookalike.featurize.finetuned import read_finetuned
-from lookalike.featurize.onnx_cache import export_key, model_path
-from lookalike.featurize.spec import EmbeddingSpec
+
+from lookalike.featurize.models.finetuned import read_finetuned
+from lookalike.featurize.models.spec import EmbeddingSpec
+from lookalike.featurize.runtimes.onnx_cache import export_key, model_path
 from lookalike.finetune import FinetuneConfig, finetune
 
 LOOKALIKE = [sys.executable, "-m", "lookalike"]
@@ -38,13 +38,15 @@ def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
     shutil.copytree(root, photos)
     _run("index", photos, "--model", model, "--device", "cpu", "--workers", "0")
     manifest = json.loads((photos / ".lookalike" / "manifest.json").read_text())
-    assert manifest["spec"]["model"] == str(model.resolve()) and manifest["spec"]["weights_sha256"] == tuned_sha
+    # the model is known by its weights; the manifest says where its file was given
+    assert manifest["spec"]["model"] == "finetuned:" + tuned_sha[:16] and manifest["spec"]["weights_sha256"] == tuned_sha
+    assert manifest["model_file"] == str(model.resolve())
     # On the CPU the fine-tuned network runs on ONNX Runtime like any model, exported once under a key
     # made of its weights' sha256 (and layer, preprocessing, versions), so the fresh processes below reuse it.
     assert manifest["spec"]["versions"]["runtime"] == "onnxruntime"
     spec = EmbeddingSpec.from_dict(manifest["spec"])
     export = model_path(spec)
-    assert export.is_file() and export.name.endswith(f"textures.lkft-{export_key(spec)}.onnx")
+    assert export.is_file() and export.name == f"finetuned_{tuned_sha[:16]}-{export_key(spec)}.onnx"
 
     held_out = held_out_textures(tmp_path / "new")
     query = next(p for p, label in held_out.items() if label == "grass")  # not in the store: embedded by the .lkft
@@ -62,11 +64,11 @@ def test_finetune_then_index_query_and_predict_in_fresh_processes(tmp_path):
     refused = _run("index", photos, "--model", "efficientnet_lite0", "--device", "cpu", check=False)
     assert refused.returncode == 1 and "this store holds vectors from" in refused.stderr
 
-    # Another fine-tune written over the same path: the store's model name matches, its weights don't
+    # Another fine-tune written over the same path: the file the store names is now another model
     # (no validation split, so the last epoch, with a trained block, is kept).
     config = FinetuneConfig(**{**TINY, "image_size": None, "val_fraction": 0.0})
     other = finetune(root, tmp_path / "other.lkft", config, device="cpu", workers=0)
     shutil.copy(other.model_path, model)
     shutil.copy(next(iter(held_out)), photos / "grass" / "new.png")
     refused = _run("index", photos, "--device", "cpu", "--workers", "0", check=False)
-    assert refused.returncode == 1 and "weights_sha256" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 1 and "is now another model" in refused.stderr and "Traceback" not in refused.stderr

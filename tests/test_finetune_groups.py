@@ -6,7 +6,7 @@ import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.featurize import get_model_spec
-from lookalike.featurize.backbone import build_backbone
+from lookalike.featurize.models.backbone import build_backbone
 from lookalike.finetune.blocks import body_blocks, find_blocks, original_name
 from lookalike.finetune.groups import parameter_groups, unfrozen_count
 from lookalike.finetune.head import EmbeddingHead, FinetuneNet

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from finetune_data import TINY, textures
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from finetune_data import TINY, TINY_ARGS, textures
 from lookalike.cli import main
 from lookalike.errors import CheckpointError, DatasetError
 from lookalike.featurize import get_model_spec
-from lookalike.featurize.weights import load_state_dict
+from lookalike.featurize.models.weights import load_state_dict
 from lookalike.finetune import FinetuneConfig, finetune
 from lookalike.finetune.checkpoint import checkpoint_path
 
@@ -119,7 +119,7 @@ def test_too_few_images_is_one_clear_error_before_any_model_is_built(tmp_path, c
     root = tmp_path / "set"
     for name, n in counts.items():
         textures(root, per_class=n, classes=(name,))
-    import lookalike.featurize.backbone as backbone
+    import lookalike.featurize.models.backbone as backbone
 
     monkeypatch.setattr(backbone, "build_backbone", lambda *a, **k: pytest.fail("a model was built"))
     result = CliRunner().invoke(main, ["finetune", str(root), "-o", str(tmp_path / "m.lkft"), "--device", "cpu"])

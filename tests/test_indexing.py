@@ -7,12 +7,13 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import photo, refuse_as_root
+
 from lookalike.errors import StoreMismatchError, TransientError
 from lookalike.featurize import Extractor
-from lookalike.index.store import CATALOG, INDEX, VECTORS
+from lookalike.featurize.options import EmbedOptions
 from lookalike.indexing import index_folder, open_store
+from lookalike.store.store import CATALOG, INDEX, VECTORS
 
 NAMES = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "coins")
 
@@ -51,11 +52,11 @@ def recorded(monkeypatch):
 
 
 def _options():
-    return {"device": "cpu", "num_workers": 0}
+    return EmbedOptions(device="cpu", workers=0)
 
 
 def test_an_edited_copy_finds_its_original(folder, tmp_path):
-    summary = index_folder(folder, extractor_options=_options())
+    summary = index_folder(folder, options=_options())
     assert (summary.added, summary.embedded, summary.failed) == (7, 6, 1)
     copy = photo("chelsea")
     w, h = copy.size
@@ -70,11 +71,11 @@ def test_an_edited_copy_finds_its_original(folder, tmp_path):
 
 
 def test_reindexing_runs_the_cnn_on_exactly_what_changed(folder, recorded):
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     assert len(recorded) == 7
     recorded.clear()
 
-    again = index_folder(folder, extractor_options=_options())
+    again = index_folder(folder, options=_options())
     assert recorded == []
     assert (again.unchanged, again.embedded, again.added) == (7, 0, 0)
 
@@ -83,7 +84,7 @@ def test_reindexing_runs_the_cnn_on_exactly_what_changed(folder, recorded):
     changed = photo("astronaut").rotate(90)
     changed.thumbnail((400, 400))
     changed.save(folder / "sub" / "astronaut.jpg")
-    summary = index_folder(folder, extractor_options=_options())
+    summary = index_folder(folder, options=_options())
     assert sorted(recorded) == ["astronaut.jpg", "new.jpg"]
     assert (summary.added, summary.updated, summary.removed, summary.unchanged) == (1, 1, 1, 5)
 
@@ -95,16 +96,16 @@ def test_reindexing_runs_the_cnn_on_exactly_what_changed(folder, recorded):
 
 
 def test_another_model_is_refused_naming_both(folder):
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     with pytest.raises(StoreMismatchError) as info:
-        index_folder(folder, model="resnet18", extractor_options=_options())
+        index_folder(folder, model="resnet18", options=_options())
     assert "efficientnet_lite0" in str(info.value) and "resnet18" in str(info.value)
     assert "--reset" in str(info.value)
 
 
 def test_store_files_open_with_plain_tools(folder):
     import faiss
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     store_dir = folder / ".lookalike"
     store = open_store(folder)
     index = faiss.read_index(str(store_dir / INDEX))
@@ -128,13 +129,13 @@ def test_a_bad_index_factory_is_refused_before_any_embedding(folder, recorded):
     from lookalike.errors import InvalidFactoryError
 
     with pytest.raises(InvalidFactoryError, match="HNSW"):
-        index_folder(folder, index_factory="IDMap2,HNSW32", extractor_options=_options())
+        index_folder(folder, index_factory="IDMap2,HNSW32", options=_options())
     assert recorded == []
 
 
 def test_a_forced_index_factory_is_used(folder):
     import faiss
-    index_folder(folder, index_factory="IVF2,Flat", extractor_options=_options())
+    index_folder(folder, index_factory="IVF2,Flat", options=_options())
     index = faiss.read_index(str(folder / ".lookalike" / INDEX))
     assert faiss.extract_index_ivf(index).nlist == 2
     (hits,) = open_store(folder).search([folder / "chelsea.jpg"], k=1)
@@ -144,8 +145,8 @@ def test_a_forced_index_factory_is_used(folder):
 def test_reset_deletes_the_store_and_nothing_else(tmp_path):
     folder = make_photo_folder(tmp_path / "victim")
     photos = [p for p in folder.rglob("*") if p.is_file()]
-    index_folder(folder, store=folder, extractor_options=_options())  # the store shares the photos' folder
-    index_folder(folder, store=folder, reset=True, extractor_options=_options())
+    index_folder(folder, store=folder, options=_options())  # the store shares the photos' folder
+    index_folder(folder, store=folder, reset=True, options=_options())
     assert all(p.exists() for p in photos)
     assert len(open_store(folder)) == 6
 
@@ -156,25 +157,25 @@ def test_a_store_refuses_a_second_folder(folder, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     photo("coins").save(other / "coins.jpg")
-    index_folder(folder, store=tmp_path / "store", extractor_options=_options())
+    index_folder(folder, store=tmp_path / "store", options=_options())
     with pytest.raises(StoreError, match="give this folder its own --store"):
-        index_folder(other, store=tmp_path / "store", extractor_options=_options())
+        index_folder(other, store=tmp_path / "store", options=_options())
 
 
 def test_a_delete_only_run_does_not_load_the_cnn(folder, monkeypatch):
     import lookalike.featurize
 
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     (folder / "coffee.png").unlink()
     monkeypatch.setattr(lookalike.featurize, "create_extractor", lambda *a, **k: pytest.fail("the CNN was loaded"))
-    assert index_folder(folder, extractor_options=_options()).removed == 1
+    assert index_folder(folder, options=_options()).removed == 1
 
 
 def test_reset_rebuilds_a_damaged_store(folder):
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     (folder / ".lookalike" / VECTORS).write_bytes(b"")  # vectors lost
-    summary = index_folder(folder, reset=True, extractor_options=_options())
-    assert summary.embedded == 6 and open_store(folder).check() == []
+    summary = index_folder(folder, reset=True, options=_options())
+    assert summary.embedded == 6 and open_store(folder).check().ok
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_a_failure_heals_when_its_permissions_are_fixed_and_on_retry_failed(fold
     photo("camera").resize((200, 150)).save(locked)
     os.chmod(locked, 0)
     started = time.time()
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     failures = {r.path: r for r in open_store(folder).failures()}
     assert failures["locked.jpg"].reason == "permission denied"
     assert started - 1 <= failures["locked.jpg"].recorded <= time.time()
@@ -198,18 +199,18 @@ def test_a_failure_heals_when_its_permissions_are_fixed_and_on_retry_failed(fold
     recorded.clear()
     os.chmod(locked, 0o644)  # only ctime and mode change
     assert (locked.stat().st_size, locked.stat().st_mtime_ns) == (size, mtime)
-    summary = index_folder(folder, extractor_options=_options())
+    summary = index_folder(folder, options=_options())
     assert recorded == ["locked.jpg"] and (summary.retried, summary.embedded, summary.unchanged) == (1, 1, 7)
     assert [r.path for r in open_store(folder).failures()] == ["broken.jpg"]
 
     recorded.clear()  # broken.jpg has not changed: tried again only when asked
-    assert index_folder(folder, extractor_options=_options()).embedded == 0 and recorded == []
-    summary = index_folder(folder, retry_failed=True, extractor_options=_options())
+    assert index_folder(folder, options=_options()).embedded == 0 and recorded == []
+    summary = index_folder(folder, retry_failed=True, options=_options())
     assert recorded == ["broken.jpg"] and (summary.retried, summary.failed) == (1, 1)
 
 
 def test_after_an_upgrade_from_format_1_only_failures_are_tried_again(folder, recorded):
-    index_folder(folder, extractor_options=_options())
+    index_folder(folder, options=_options())
     store_dir = folder / ".lookalike"
     with sqlite3.connect(store_dir / CATALOG) as db:  # a store lookalike 0.1 wrote: no ctime, mode, recorded
         for column in ("ctime_ns", "mode", "recorded"):
@@ -217,7 +218,7 @@ def test_after_an_upgrade_from_format_1_only_failures_are_tried_again(folder, re
     manifest = json.loads((store_dir / "manifest.json").read_text())
     (store_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     recorded.clear()
-    summary = index_folder(folder, extractor_options=_options())
+    summary = index_folder(folder, options=_options())
     assert recorded == ["broken.jpg"] and (summary.unchanged, summary.retried) == (6, 1)
 
 
@@ -253,7 +254,7 @@ def test_a_transient_error_stops_indexing_records_no_failure_and_a_rerun_resumes
     assert line.startswith("Error: indexing stopped by a transient error") and "run the same command again" in line
     assert "Traceback" not in result.output
     stopped = open_store(folder)  # batch 1 ([broken.jpg chelsea.jpg]) only; nothing of batch 2 failed
-    assert [r.path for r in stopped.failures()] == ["broken.jpg"] and len(stopped) == 1 and stopped.check() == []
+    assert [r.path for r in stopped.failures()] == ["broken.jpg"] and len(stopped) == 1 and stopped.check().ok
 
     monkeypatch.setattr(lookalike.indexing, "_extractor", real)
     result = CliRunner().invoke(main, args)
@@ -275,7 +276,7 @@ def test_the_summary_times_embedding_apart_from_set_up(folder, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(indexing, "_extractor", slow_set_up)
-    summary = index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+    summary = index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     assert 0 < summary.embed_seconds <= summary.seconds - 1.5
     result = CliRunner().invoke(main, ["index", str(folder), "--reset", "--device", "cpu", "--workers", "0"])
     assert result.exit_code == 0, result.output

@@ -8,13 +8,14 @@ is checked without a GPU; the GPU itself is checked by ``benchmarks/gpu_check.sh
 import numpy as np
 import pytest
 import torch
+from conftest import photo
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as F
 
-from conftest import photo
 from lookalike import create_extractor
 from lookalike.featurize import Preprocessing, get_model_spec
-from lookalike.featurize.jpeg import decode_jpegs, read_jpeg, upright
+from lookalike.featurize.images.jpeg import decode_jpegs, read_jpeg, upright
+from lookalike.featurize.options import EmbedOptions
 
 
 def _read(path, draft_size=256):
@@ -113,7 +114,7 @@ def mixed_paths(corpus_dir, tmp_path_factory):
 
 @pytest.mark.usefixtures("unreadable_as_root")
 def test_device_decoding_gives_the_cpu_path_keys_failures_and_vectors(lite0, mixed_paths):
-    on_device = create_extractor(device="cpu", batch_size=8, jpeg_on_device=True)
+    on_device = create_extractor(device="cpu", batch_size=8, gpu_decode=True)
     keys, vectors, failures = _run(on_device, mixed_paths)
     cpu_keys, cpu_vectors, cpu_failures = _run(lite0, mixed_paths)
 
@@ -130,12 +131,12 @@ def test_device_decoding_gives_the_cpu_path_keys_failures_and_vectors(lite0, mix
 
 
 def test_two_lanes_give_one_lane_results_in_order(lite0, mixed_paths):
-    from lookalike.featurize.backbone import build_backbone
-    from lookalike.featurize.torch_extractor import TorchExtractor
+    from lookalike.featurize.models.backbone import build_backbone
+    from lookalike.featurize.runtimes.torch_extractor import TorchExtractor
 
     cpu = torch.device("cpu")
     spec = lite0.model_spec
-    two = TorchExtractor(spec, build_backbone(spec), device=cpu, devices=[cpu, cpu], batch_size=3, num_workers=0)
+    two = TorchExtractor(spec, build_backbone(spec), EmbedOptions(batch_size=3, workers=0), device=cpu, devices=[cpu, cpu])
     good = [p for p in mixed_paths if "chelsea" in p or "/large" in p]
     keys, vectors, _ = _run(two, good)
     one_keys, one_vectors, _ = _run(lite0, good)

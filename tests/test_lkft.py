@@ -4,23 +4,25 @@ and a tampered file refused with a reason."""
 import json
 import shutil
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from finetune_data import TINY, textures
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from finetune_data import TINY, textures
 from lookalike import create_extractor
 from lookalike.cli import main
 from lookalike.errors import ModelFileError
 from lookalike.featurize import get_model_spec
-from lookalike.featurize.backbone import build_backbone
-from lookalike.featurize.decode import load_image
-from lookalike.featurize.finetuned import content_sha256, read_finetuned
+from lookalike.featurize.images.decode import load_image
+from lookalike.featurize.models.backbone import build_backbone
+from lookalike.featurize.models.finetuned import content_sha256, read_finetuned
 from lookalike.finetune import FinetuneConfig, finetune
 from lookalike.finetune.head import EmbeddingHead
 from lookalike.training import predict
@@ -53,9 +55,11 @@ def test_the_file_is_safetensors_with_the_spec_classes_configuration_and_report(
 def test_model_lkft_builds_the_finetuned_body_and_stores_record_its_sha256(tuned):
     path, root = tuned
     model = read_finetuned(path)
-    extractor = create_extractor(str(path), device="cpu", num_workers=0)
-    base = create_extractor("efficientnet_lite0", device="cpu", num_workers=0)
-    assert extractor.spec.model == str(path.resolve()) and extractor.spec.layer == "flatten" and extractor.dim == 1280
+    extractor = create_extractor(str(path), device="cpu", workers=0)
+    base = create_extractor("efficientnet_lite0", device="cpu", workers=0)
+    # known by its weights, never by where the file lies
+    assert extractor.spec.model == "finetuned:" + model.document["spec"]["weights_sha256"][:16]
+    assert extractor.spec.layer == "flatten" and extractor.dim == 1280
     assert extractor.spec.preprocessing.crop_size == 64  # embedded at the size it was tuned at
     assert extractor.spec.weights_sha256 == model.document["spec"]["weights_sha256"] != base.spec.weights_sha256
     assert model.document["spec"]["base_weights_sha256"] == base.spec.weights_sha256
@@ -73,10 +77,10 @@ def test_predict_is_the_trained_head_on_the_finetuned_body(tuned):
     path, root = tuned
     model = read_finetuned(path)
     paths = sorted(str(p) for p in root.rglob("*.png"))[::3]
-    predictions, failures = predict(path, paths, top=3, device="cpu", num_workers=0)
+    predictions, failures = predict(path, paths, top=3, device="cpu", workers=0)
     assert failures == [] and len(predictions) == len(paths)
 
-    spec = model.spec()
+    spec = model.spec(get_model_spec("efficientnet_lite0"))
     body = build_backbone(spec).module.eval()
     head = EmbeddingHead(1280, 3)
     head.linear.weight.data = torch.from_numpy(model.head_weight)
@@ -97,7 +101,8 @@ def test_model_lkft_works_for_embed_train_and_layers(tuned, tmp_path):
                                   "--device", "cpu", "--workers", "0"])
     assert result.exit_code == 0, result.output
     spec = json.loads(str(np.load(tmp_path / "v.npz")["spec"]))
-    assert spec["model"] == str(path.resolve()) and spec["weights_sha256"] == read_finetuned(path).document["spec"]["weights_sha256"]
+    digest = read_finetuned(path).document["spec"]["weights_sha256"]
+    assert spec["model"] == "finetuned:" + digest[:16] and spec["weights_sha256"] == digest
 
     data = textures(tmp_path / "set", per_class=4)
     result = runner.invoke(main, ["train", str(data), "-o", str(tmp_path / "m.skops"), "--model", str(path), "--folds", "3",
@@ -116,9 +121,9 @@ def test_a_head_on_an_earlier_layer_embeds_at_that_layer(tmp_path):
     root = textures(tmp_path / "set", per_class=2)
     config = FinetuneConfig(**{**TINY, "epochs": 0, "val_fraction": 0.5}, layer="_blocks.13")
     result = finetune(root, tmp_path / "early.lkft", config, device="cpu", workers=0)
-    extractor = create_extractor(str(result.model_path), device="cpu", num_workers=0, runtime="torch")
+    extractor = create_extractor(str(result.model_path), device="cpu", workers=0, runtime="torch")
     assert (extractor.spec.layer, extractor.dim) == ("_blocks.13", 192)
-    predictions, _ = predict(result.model_path, [str(next((root / "grass").iterdir()))], device="cpu", num_workers=0,
+    predictions, _ = predict(result.model_path, [str(next((root / "grass").iterdir()))], device="cpu", workers=0,
                              runtime="torch")
     assert len(predictions[0].labels) == 3
 
@@ -184,3 +189,52 @@ def test_an_intact_copy_elsewhere_reads_and_weights_are_refused(tuned, tmp_path)
         create_extractor(str(copy), weights=str(copy), device="cpu")
     with pytest.raises(ModelFileError, match="no fine-tuned model"):
         read_finetuned(tmp_path / "missing.lkft")
+
+
+def _lookalike(*args, cwd) -> subprocess.CompletedProcess:
+    """``lookalike`` in a fresh process, from ``cwd``."""
+    return subprocess.run([sys.executable, "-m", "lookalike", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_same_lkft_named_from_two_folders_is_the_same_model(tuned, tmp_path):
+    """`index DIR --model ./x.lkft` twice, from two working directories: the second adds nothing, refuses nothing."""
+    path, root = tuned
+    photos = tmp_path / "photos"
+    shutil.copytree(root / "brick", photos)
+    images = len(list(photos.iterdir()))
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "a" / "ft.lkft")
+    first = _lookalike("index", "../photos", "--model", "./ft.lkft", "--device", "cpu", "--workers", "0",
+                       cwd=tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    assert f"{images} added" in first.stdout
+    second = _lookalike("index", "../../photos", "--model", "../ft.lkft", "--device", "cpu", "--workers", "0",
+                        cwd=tmp_path / "a" / "b")
+    assert second.returncode == 0, second.stderr
+    assert "0 added" in second.stdout and "0 embedded" in second.stdout
+
+
+def test_a_moved_lkft_is_named_once_and_the_store_follows(tuned, tmp_path):
+    """The file moves: a query of a new image says so in one line naming --model; `index --model NEWPATH` then
+    adds nothing, raises nothing, and records the new place, so the query works again."""
+    path, root = tuned
+    photos = tmp_path / "photos"
+    shutil.copytree(root / "brick", photos)
+    shutil.copy(path, tmp_path / "ft.lkft")
+    assert _lookalike("index", photos, "--model", tmp_path / "ft.lkft", "--device", "cpu", "--workers", "0",
+                      cwd=tmp_path).returncode == 0
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "ft.lkft").rename(tmp_path / "moved" / "ft.lkft")
+    outside = tmp_path / "new.png"
+    shutil.copy(next((root / "grass").iterdir()), outside)
+    lost = _lookalike("query", outside, "--store", photos, cwd=tmp_path)
+    assert lost.returncode == 1 and lost.stderr.count("\n") == 1 and "--model NEWPATH" in lost.stderr
+    assert "Traceback" not in lost.stderr
+    again = _lookalike("index", photos, "--model", tmp_path / "moved" / "ft.lkft", "--device", "cpu", "--workers", "0",
+                       cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "0 added" in again.stdout and "0 embedded" in again.stdout
+    found = _lookalike("query", outside, "--store", photos, "-k", "2", "--json", cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)) == 2

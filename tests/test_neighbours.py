@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
+from lookalike.ann import faiss_io
+from lookalike.ann import index as faiss_index
 from lookalike.errors import StoreError
-from lookalike.index import faiss_index
-from lookalike.index import neighbours as neighbours_module
-from lookalike.index.neighbours import exact_scores
-from lookalike.index.store import Store
+from lookalike.store import neighbours as neighbours_module
+from lookalike.store.neighbours import exact_scores
+from lookalike.store.store import Store
 
 DIM = 16
 SPEC = {"model": "fake", "layer": "x", "dim": DIM, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {"a": "1"}}
@@ -30,7 +31,7 @@ def test_lossy_codes_give_exact_scores_and_brute_force_order(tmp_path, factory):
     rng = np.random.default_rng(0)
     vectors, queries = _unit(rng, 2000), _unit(rng, 40)
     store = _store(tmp_path, factory, vectors)
-    index = faiss_index.read_index(store.directory / "index.faiss")
+    index = faiss_io.read_index(store.directory / "index.faiss")
     assert faiss_index.candidates(index, 10) > 10  # the index's own scores are approximate
     raw = faiss_index.search(index, queries, 10)[0]
 

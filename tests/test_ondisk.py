@@ -9,11 +9,14 @@ import faiss
 import numpy as np
 import pytest
 
+from lookalike.ann import build as ann_build
+from lookalike.ann import faiss_io
+from lookalike.ann import index as faiss_index
 from lookalike.errors import IndexStateError
-from lookalike.index import faiss_index, ondisk
-from lookalike.index.layout import INDEX, SHARDS
-from lookalike.index.shards import shard_path, write_shard_file
-from lookalike.index.store import Store
+from lookalike.store import ondisk
+from lookalike.store.layout import INDEX, SHARDS
+from lookalike.store.shards import shard_path, write_shard_file
+from lookalike.store.store import Store
 
 DIM = 32
 SPEC = {"model": "fake", "layer": "x", "dim": DIM, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {"a": "1"}}
@@ -29,9 +32,9 @@ def test_four_parts_merged_on_disk_give_the_top_10_of_one_index_with_the_same_qu
     rng = np.random.default_rng(0)
     x = _clustered(rng, 8000)
     ids = np.arange(10_000, 18_000, dtype=np.int64)
-    trained = faiss_index.trained_index(x, "IVF64,PQ8")
-    faiss_index.write_index(trained, tmp_path / "trained.faiss")
-    single = faiss_index.read_index(tmp_path / "trained.faiss", mmap=False)
+    trained = ann_build.trained_index(x, "IVF64,PQ8")
+    faiss_io.write_index(trained, tmp_path / "trained.faiss")
+    single = faiss_io.read_index(tmp_path / "trained.faiss", mmap=False)
     single.add_with_ids(x, ids)
     files = []
     for k, part in enumerate(np.array_split(np.arange(len(x)), 4)):  # four shard files
@@ -41,8 +44,8 @@ def test_four_parts_merged_on_disk_give_the_top_10_of_one_index_with_the_same_qu
               for f, p in zip(files, np.array_split(np.arange(len(x)), 4))]
     name, results = ondisk.build_ondisk(tmp_path, tmp_path / "trained.faiss", pieces, DIM, 1, part_rows=2000)
     assert [r.rows for r in results] == [2000] * 4
-    merged = faiss_index.read_index(tmp_path / INDEX)
-    assert ondisk.ivfdata_name(merged) == name and faiss_index.is_mapped(merged)
+    merged = faiss_io.read_index(tmp_path / INDEX)
+    assert ondisk.ivfdata_name(merged) == name and faiss_io.is_mapped(merged)
     queries = _clustered(rng, 200)
     _, expected = single.search(queries, 10)
     _, got = faiss_index.search(merged, queries, 10)
@@ -79,7 +82,7 @@ def test_a_sharded_store_builds_on_disk_and_a_fresh_process_searches_it_moved(tm
     store, truth = _sharded_store(tmp_path, rng)
     with store.writer(map_parts=map):
         pass
-    assert store.check() == []
+    assert store.check().ok
     assert list(store.directory.glob("index.*.ivfdata")) and not list(store.directory.glob(".build-*"))
     assert len(store.failures()) == 4
     keys = sorted(truth)
@@ -92,7 +95,7 @@ def test_a_sharded_store_builds_on_disk_and_a_fresh_process_searches_it_moved(tm
     moved = tmp_path / "moved"
     os.rename(store.directory, moved)
     np.save(tmp_path / "q.npy", query[None])
-    code = ("import json,sys,numpy as np; from lookalike.index.store import Store; s=Store.open(sys.argv[1]);"
+    code = ("import json,sys,numpy as np; from lookalike.store.store import Store; s=Store.open(sys.argv[1]);"
             "print(json.dumps([h.id for h in s.search(np.load(sys.argv[2]), k=10)[0]]))")
     out = subprocess.run([sys.executable, "-c", code, str(moved), str(tmp_path / "q.npy")], cwd="/",
                          capture_output=True, text=True, timeout=120, check=True).stdout
@@ -104,13 +107,13 @@ def test_check_reports_orphans_and_damaged_shards_and_a_writer_removes_orphans(t
     store, _ = _sharded_store(tmp_path, rng, shards=2, rows=50)
     orphan = write_shard_file(store.directory, _clustered(rng, 5))  # a killed run's shard
     (store.directory / SHARDS / ".x.tmp").write_bytes(b"partial")
-    problems = store.check()
+    problems = store.check().problems
     assert any("2 files no catalog row names" in p for p in problems)
     with store.catalog() as catalog:
         damaged = catalog.shards()[0].name
     with open(shard_path(store.directory, damaged), "r+b") as f:
         f.truncate(100)
-    assert any(f"shard {damaged}.f32 holds 100 bytes" in p for p in store.check())
+    assert any(f"shard {damaged}.f32 holds 100 bytes" in p for p in store.check().problems)
     with store.writer(sync=False):
         pass
     assert not shard_path(store.directory, orphan).exists() and not (store.directory / SHARDS / ".x.tmp").exists()
@@ -131,7 +134,7 @@ def test_an_on_disk_index_stays_while_few_rows_change_and_searches_stay_exact(tm
     old = truth["s1/1.jpg"]
     truth.update({f"n{i}.jpg": v for i, v in enumerate(new)}, **{"s1/1.jpg": moved[0]})
     del truth["s0/0.jpg"]
-    assert store.check() == []
+    assert store.check().ok
     keys = sorted(truth)
     matrix = np.stack([truth[k] for k in keys])
     for query in [*new, old]:  # the changed file's old vector in the index must not answer for it
@@ -142,8 +145,8 @@ def test_an_on_disk_index_stays_while_few_rows_change_and_searches_stay_exact(tm
 
 _ONE_MORE_RUN = """
 import sys, numpy as np
-from lookalike.index.shards import write_shard_file
-from lookalike.index.store import Store
+from lookalike.store.shards import write_shard_file
+from lookalike.store.store import Store
 store = Store.open(sys.argv[1])
 x = np.random.default_rng(9).standard_normal((50, {dim}), dtype=np.float32)
 x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -161,9 +164,9 @@ def test_a_kill_at_each_sharded_step_leaves_a_store_that_a_rerun_makes_whole(poi
     killed = subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory)], env=env, timeout=120,
                             capture_output=True, text=True)
     assert killed.returncode == 86, killed.stderr  # crashpoints.CRASH_EXIT_CODE: it died at the point
-    assert not [p for p in store.check() if "no catalog row names" not in p]  # an orphan at most
+    assert not [p for p in store.check().problems if "no catalog row names" not in p]  # an orphan at most
     subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory)], timeout=120, check=True)
-    assert store.check() == [] and len(store) == 850
+    assert store.check().ok and len(store) == 850
     assert not list(store.directory.glob(".build-*")) and len(list(store.directory.glob("index.*.ivfdata"))) <= 2
     key = sorted(truth)[3]
     assert os.path.relpath(store.search(truth[key][None], k=1)[0][0].path, tmp_path) == key

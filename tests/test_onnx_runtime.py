@@ -18,9 +18,10 @@ from conftest import photo
 from lookalike import create_extractor
 from lookalike.cli import main
 from lookalike.errors import LookalikeError, OnnxExportError
-from lookalike.featurize import extractor_for_spec, registry
-from lookalike.featurize.onnx_cache import model_path
-from lookalike.featurize.onnx_runtime import open_network
+from lookalike.featurize import extractor_for_spec
+from lookalike.featurize.models import registry
+from lookalike.featurize.runtimes.onnx_cache import model_path
+from lookalike.featurize.runtimes.onnx_network import open_network
 
 TESTS = Path(__file__).resolve().parent
 
@@ -73,7 +74,7 @@ def test_resnet18_and_a_layer_tap_on_onnx_runtime_give_torch_vectors(name, layer
 def test_many_threads_split_into_sessions_that_keep_keys_and_vectors_in_order(lite0_onnx, corpus_dir):
     root, expected = corpus_dir
     paths = [str(root / name) for name in sorted(expected) if expected[name] is None]
-    split = create_extractor(device="cpu", batch_size=3, threads=16, num_workers=0)
+    split = create_extractor(device="cpu", batch_size=3, threads=16, workers=0)
     assert len(split.networks) == 2 and split.threads == 16  # two sessions of 8 threads
     keys, vectors = [], []
     for batch in split.embed_paths(paths):
@@ -118,7 +119,7 @@ def test_a_network_that_cannot_be_exported_runs_on_torch_after_one_warning(tiny,
 
 
 def test_an_export_that_disagrees_with_torch_is_refused_and_torch_runs(tiny, tmp_path, monkeypatch, caplog):
-    from lookalike.featurize import onnx_export
+    from lookalike.featurize.runtimes import onnx_export
 
     weights = tmp_path / "tiny.pth"
     tiny_models.save_weights(weights)
@@ -213,7 +214,7 @@ def test_two_processes_exporting_at_once_leave_one_valid_file(tiny, tmp_path):
     (export,) = _exports(tiny)
     assert [f for f in files if not f.endswith((".onnx", ".lock"))] == []  # no temporary file left behind
     reference = create_extractor("tiny", weights=weights, device="cpu", runtime="torch").embed_images([photo("coffee")])
-    from lookalike.featurize.onnx_runtime import OnnxNetwork
+    from lookalike.featurize.runtimes.onnx_network import OnnxNetwork
 
     pixels = create_extractor("tiny", weights=weights, device="cpu", runtime="torch").model_spec.preprocessing.pixels(photo("coffee"))
     features = OnnxNetwork(export, threads=1).run(pixels[None], forward_batch=1)
@@ -246,7 +247,7 @@ def test_a_store_indexed_with_torch_takes_onnx_additions(tmp_path):
 
 
 def test_the_export_key_follows_the_installed_versions(lite0_onnx, monkeypatch):
-    from lookalike.featurize import onnx_cache
+    from lookalike.featurize.runtimes import onnx_cache
 
     before = model_path(lite0_onnx.spec)
     real = onnx_cache.installed_versions

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import photo
+
 from lookalike.featurize import Preprocessing, get_model_spec, list_models
 
 TORCHVISION = [spec.name for spec in list_models() if spec.source == "torchvision"]

@@ -2,8 +2,14 @@ import pytest
 import torch
 
 from lookalike.errors import UnknownModelError
-from lookalike.featurize import DEFAULT_MODEL, ModelSpec, get_model_spec, list_models, register_model
-from lookalike.featurize.backbone import _classifier, _tap
+from lookalike.featurize import (
+    DEFAULT_MODEL,
+    ModelSpec,
+    get_model_spec,
+    list_models,
+    register_model,
+)
+from lookalike.featurize.models.backbone import _classifier, _tap
 
 REQUIRED = (
     "resnet18 resnet34 resnet50 resnet101 resnet152 efficientnet_b0 efficientnet_b1 efficientnet_b2 "
@@ -66,7 +72,8 @@ def _tiny_cnn():
 def test_a_model_of_your_own_registers_and_needs_a_weights_file(monkeypatch, tmp_path, photos):
     from lookalike import create_extractor
     from lookalike.errors import WeightsNotFoundError
-    from lookalike.featurize import Preprocessing, registry
+    from lookalike.featurize import Preprocessing
+    from lookalike.featurize.models import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_model(ModelSpec("tiny", "mine", "tiny", Preprocessing(40, 32), "3", 8, _tiny_cnn))

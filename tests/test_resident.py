@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from smaps import mapped_kib
 
-from lookalike.index.resident import ResidentFiles
-from lookalike.index.store import CATALOG, VECTORS, Store
+from lookalike.store.resident import ResidentFiles
+from lookalike.store.store import CATALOG, VECTORS, Store
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="files are kept resident on POSIX systems only")
 

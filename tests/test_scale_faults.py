@@ -11,9 +11,9 @@ import time
 import pytest
 from ray_helpers import make_photo_folder, shard_rows
 
-from lookalike.index.layout import CATALOG, SHARDS
-from lookalike.index.store import Store
 from lookalike.scale.session import reap
+from lookalike.store.layout import CATALOG, SHARDS
+from lookalike.store.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 N = 72
@@ -57,7 +57,7 @@ def test_a_rerun_after_the_driver_is_killed_embeds_only_uncommitted_files(ray_te
     assert embedded == N - committed, out
     assert f"{N - committed} added" in out and f"{committed} unchanged" in out
     store = Store.open(store_dir)
-    assert len(store) == N and shard_rows(store_dir) == N and store.check() == []
+    assert len(store) == N and shard_rows(store_dir) == N and store.check().ok
     with store.catalog() as catalog:
         names = {f"{s.name}.f32" for s in catalog.shards()}
     assert set(os.listdir(store_dir / SHARDS)) == names  # the killed run's shard in flight is gone

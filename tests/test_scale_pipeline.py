@@ -23,10 +23,13 @@ from ray_helpers import (
 )
 
 from lookalike.cli import main
-from lookalike.index.store import Store
+from lookalike.errors import LookalikeError
+from lookalike.featurize.options import EmbedOptions
 from lookalike.indexing import index_folder
 from lookalike.scale import index_with_ray
+from lookalike.scale.pipeline import actor_options
 from lookalike.scale.session import own_processes
+from lookalike.store.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 CPU = ["--device", "cpu", "--batch-size", "4"]
@@ -49,7 +52,7 @@ def test_the_cli_on_ray_gives_the_local_engines_paths_failures_vectors_and_summa
     assert _summary(ray_run.stdout) == _summary(local.stdout) == "17 added, 0 updated, 0 removed, 0 unchanged, 5 failed (12 embedded)"
     assert "Indexing" in ray_run.stderr and "`lookalike failures` lists them" in ray_run.stderr
     assert_same_as_local(tmp_path / "local", tmp_path / "ray")
-    assert shard_rows(tmp_path / "ray") == 12 and Store.open(tmp_path / "ray").check() == []
+    assert shard_rows(tmp_path / "ray") == 12 and Store.open(tmp_path / "ray").check().ok
 
     again = runner.invoke(main, ["index", str(root), "--store", str(tmp_path / "ray"), *CPU, "--engine", "ray"])
     assert _summary(again.stdout) == "0 added, 0 updated, 0 removed, 17 unchanged, 0 failed (0 embedded)"
@@ -58,7 +61,7 @@ def test_the_cli_on_ray_gives_the_local_engines_paths_failures_vectors_and_summa
     changed = runner.invoke(main, ["index", str(root), "--store", str(tmp_path / "ray"), *CPU, "--engine", "ray"])
     assert _summary(changed.stdout) == "0 added, 1 updated, 1 removed, 15 unchanged, 0 failed (1 embedded)"
     store = Store.open(tmp_path / "ray")
-    assert store.check() == [] and len(store) == 11
+    assert store.check().ok and len(store) == 11
     hits = store.search([root / "03_coffee.png"], k=2)[0]  # 14_rgba.png is the same photo
     assert {os.path.basename(h.path) for h in hits} == {"03_coffee.png", "14_rgba.png"} and hits[1].score > 0.9999
 
@@ -68,7 +71,7 @@ def _embedding_actors(temp: str) -> list[int]:
     pids = []
     for pid in own_processes(temp):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"MapBatches(Embedder)" in f.read():
+            if b"MapBatches(EmbedActor)" in f.read():
                 pids.append(pid)
     return pids
 
@@ -96,7 +99,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(local_ray, ray_tem
     killer.start()
     try:
         summary = index_with_ray(root, store=tmp_path / "store", rows_per_shard=4, on_commit=on_commit,
-                                 extractor_options={"device": "cpu", "batch_size": 4}, index_factory="IVF2,Flat",
+                                 options=EmbedOptions(device="cpu", batch_size=4), index_factory="IVF2,Flat",
                                  no_progress_timeout_s=NO_PROGRESS_S)
     finally:
         gate.unlink(missing_ok=True)
@@ -107,7 +110,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(local_ray, ray_tem
     assert len(store) == 48 and shard_rows(tmp_path / "store") == 48
     with store.catalog() as catalog:
         assert sorted(r.path for r in catalog.records("ok")) == sorted(os.listdir(root))
-    assert store.check() == []
+    assert store.check().ok
     assert list(store.directory.glob("index.*.ivfdata")), "the forced IVF index was not built on disk"
     hits = store.search([root / "p005.jpg"], k=4)[0]
     assert hits[0].path.endswith("p005.jpg")
@@ -129,14 +132,24 @@ def test_engine_ray_without_ray_is_one_line_naming_the_install_command(tmp_path,
     assert not (tmp_path / "photos" / ".lookalike").exists()
 
 
+def test_actors_refuse_an_option_they_cannot_honour_in_one_line():
+    with pytest.raises(LookalikeError, match="^--engine ray does not take --workers: each Ray actor decodes its own"):
+        actor_options(EmbedOptions(workers=2))
+    assert actor_options(EmbedOptions(runtime="torch", batch_size=3)) == EmbedOptions(runtime="torch", batch_size=3, workers=0)
+
+
 def test_the_local_engine_on_a_store_ray_wrote_appends_to_shard_zero(local_ray, tmp_path):
+    """The Ray actors honour --runtime torch (the local engine runs ONNX Runtime on the CPU)."""
     root = make_photo_folder(tmp_path / "photos", 6)
-    index_with_ray(root, store=tmp_path / "store", rows_per_shard=3, extractor_options={"device": "cpu", "batch_size": 3})
+    runtimes = set()
+    index_with_ray(root, store=tmp_path / "store", rows_per_shard=3, options=EmbedOptions(device="cpu", batch_size=3,
+                   runtime="torch"), on_commit=lambda batch: runtimes.update(batch["embed_runtime"]))
+    assert runtimes == {"torch"}
     make_photo_folder(tmp_path / "more", 8)
     os.rename(tmp_path / "more" / "p007.jpg", root / "p007.jpg")
-    summary = index_folder(root, store=tmp_path / "store", extractor_options={"device": "cpu", "num_workers": 0})
+    summary = index_folder(root, store=tmp_path / "store", options=EmbedOptions(device="cpu", workers=0))
     assert (summary.added, summary.embedded) == (1, 1)
     store = Store.open(tmp_path / "store")
-    assert len(store) == 7 and store.check() == []
+    assert len(store) == 7 and store.check().ok
     with store.catalog() as catalog:
         assert {r.path: r.shard for r in catalog.records("ok")}["p007.jpg"] == 0

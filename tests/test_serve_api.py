@@ -13,17 +13,18 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import photo
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_helpers import edited_chelsea, jpeg_bytes, photo_folder, working_directory
 
-from conftest import photo
 from lookalike.cli import main
 from lookalike.cli.options import shown
 from lookalike.featurize import load_image
+from lookalike.featurize.options import EmbedOptions
 from lookalike.indexing import open_store
 from lookalike.serve import BackgroundServer, create_app
 from lookalike.serve.gallery import Gallery
-from serve_helpers import edited_chelsea, jpeg_bytes, photo_folder, working_directory
 
 LOCAL = "http://127.0.0.1"
 
@@ -66,12 +67,12 @@ def test_a_search_alone_shares_its_scan_among_every_core_and_concurrent_ones_tak
     vector = store.vectors()[2][0]
     real, seen, first_in, release = store.search, [], threading.Event(), threading.Event()
 
-    def search(queries, k=10, *, workers=1):
+    def search(queries, k=10, *, workers=1, **more):
         seen.append(workers)
         if len(seen) == 1:  # the first search stays in flight until the second is done
             first_in.set()
             release.wait(30)
-        return real(queries, k, workers=workers)
+        return real(queries, k, workers=workers, **more)
 
     store.search = search
     first = threading.Thread(target=gallery.search, args=(vector, 3))
@@ -178,7 +179,7 @@ def test_an_empty_store_answers_409_to_a_search_and_no_groups(tmp_path):
     from lookalike.indexing import index_folder
 
     (tmp_path / "empty").mkdir()
-    index_folder(tmp_path / "empty", extractor_options={"device": "cpu"})
+    index_folder(tmp_path / "empty", options=EmbedOptions(device="cpu"))
     app = create_app(open_store(tmp_path / "empty", device="cpu"), warm_up=False)
     with TestClient(app, base_url=LOCAL) as client:
         assert client.get("/api/info").json()["embedded"] == 0
@@ -191,7 +192,7 @@ def test_an_empty_store_answers_409_to_a_search_and_no_groups(tmp_path):
 def strict(folder):
     """An app with small limits: 200 kB uploads, 1 MP images."""
     app = create_app(open_store(folder, device="cpu", max_pixels=1_000_000), display_path=shown,
-                     max_upload_bytes=200_000, max_pixels=1_000_000, warm_up=False)
+                     max_upload_bytes=200_000, warm_up=False)
     with TestClient(app, base_url=LOCAL) as client:
         yield client
 

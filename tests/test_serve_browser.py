@@ -12,11 +12,11 @@ import re
 import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from serve_helpers import edited_chelsea, photo_folder, working_directory
 
 from lookalike.cli.options import shown
 from lookalike.indexing import open_store
 from lookalike.serve import BackgroundServer, create_app
-from serve_helpers import edited_chelsea, photo_folder, working_directory
 
 BROWSER = "/usr/lib/chromium/chromium-headless-shell"
 expect.set_options(timeout=30_000)  # a first upload loads the model; a busy CI machine takes its time

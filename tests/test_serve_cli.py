@@ -13,10 +13,10 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from serve_helpers import photo_folder
 
 from lookalike.cli import main
 from lookalike.serve.server import Server
-from serve_helpers import photo_folder
 
 
 @pytest.fixture(scope="module")

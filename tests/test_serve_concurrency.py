@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-
 from conftest import photo
+from serve_helpers import edited_chelsea, jpeg_bytes, photo_folder, working_directory
+
 from lookalike.cli.options import shown
 from lookalike.indexing import open_store
 from lookalike.serve import BackgroundServer, create_app
-from serve_helpers import edited_chelsea, jpeg_bytes, photo_folder, working_directory
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from lookalike.errors import StoreError
-from lookalike.index import shards as shards_module
-from lookalike.index.shards import ShardSet, shard_path, write_shard_file
-from lookalike.index.store import VECTORS, Store
+from lookalike.store import shards as shards_module
+from lookalike.store.shards import ShardSet, shard_path, write_shard_file
+from lookalike.store.store import VECTORS, Store
 
 DIM = 8
 SPEC = {"model": "fake", "layer": "x", "dim": DIM, "weights_sha256": "0" * 64, "preprocessing": {}, "versions": {"a": "1"}}

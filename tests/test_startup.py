@@ -11,6 +11,7 @@ import sys
 import pytest
 from conftest import photo
 
+from lookalike.featurize.options import EmbedOptions
 from lookalike.indexing import index_folder
 
 HEAVY = ("torch", "torchvision", "torchvision.models", "torch._dynamo", "faiss", "onnxruntime")
@@ -40,7 +41,7 @@ def indexed(tmp_path_factory, onnx_cache_dir):
         photo(name).save(folder / f"{name}.jpg")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
-        index_folder(folder, extractor_options={"device": "cpu", "num_workers": 0})
+        index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     return folder
 
 

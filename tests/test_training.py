@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from finetune_data import held_out_textures
 from PIL import Image
 
-from finetune_data import held_out_textures
 from lookalike.cli import main
 from lookalike.errors import DatasetError, SpecMismatchError
+from lookalike.featurize.options import EmbedOptions
 from lookalike.training import labelled_vectors, predict, train
 
 TEXTURES = Path(__file__).parent / "data" / "textures"
 LOOKALIKE = [sys.executable, "-m", "lookalike"]  # never a console-script lookup that could be missing
-OPTIONS = {"extractor_options": {"device": "cpu", "num_workers": 0}}
+OPTIONS = {"options": EmbedOptions(device="cpu", workers=0)}
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 from lookalike import create_extractor
 from lookalike.errors import InvalidWeightsError, WeightsNotFoundError
 from lookalike.featurize import get_model_spec, weights_available
-from lookalike.featurize.weights import hub_checkpoint_dir, weights_location
+from lookalike.featurize.models.weights import hub_checkpoint_dir, weights_location
 
 
 def _random_torchvision(name: str, seed: int = 0):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lookalike.featurize import ModelSpec, Preprocessing, registry
+from lookalike.featurize import ModelSpec, Preprocessing
+from lookalike.featurize.models import registry
 
 TINY, UNEXPORTABLE = "tiny", "unexportable"
 

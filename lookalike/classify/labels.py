@@ -55,7 +55,7 @@ def check_trainable(labels: Sequence[str], folds: int, where: str | os.PathLike)
 
 
 def _read_folder(root: Path, extensions: frozenset[str]) -> LabelledImages:
-    from ..index.discover import discover
+    from ..featurize.images.discover import discover
 
     if not root.is_dir():
         raise DatasetError(f"{root} is neither a folder nor a CSV file")

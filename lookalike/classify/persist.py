@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomically
-from ..errors import ModelFileError, ModelMismatchError
-from ..index.manifest import describe_spec, spec_differences
+from ..errors import ModelFileError, ModelMismatchError, first_line
+from ..featurize.models.spec import describe_spec, spec_differences
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class SavedModel:
         classes: the class labels, as strings.
         report: a JSON-able training report, e.g. cross-validation results.
         classifier: the kind of classifier, e.g. "svm", "rbf-svm", "logreg", "knn", "centroid".
+        model_file: for vectors of a fine-tuned model (``spec`` names it by its digest), where its
+            ``.lkft`` file was when the classifier was trained.
     """
 
     estimator: object
@@ -72,6 +74,7 @@ class SavedModel:
     classes: list[str]
     report: dict
     classifier: str
+    model_file: str | None = None
 
 
 def save_model(model: SavedModel, path: str | os.PathLike) -> None:
@@ -100,6 +103,7 @@ def save_model(model: SavedModel, path: str | os.PathLike) -> None:
         "classes": _json_value(list(model.classes), "classes"),
         "spec": _json_value(model.spec, "spec"),
         "report": _json_value(model.report, "report"),
+        "model_file": model.model_file,
         "saved_with": {
             "lookalike": _lookalike_version(), "scikit-learn": sklearn.__version__, "skops": skops.__version__
         },
@@ -162,7 +166,7 @@ def load_model(path: str | os.PathLike, *, expect_spec: dict | None = None) -> S
         ) from None
     except Exception as error:  # a damaged file costs one line, whatever skops or sklearn trip on
         raise ModelFileError(
-            f"{path} is damaged{_other_sklearn(meta)}: {_first_line(error)}; {_RETRAIN}"
+            f"{path} is damaged{_other_sklearn(meta)}: {first_line(error)}; {_RETRAIN}"
         ) from None
     if not hasattr(estimator, "predict"):
         raise ModelFileError(f"{path} holds a {type(estimator).__name__}, not a classifier: {_RETRAIN}")
@@ -172,6 +176,7 @@ def load_model(path: str | os.PathLike, *, expect_spec: dict | None = None) -> S
         classes=meta["classes"],
         report=meta["report"],
         classifier=meta["classifier"],
+        model_file=meta.get("model_file"),
     )
 
 
@@ -209,7 +214,7 @@ def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict:
             f"{path} is a zip archive but not a lookalike model file (no {META_MEMBER}): {_RETRAIN}"
         ) from None
     except (zipfile.BadZipFile, ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path} is damaged ({META_MEMBER}: {_first_line(error)}): {_RETRAIN}") from None
+        raise ModelFileError(f"{path} is damaged ({META_MEMBER}: {first_line(error)}): {_RETRAIN}") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise ModelFileError(
@@ -248,12 +253,12 @@ def _refused_types(archive: zipfile.ZipFile, data: bytes, path: Path) -> list[st
     except KeyError:
         raise ModelFileError(f"{path} is damaged (no schema.json): {_RETRAIN}") from None
     except (zipfile.BadZipFile, ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path} is damaged (schema.json: {_first_line(error)}): {_RETRAIN}") from None
+        raise ModelFileError(f"{path} is damaged (schema.json: {first_line(error)}): {_RETRAIN}") from None
     named = _schema_types(schema)
     try:
         untrusted = set(sio.get_untrusted_types(data=data))
     except Exception as error:  # auditing builds no objects; whatever it trips on means a bad file
-        raise ModelFileError(f"{path} is damaged ({_first_line(error)}): {_RETRAIN}") from None
+        raise ModelFileError(f"{path} is damaged ({first_line(error)}): {_RETRAIN}") from None
     return sorted((named | untrusted) - ALLOWED_TYPES)
 
 
@@ -307,12 +312,7 @@ def _other_sklearn(meta: dict) -> str:
     return f" or needs scikit-learn {saved} (this is {sklearn.__version__})"
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _lookalike_version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__

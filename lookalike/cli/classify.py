@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from .options import echo_csv, extractor_options, featurizer_options, progressbar, shown
+from .options import (
+    DEFAULTS,
+    echo_csv,
+    embed_options,
+    featurizer_options,
+    progressbar,
+    shown,
+)
 
 CLASSIFIER_CHOICE = click.Choice(["svm", "rbf-svm", "logreg", "knn", "centroid"])
 
@@ -45,7 +52,7 @@ def train(source, output, classifier, C, k, search, folds, store, model, layer, 
         result = run(source, output, classifier=classifier, C=C, k=k, search=search, folds=folds, store=store,
                      model=model, layer=layer, weights=weights, on_start=on_start,
                      on_batch=lambda n: bar["bar"].update(n),
-                     extractor_options=extractor_options(**options))
+                     options=embed_options(**options))
     finally:
         if bar.get("bar"):
             bar["bar"].__exit__(None, None, None)
@@ -68,18 +75,22 @@ def train(source, output, classifier, C, k, search, folds, store, model, layer, 
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
 @click.option("--json", "fmt", flag_value="json", help="Print JSON.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The weights file the model's images were embedded with, if not the pretrained ones.")
-def predict(model_file, images, top, fmt, device, weights):
+@click.option("--model", "lkft", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The fine-tuned .lkft the model's images were embedded with, if it has moved since.")
+def predict(model_file, images, top, fmt, device, weights, lkft):
     """Label IMAGES (files or folders) with a model from `lookalike train`.
 
     Images are embedded the way the model's training images were. Unreadable
     images are reported and skipped.
     """
+    from ..featurize.options import EmbedOptions
     from ..training import predict as run
 
-    predictions, failures = run(model_file, images, top=top, device=device, weights=weights)
+    predictions, failures = run(model_file, images, top=top, options=EmbedOptions(device=device), weights=weights,
+                                model_file=lkft)
     if fmt == "json":
         click.echo(json.dumps([{"path": shown(p.path), "labels": p.labels, "probabilities": p.probabilities}
                                for p in predictions], indent=2))
@@ -99,15 +110,18 @@ def predict(model_file, images, top, fmt, device, weights):
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The weights file the model's images were embedded with, if not the pretrained ones.")
-def evaluate(model_file, source, as_json, device, weights):
+@click.option("--model", "lkft", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The fine-tuned .lkft the model's images were embedded with, if it has moved since.")
+def evaluate(model_file, source, as_json, device, weights, lkft):
     """Score a model on a held-out labelled folder (one subfolder per class) or CSV."""
     from ..classify.report import format_report
+    from ..featurize.options import EmbedOptions
     from ..training import evaluate as run
 
-    report, failures = run(model_file, source, device=device, weights=weights)
+    report, failures = run(model_file, source, options=EmbedOptions(device=device), weights=weights, model_file=lkft)
     for path, reason in failures:
         click.echo(f"skipped {shown(path)}: {reason}", err=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

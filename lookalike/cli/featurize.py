@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import click
 
-from .options import check_writable, extractor_options, featurizer_options, progressbar
+from .options import check_writable, embed_options, featurizer_options, progressbar
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -52,9 +52,9 @@ def layers(model):
     An earlier layer gives more generic features, which suit data unlike
     ImageNet (textures, medical, satellite) better; its output is average-pooled.
     """
-    from ..featurize import get_model_spec, list_layers
+    from ..featurize import list_layers, resolve_model
 
-    for name in list_layers(get_model_spec(model)):
+    for name in list_layers(resolve_model(model)):
         click.echo(name)
 
 
@@ -77,8 +77,7 @@ def embed(paths, output, model, layer, weights, **options):
     if not files:
         raise click.ClickException(f"no image files under {', '.join(map(str, paths))}")
     check_writable(output)  # before the long part, not after it
-    extractor = create_extractor(model, layer=layer, weights=weights,
-                                 **extractor_options(**options))
+    extractor = create_extractor(model, layer=layer, weights=weights, options=embed_options(**options))
     keys, vectors, failures = [], [], []
     start = time.perf_counter()
     with progressbar(len(files), f"Embedding with {model}") as bar:
@@ -99,8 +98,7 @@ def embed(paths, output, model, layer, weights, **options):
 
 
 def _image_files(paths: tuple[Path, ...]) -> list[str]:
-    from ..featurize import IMAGE_EXTENSIONS
-    from ..index.discover import discover
+    from ..featurize import IMAGE_EXTENSIONS, discover
 
     found = []
     for path in paths:
@@ -109,12 +107,16 @@ def _image_files(paths: tuple[Path, ...]) -> list[str]:
 
 
 def _write_npz(output: Path, keys, vectors, spec_json: str) -> None:
+    """Written whole or not at all (a file object, so numpy doesn't append .npz to the temporary name)."""
     import numpy as np
 
-    tmp = output.with_name(output.name + ".tmp")
-    with open(tmp, "wb") as f:  # a file object, so numpy doesn't append .npz to the temporary name
-        np.savez(f, keys=keys, vectors=vectors, spec=np.array(spec_json))
-    os.replace(tmp, output)  # never a half-written file under the real name
+    from ..atomic import replace_atomically
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=keys, vectors=vectors, spec=np.array(spec_json))
+
+    replace_atomically(output, write)
 
 
 COMMANDS = (models, layers, embed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import progressbar, shown
+from .options import DEFAULTS, RUNTIMES, progressbar, shown
 
 
 def _unfreeze(ctx, param, value):
@@ -89,9 +89,9 @@ class _EpochBar:
               help="Train (and later embed) at this crop size, e.g. 96 for small images: several times faster "
                    "on a CPU  [default: the model's own].")
 @click.option("--seed", default=0, show_default=True, type=int, help="The same seed gives the same weights on a CPU.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device].")
-@click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-pixels", default=DEFAULTS.max_pixels, show_default=True, type=click.IntRange(min=1),
               help="Larger images are skipped.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch checkpoint.")
 def finetune(source, output, device, workers, max_pixels, resume, no_flip, **settings):
@@ -180,10 +180,10 @@ def _names(ctx, param, value):
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for advice.json and advice.png  [default: the store folder].")
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON instead of a table.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: by device].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=DEFAULTS.runtime, show_default=True,
               help="What embeds the images: auto is ONNX Runtime on the CPU (each network exported once and "
                    "cached), torch on a GPU; each fold's fine-tune is scored on torch.")
 def advise(source, models, more_models, layers, classifiers, folds, seed, with_finetune, finetune_epochs, unfreeze,
@@ -196,6 +196,7 @@ def advise(source, models, more_models, layers, classifiers, folds, seed, with_f
     the same stratified folds; --finetune adds a short fine-tune per fold of the
     best frozen candidate. The ranking is also written as JSON and a PNG chart.
     """
+    from ..featurize.options import EmbedOptions
     from ..finetune import FinetuneConfig
     from ..finetune.advise import advise as run
     from ..finetune.advise import write_advice
@@ -214,7 +215,7 @@ def advise(source, models, more_models, layers, classifiers, folds, seed, with_f
         advice = run(source, models=list(models) + list(more_models), layers="auto" if layers == "auto" else _names(None, None, layers),
                      classifiers=classifiers, folds=folds, seed=seed, finetune=with_finetune, finetune_config=config,
                      store_dir=store_dir, on_embedding=on_embedding,
-                     extractor_options={"device": device, "batch_size": batch_size, "num_workers": workers, "runtime": runtime},
+                     options=EmbedOptions(device=device, batch_size=batch_size, workers=workers, runtime=runtime),
                      finetune_progress=Progress(epoch_bar.started, epoch_bar.step, epoch_bar.done))
     finally:
         for bar in bars:

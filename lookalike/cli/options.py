@@ -11,9 +11,14 @@ from pathlib import Path
 
 import click
 
+from ..featurize.options import PRECISIONS, RUNTIMES, EmbedOptions
+
+DEFAULTS = EmbedOptions()  # every embedding option's default, declared once in the library
+
 
 def featurizer_options(default_model: str | None):
-    """The options every command that runs the CNN shares."""
+    """The options every command that runs the CNN shares; ``embed_options`` turns them into one ``EmbedOptions``."""
+    default = DEFAULTS
     model_help = "A name from `lookalike models`, timm:<name>, or a .lkft file from `lookalike finetune`." + (
         "" if default_model else "  [default: the store's model, else efficientnet_lite0]")
     options = [
@@ -21,20 +26,16 @@ def featurizer_options(default_model: str | None):
         click.option("--layer", default=None, help="Tap an earlier layer (see `lookalike layers MODEL`)."),
         click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="A state dict file to use instead of the pretrained weights."),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
-        click.option("--workers", default=None, type=click.IntRange(min=0), help="Worker processes: on the CPU each decodes and embeds its files; on a GPU they decode [default: one per core on the CPU]."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help="auto is fp16 autocast on CUDA, fp32 elsewhere."),
-        click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(min=1),
-                     help="Larger images are skipped as failures."),
+        *embedding_options(default),
         click.option("--compile", "compile_", is_flag=True,
                      help="Run the network through torch.compile: a slow first batch, then faster (best on a GPU)."),
-        click.option("--gpu-decode/--no-gpu-decode", default=None,
+        click.option("--gpu-decode/--no-gpu-decode", default=default.gpu_decode,
                      help="Decode JPEGs on the GPU with nvJPEG  [default: on, where there is a GPU]."),
-        click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+        click.option("--runtime", type=click.Choice(RUNTIMES), default=default.runtime, show_default=True,
                      help="auto: ONNX Runtime on the CPU (the network exported once and cached in "
                           "$LOOKALIKE_CACHE, default ~/.cache/lookalike), torch on a GPU. Vectors from both mix in one store."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=default.precision,
+                     show_default=True, help="auto is fp16 autocast on CUDA, fp32 elsewhere."),
     ]
 
     def decorate(command):
@@ -45,9 +46,25 @@ def featurizer_options(default_model: str | None):
     return decorate
 
 
-def extractor_options(batch_size, workers, device, precision, max_pixels, compile_, gpu_decode, runtime="auto") -> dict:
-    return {"batch_size": batch_size, "num_workers": workers, "device": device, "precision": precision,
-            "max_pixels": max_pixels, "compile": compile_, "jpeg_on_device": gpu_decode, "runtime": runtime}
+def embedding_options(default) -> list:
+    """--batch-size, --workers, --device, --max-pixels: what commands that embed but choose no model share too."""
+    return [
+        click.option("--batch-size", default=default.batch_size, show_default=True, type=click.IntRange(min=1),
+                     help="Images per batch: decoded, embedded and written together."),
+        click.option("--workers", default=default.workers, type=click.IntRange(min=0),
+                     help="Worker processes: on the CPU each decodes and embeds its files; on a GPU they decode "
+                          "[default: one per core on the CPU]."),
+        click.option("--device", default=default.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--max-pixels", default=default.max_pixels, show_default=True, type=click.IntRange(min=1),
+                     help="Larger images are skipped as failures."),
+    ]
+
+
+def embed_options(batch_size, workers, device, max_pixels, compile_=False, gpu_decode=None, runtime="auto",
+                  precision="auto"):
+    """The one ``EmbedOptions`` a command passes on, from its flags."""
+    return EmbedOptions(device=device, batch_size=batch_size, workers=workers, precision=precision, runtime=runtime,
+                        max_pixels=max_pixels, compile=compile_, gpu_decode=gpu_decode)
 
 
 def progressbar(length: int, label: str):
@@ -114,7 +131,7 @@ class _WarningLine(logging.Handler):
 
 
 # Loggers whose INFO records explain a pause the user would otherwise wonder about.
-FIRST_TIME_NOTES = ("lookalike.featurize.onnx_export", "lookalike.featurize.torch_extractor")
+FIRST_TIME_NOTES = ("lookalike.featurize.runtimes.onnx_export", "lookalike.featurize.runtimes.torch_extractor")
 
 
 @contextlib.contextmanager
@@ -151,7 +168,8 @@ def check_writable(output: Path) -> None:
 def store_option(command):
     return click.option(
         "--store", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="LOOKALIKE_STORE",
-        help="The store folder [default: DIR/.lookalike for index; else found upward from here, like git].",
+        help="The store: its folder, or the folder it indexes  [default: DIR/.lookalike for index; else found "
+             "upward from here, like git].",
     )(command)
 
 
@@ -182,19 +200,22 @@ def write_text(path: Path, text: str) -> None:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from e
 
 
-def open_store_for(store, near=()):
-    """The store named, else the one found upward from here, else upward from the first query image."""
+def open_store_for(store, near=(), options=None):
+    """The store named, else the one found upward from here, else upward from the first query image.
+
+    ``options`` (``EmbedOptions``) say how images outside the store are embedded.
+    """
     from ..errors import StoreNotFoundError
     from ..indexing import open_store
 
     if store is not None:
-        return open_store(store, exact=True)
+        return open_store(store, exact=True, options=options)
     try:
-        return open_store()
+        return open_store(options=options)
     except StoreNotFoundError:
         for image in near:
             try:
-                return open_store(Path(image).resolve().parent)
+                return open_store(Path(image).resolve().parent, options=options)
             except StoreNotFoundError:
                 continue
         raise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import open_store_for, shown, store_option
+from .options import DEFAULTS, open_store_for, shown, store_option
 
 
 @click.command()
@@ -19,9 +19,9 @@ from .options import open_store_for, shown, store_option
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
 @click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest image accepted as a query.")
-@click.option("--max-pixels", default=50_000_000, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-pixels", default=DEFAULTS.max_pixels, show_default=True, type=click.IntRange(min=1),
               help="Larger query images are refused, as the indexer refuses them.")
-@click.option("--device", default="auto", show_default=True, help="Where uploads are embedded: auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="Where uploads are embedded: auto, cpu, cuda, cuda:N or mps.")
 def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device):
     """Browse the store in a web page: search by dropping an image, click through
     neighbours, review near-duplicates; and a JSON API (documented at /docs).
@@ -29,17 +29,16 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
     The page and API only read the store: `lookalike index` may add images meanwhile,
     and they show up without a restart. Stop with Ctrl-C.
     """
-    from ..indexing import open_store
+    from ..featurize.options import EmbedOptions
     from ..serve import require_extra
 
     require_extra()
     from ..serve import Server, create_app
     from ..serve.guard import is_loopback
 
-    found = open_store_for(store)  # found as every command finds it; reopened with the upload settings
-    opened = open_store(found.directory, exact=True, device=device, max_pixels=max_pixels)
+    opened = open_store_for(store, options=EmbedOptions(device=device, max_pixels=max_pixels))
     app = create_app(opened, display_path=shown, classifier=classifier, max_upload_bytes=int(max_upload_mb * 1e6),
-                     max_pixels=max_pixels, loopback_only=is_loopback(host))
+                     loopback_only=is_loopback(host))
     server = Server(app, host, port)
     if not is_loopback(host):
         click.secho(f"warning: listening on {host}: anyone who can reach this machine on the network can see "

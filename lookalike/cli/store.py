@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import click
 
 from .options import (
-    check_writable,
     echo_csv,
+    embed_options,
     engine_options,
-    extractor_options,
     featurizer_options,
     open_store_for,
     progressbar,
@@ -64,7 +62,7 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     try:
         summary = index_folder(
             folder, store=store, model=model, layer=layer, weights=weights, reset=reset, index_factory=index_factory,
-            retry_failed=retry_failed, extractor_options=extractor_options(**options),
+            retry_failed=retry_failed, options=embed_options(**options),
             on_start=on_start, on_batch=on_batch,
         )
     except KeyboardInterrupt:
@@ -121,15 +119,7 @@ def query(images, k, threshold, fmt, html, store):
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise click.ClickException(f"cannot read query image {missing[0]}: no such file")
-    # An indexed query image would find itself first: ask for one more and leave it out.
-    ask = k + 1 if k < len(opened) else k
-    found = opened.search([str(p) for p in images], k=ask)
-    results = []
-    for image, hits in zip(images, found):
-        others = [h for h in hits if os.path.abspath(h.path) != os.path.abspath(image)][:k]
-        results.append([h._replace(rank=rank) for rank, h in enumerate(others, 1)])
-    if threshold is not None:
-        results = [[h for h in hits if h.score >= threshold] for hits in results]
+    results = opened.similar_many([str(p) for p in images], k=k, threshold=threshold)
     rows = [(str(q), h) for q, hits in zip(images, results) for h in hits]
     if fmt == "json":
         click.echo(json.dumps([{"query": q, "rank": h.rank, "score": round(h.score, 6), "path": shown(h.path)}
@@ -144,7 +134,7 @@ def query(images, k, threshold, fmt, html, store):
             if not hits:
                 click.echo("  (no neighbour above the threshold)")
     if html:
-        from ..contact_sheet import query_sheet
+        from .contact_sheet import query_sheet
 
         write_text(html, query_sheet([(str(q), hits) for q, hits in zip(images, results)]))
         click.echo(f"contact sheet -> {html}", err=True)
@@ -165,22 +155,16 @@ def dupes(threshold, k, fmt, html, store):
     groups are the connected clusters. Memory stays bounded by the store size
     (a k-nearest-neighbour graph, never an all-pairs matrix).
     """
-    from ..index.dupes import duplicate_groups
-
     opened = open_store_for(store)
-    ids, keys, vectors = opened.vectors()
-    with progressbar(len(ids), "Comparing") as bar:
+    with progressbar(len(opened), "Comparing") as bar:
         done = {"rows": 0}
 
-        def progress(rows):
+        def progress(rows, total):
             bar.update(rows - done["rows"])
             done["rows"] = rows
 
-        groups = duplicate_groups(vectors, ids, lambda q, n: opened.knn(q, min(n, len(ids))),
-                                  threshold=threshold, k=min(k, max(len(ids), 2)), progress=progress)
-    root = opened.root  # a property that resolves the path: once, not per key
-    path_of = dict(zip(ids.tolist(), (str(root / key) for key in keys)))
-    named = [[(path_of[i], score) for i, score in zip(g.ids, g.scores)] for g in groups]
+        groups = opened.duplicate_groups(threshold=threshold, k=k, progress=progress)
+    named = [[(m.path, m.score) for m in g.members] for g in groups]
     if fmt == "json":
         click.echo(json.dumps([[{"path": shown(p), "score": round(s, 6)} for p, s in g] for g in named], indent=2))
     elif fmt == "csv":
@@ -192,7 +176,7 @@ def dupes(threshold, k, fmt, html, store):
                 click.echo(f"  {score:.4f}  {shown(path)}")
         click.echo(f"{len(named)} groups of near-duplicates at threshold {threshold}", err=True)
     if html:
-        from ..contact_sheet import groups_sheet
+        from .contact_sheet import groups_sheet
 
         write_text(html, groups_sheet(named))
         click.echo(f"contact sheet -> {html}", err=True)
@@ -247,25 +231,21 @@ def check(store):
     An index behind the catalog (after an interrupted or killed run) is brought up to date.
     """
     opened = open_store_for(store)
-    with opened.writer(sync=False):  # no writer may change the store while it is checked
-        problems = opened.check()
-    if not problems:
-        written, generation = opened.index_lag()
-        if written != generation:
-            with opened.writer():  # on exit: the index catches up with the catalog
-                pass
-            how = "rebuilt" if written < 0 else f"brought up to date (it reflected generation {written} of {generation})"
-            click.echo(f"consistent: {len(opened)} vectors, catalog and vectors agree; the index was {how}")
+    report = opened.check(repair=True)
+    if not report.problems:
+        if report.caught_up:
+            written, generation = report.caught_up
+            how = "rebuilt" if report.rebuilt else f"brought up to date (it reflected generation {written} of {generation})"
+            click.echo(f"consistent: {report.vectors} vectors, catalog and vectors agree; the index was {how}")
         else:
-            click.echo(f"consistent: {len(opened)} vectors, catalog, vectors and index agree")
+            click.echo(f"consistent: {report.vectors} vectors, catalog, vectors and index agree")
         return
-    for problem in problems:
+    for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
-    opened.repair()
-    remaining = opened.check()
-    if remaining:
-        raise click.ClickException(f"still inconsistent after rebuilding the index ({remaining[0]}): re-index with --reset")
-    click.echo(f"repaired: rebuilt the index from {len(opened)} stored vectors")
+    if report.remaining:
+        raise click.ClickException(f"still inconsistent after rebuilding the index ({report.remaining[0]}): "
+                                   f"re-index with --reset")
+    click.echo(f"repaired: rebuilt the index from {report.vectors} stored vectors")
 
 
 @click.command()
@@ -275,34 +255,8 @@ def check(store):
 @store_option
 def export(output, fmt, store):
     """Write every stored vector with its path, for use in other tools."""
-    import numpy as np
-
-    opened = open_store_for(store)
-    _, keys, vectors = opened.vectors()
-    root = opened.root
-    paths = [str(root / key) for key in keys]
-    check_writable(output)
-    chunk = 65536  # rows at a time: a million vectors never sit in memory at once
-    if fmt == "parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise click.ClickException("parquet export needs pyarrow: pip install pyarrow") from None
-        schema = pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32(), opened.dim))])
-        with pq.ParquetWriter(output, schema) as writer:
-            for start in range(0, len(paths), chunk):
-                rows = vectors[start : start + chunk]
-                column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), pa.float32()), opened.dim)
-                writer.write_table(pa.table({"path": paths[start : start + chunk], "vector": column}, schema=schema))
-    else:
-        out = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(len(paths), opened.dim))
-        for start in range(0, len(paths), chunk):
-            out[start : start + chunk] = vectors[start : start + chunk]
-        out.flush()
-        del out
-        write_text(output.with_name(output.name + ".paths.json"), json.dumps(paths))
-    click.echo(f"{len(paths)} vectors -> {output}")
+    count = open_store_for(store).export(output, fmt)
+    click.echo(f"{count} vectors -> {output}")
 
 
 COMMANDS = (index, query, dupes, info, failures, check, export)

@@ -1,5 +1,12 @@
 """Images in, L2-normalised embeddings out. Knows nothing of FAISS or stores.
 
+    base.py       the interface: Extractor, Batch, normalize_rows
+    extractor.py  the factory: create_extractor, extractor_for_spec
+    options.py    EmbedOptions, how to run the network
+    models/       the registry (data), resolve (the one reader of model names), weights, networks, specs
+    runtimes/     ONNX Runtime and torch, the worker pool, devices
+    images/       discovering, decoding and preprocessing image files
+
 Names are imported on first use (PEP 562), so that importing a light part (the registry,
 decoding, the ONNX Runtime path) never pulls in torch.
 """
@@ -9,25 +16,28 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "list_layers": "backbone",
-    "DEFAULT_MAX_PIXELS": "decode",
-    "IMAGE_EXTENSIONS": "decode",
-    "load_image": "decode",
-    "resolve_device": "devices",
-    "Batch": "extractor",
-    "Extractor": "extractor",
-    "RUNTIMES": "extractor",
+    "Batch": "base",
+    "Extractor": "base",
     "create_extractor": "extractor",
     "extractor_for_spec": "extractor",
-    "Failure": "failures",
-    "Preprocessing": "preprocess",
-    "DEFAULT_MODEL": "registry",
-    "ModelSpec": "registry",
-    "get_model_spec": "registry",
-    "list_models": "registry",
-    "register_model": "registry",
-    "EmbeddingSpec": "spec",
-    "weights_available": "weights",
+    "EmbedOptions": "options",
+    "RUNTIMES": "options",
+    "DEFAULT_MAX_PIXELS": "images.decode",
+    "IMAGE_EXTENSIONS": "images.decode",
+    "load_image": "images.decode",
+    "discover": "images.discover",
+    "Failure": "images.failures",
+    "Preprocessing": "images.preprocess",
+    "list_layers": "models.backbone",
+    "DEFAULT_MODEL": "models.registry",
+    "ModelSpec": "models.registry",
+    "list_models": "models.registry",
+    "register_model": "models.registry",
+    "get_model_spec": "models.resolve",
+    "resolve_model": "models.resolve",
+    "EmbeddingSpec": "models.spec",
+    "weights_available": "models.weights",
+    "resolve_device": "runtimes.devices",
 }
 
 __all__ = [*_WHERE]  # noqa: PLE0604, PLE0605 - the names above, imported on first use

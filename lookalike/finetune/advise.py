@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LookalikeError
+from ..featurize.models.registry import is_model_file
+from ..featurize.options import EmbedOptions
 from .recipe import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -67,10 +69,10 @@ class Advice:
 
 def auto_layers(model: str) -> list[str | None]:
     """The embedding (``None``) and earlier layers spread over depth: block outputs at ``DEPTHS`` of the blocks."""
-    from ..featurize.registry import get_model_spec
+    from ..featurize.models.resolve import resolve_model
     from .blocks import find_blocks
 
-    spec = get_model_spec(model)
+    spec = resolve_model(model)
     if spec.builder is None:  # timm: only the embedding, its blocks aren't read here
         return [None]
     blocks = [b.name for b in find_blocks(spec.builder())][:-1]  # the last one is the ImageNet classifier
@@ -92,7 +94,7 @@ def default_models() -> list[str]:
 def advise(source: str | os.PathLike, *, models: Sequence[str] | None = None, layers: Sequence[str] | str = "auto",
            classifiers: Sequence[str] = CLASSIFIERS, folds: int = 5, seed: int = 0, finetune: bool = False,
            finetune_config: FinetuneConfig | None = None, store_dir: str | os.PathLike | None = None,
-           extractor_options: dict | None = None, on_embedding: Callable[[str, int], Callable[[int], None]] | None = None,
+           options: EmbedOptions | None = None, on_embedding: Callable[[str, int], Callable[[int], None]] | None = None,
            finetune_progress=None) -> Advice:
     """Measure the recipes on labelled images (one subfolder per class, or a CSV of path,label).
 
@@ -104,7 +106,7 @@ def advise(source: str | os.PathLike, *, models: Sequence[str] | None = None, la
         folds, seed: the stratified folds, shared by every recipe.
         finetune: also fine-tune the best frozen candidate on each fold (``finetune_config``, short by default).
         store_dir: where each (model, layer) keeps its store; default ``<images>/.lookalike-advise``.
-        extractor_options: for the CNN (device, batch_size, num_workers...).
+        options: how to run the CNN (``EmbedOptions``: device, batch size, workers...).
         on_embedding: called with ("model @ layer", images to embed); returns a callable told each batch's count.
 
     Returns:
@@ -114,26 +116,25 @@ def advise(source: str | os.PathLike, *, models: Sequence[str] | None = None, la
         DatasetError: fewer than two classes; LookalikeError: an unknown classifier; the featurizer's errors.
     """
     from ..classify.labels import read_labelled
-    from ..featurize.decode import IMAGE_EXTENSIONS
-    from ..featurize.finetuned import canonical_name
+    from ..featurize.images.decode import IMAGE_EXTENSIONS
 
     unknown = sorted(set(classifiers) - set(CLASSIFIERS))
     if unknown:
         raise LookalikeError(f"advise cross-validates {', '.join(CLASSIFIERS)}; not {', '.join(unknown)}")
     images = read_labelled(source, IMAGE_EXTENSIONS)
     store_dir = Path(store_dir) if store_dir else images.root / ADVISE_DIRNAME
-    models = [canonical_name(m) for m in (models or default_models())]
+    models = [os.path.abspath(m) if is_model_file(m) else m for m in (models or default_models())]
     rows, embedding, skipped, embedded = [], {}, [], 0
     for model in models:
         for layer in (auto_layers(model) if layers == "auto" else [None if x == "embedding" else x for x in layers]):
             tap = _Tap(model, layer, store_dir)
-            X, y, spec, skipped = tap.vectors(source, extractor_options, on_embedding)
+            X, y, spec, skipped = tap.vectors(source, options, on_embedding)
             embedded += tap.embedded
             embedding[tap.label(spec)] = {"seconds": round(tap.seconds, 2), "embedded": tap.embedded, "store": str(tap.store)}
             rows += [_cross_validate(name, X, y, folds, seed, model, spec["layer"], str(tap.store)) for name in classifiers]
     rows.sort(key=_rank)
     if finetune and rows:
-        rows.append(_finetune_row(source, rows[0], folds, seed, finetune_config, extractor_options, finetune_progress))
+        rows.append(_finetune_row(source, rows[0], folds, seed, finetune_config, options, finetune_progress))
         rows.sort(key=_rank)
     return Advice(str(source), rows, command(str(source), rows[0], finetune_config), _reading(rows), embedded,
                   embedding, skipped, folds)
@@ -144,10 +145,10 @@ class _Tap:
 
     def __init__(self, model: str, layer: str | None, store_dir: Path):
         self.model, self.layer = model, layer
-        self.store = store_dir / _slug(f"{Path(model).name if model.endswith('.lkft') else model}@{layer or 'embedding'}")
+        self.store = store_dir / _slug(f"{Path(model).name if is_model_file(model) else model}@{layer or 'embedding'}")
         self.embedded, self.seconds = 0, 0.0
 
-    def vectors(self, source, extractor_options, on_embedding):
+    def vectors(self, source, options, on_embedding):
         from ..training import labelled_vectors
 
         progress = {}
@@ -159,7 +160,7 @@ class _Tap:
 
         started = time.perf_counter()
         result = labelled_vectors(source, store=self.store, model=self.model, layer=self.layer,
-                                  extractor_options=extractor_options, on_start=on_start,
+                                  options=options, on_start=on_start,
                                   on_batch=lambda n: progress.get("batch", lambda n: None)(n))
         self.seconds = time.perf_counter() - started
         return result
@@ -201,30 +202,29 @@ def _row(model, layer, recipe, per_fold, seconds, store=None) -> AdviceRow:
                      float(np.mean([f["macro_f1"] for f in per_fold])), round(seconds, 2), per_fold, store)
 
 
-def _finetune_row(source, best: AdviceRow, folds: int, seed: int, config: FinetuneConfig | None, extractor_options,
-                  progress) -> AdviceRow:
+def _finetune_row(source, best: AdviceRow, folds: int, seed: int, config: FinetuneConfig | None,
+                  options: EmbedOptions | None, progress) -> AdviceRow:
     """Fine-tune the best frozen (model, layer) on each fold's training images; score its held-out ones."""
     from sklearn.metrics import accuracy_score, f1_score
 
     from ..classify.labels import read_labelled
-    from ..featurize.decode import IMAGE_EXTENSIONS
+    from ..featurize.images.decode import IMAGE_EXTENSIONS
     from ..training import predict
     from .run import finetune_images
 
     config = config_for(config, best)
     images = read_labelled(source, IMAGE_EXTENSIONS)
     paths, labels = np.array(images.paths), np.array(images.labels)
-    options = {k: v for k, v in (extractor_options or {}).items() if k in ("device", "num_workers")}
     # Each fold's model scores a few images once: exporting it to ONNX would cost more than it saves,
     # and would fill the export cache with networks nobody uses again.
-    options["runtime"] = "torch"
+    options = (options or EmbedOptions()).replace(runtime="torch")
     per_fold, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lookalike-advise-") as tmp:
         for i, (train, test) in enumerate(folds_for(labels, folds, seed).split(paths, labels)):
             output = Path(tmp) / f"fold{i}.lkft"
-            finetune_images(list(paths[train]), list(labels[train]), output, config, device=options.get("device"),
-                            workers=options.get("num_workers"), progress=progress)
-            predictions, failures = predict(output, list(paths[test]), top=1, **options)
+            finetune_images(list(paths[train]), list(labels[train]), output, config, device=options.device,
+                            workers=options.workers, progress=progress)
+            predictions, failures = predict(output, list(paths[test]), top=1, options=options)
             truth = dict(zip(paths[test], labels[test]))
             true, guessed = [truth[p.path] for p in predictions], [p.labels[0] for p in predictions]
             correct = float(accuracy_score(true, guessed)) * len(true)  # an image that failed counts as wrong
@@ -235,10 +235,10 @@ def _finetune_row(source, best: AdviceRow, folds: int, seed: int, config: Finetu
 
 def config_for(config: FinetuneConfig | None, best: AdviceRow) -> FinetuneConfig:
     """The user's fine-tune settings (short by default: 4 epochs), on the best candidate's model and layer."""
-    from ..featurize.registry import get_model_spec
+    from ..featurize.models.resolve import resolve_model
 
     base = config or FinetuneConfig(epochs=4)
-    default_layer = get_model_spec(best.model).feature_node
+    default_layer = resolve_model(best.model).feature_node
     return FinetuneConfig.from_dict({**base.to_dict(), "model": best.model,
                                      "layer": None if best.layer == default_layer else best.layer})
 
@@ -249,9 +249,9 @@ def _rank(row: AdviceRow):
 
 def command(source: str, row: AdviceRow, config: FinetuneConfig | None) -> str:
     """The command that trains the winner on all the images, ready to paste."""
-    from ..featurize.registry import get_model_spec
+    from ..featurize.models.resolve import resolve_model
 
-    layer = [] if row.layer == (get_model_spec(row.model).feature_node or "pre_logits") else ["--layer", row.layer]
+    layer = [] if row.layer == resolve_model(row.model).default_layer else ["--layer", row.layer]
     if row.recipe != "finetune":
         words = ["lookalike", "train", source, "-o", "model.skops", "--model", row.model, *layer,
                  "--classifier", row.recipe, "--store", row.store]
@@ -268,12 +268,12 @@ def command(source: str, row: AdviceRow, config: FinetuneConfig | None) -> str:
 
 def _reading(rows: list[AdviceRow]) -> str:
     """Which cell of the recipe table the winner points to."""
-    from ..featurize.registry import get_model_spec
+    from ..featurize.models.resolve import resolve_model
 
     best = rows[0]
     if best.recipe == "finetune":
         return "fine-tuning wins: the table's 'much data' row (fine-tune more layers, up to all)"
-    if best.layer != (get_model_spec(best.model).feature_node or "pre_logits"):
+    if best.layer != resolve_model(best.model).default_layer:
         return "an earlier layer wins: data unlike ImageNet (the table's 'earlier layer and an SVM')"
     return "the embedding wins: data like ImageNet (the table's 'a classifier on the penultimate layer')"
 

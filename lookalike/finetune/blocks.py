@@ -103,7 +103,7 @@ def original_name(name: str, body: nn.Module) -> str:
     featurize holds the tapped graph as ``GlobalPool.body``, and the bundled model's own
     embedding as ``PreLogits.model`` inside that, so the prefix depends on the body's make-up.
     """
-    from ..featurize.backbone import PreLogits
+    from ..featurize.models.backbone import PreLogits
 
     prefix = "body.model." if isinstance(getattr(body, "body", None), PreLogits) else "body."
     return name[len(prefix):] if name.startswith(prefix) else name

@@ -20,8 +20,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DatasetError, ImageLoadError
-from ..featurize.decode import DEFAULT_MAX_PIXELS, load_image
-from ..featurize.preprocess import Preprocessing
+from ..featurize.images.decode import DEFAULT_MAX_PIXELS, load_image
+from ..featurize.images.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)

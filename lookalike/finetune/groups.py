@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import LookalikeError
-from .blocks import Block
-from .blocks import original_name
+from .blocks import Block, original_name
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..featurize.preprocess import Preprocessing
+from ..featurize.images.preprocess import Preprocessing
 from .blocks import Block, original_name
 
 HEAD_SCALE = 16.0  # logits of unit vectors need a temperature; 16 is the usual cosine-classifier value

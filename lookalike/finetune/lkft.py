@@ -16,9 +16,15 @@ from torch import nn
 
 from ..atomic import write_atomically
 from ..errors import ModelFileError
-from ..featurize.finetuned import BODY, FORMAT, FORMAT_VERSION, HEAD, content_sha256
-from ..featurize.registry import ModelSpec
-from ..featurize.weights import load_state_dict, state_dict_sha256
+from ..featurize.models.finetuned import (
+    BODY,
+    FORMAT,
+    FORMAT_VERSION,
+    HEAD,
+    content_sha256,
+)
+from ..featurize.models.registry import ModelSpec
+from ..featurize.models.weights import load_state_dict, state_dict_sha256
 from .blocks import original_name
 from .head import FinetuneNet
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import LookalikeError
-from ..featurize.preprocess import Preprocessing
-from ..featurize.registry import DEFAULT_MODEL
+from ..featurize.images.preprocess import Preprocessing
+from ..featurize.models.registry import DEFAULT_MODEL
 from .dataset import AUGMENTATIONS, Augmentation
 
 # (fewest training images, epochs, augmentation): the first row whose bound the set reaches.

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, DatasetError, LookalikeError
-from ..featurize.decode import DEFAULT_MAX_PIXELS
-from ..featurize.registry import ModelSpec, get_model_spec
+from ..featurize.images.decode import DEFAULT_MAX_PIXELS
+from ..featurize.models.registry import ModelSpec
+from ..featurize.models.resolve import resolve_model
 from .checkpoint import TrainingState, checkpoint_path, load_checkpoint
 from .dataset import LabelledImages, check_images, stratified_split
 from .recipe import FinetuneConfig, Recipe, choose_recipe, input_preprocessing
@@ -62,7 +63,7 @@ def finetune(source: str | os.PathLike, output: str | os.PathLike, config: Finet
         UnknownModelError, UnknownLayerError, WeightsNotFoundError, LookalikeError (bad settings).
     """
     from ..classify.labels import read_labelled
-    from ..featurize.decode import IMAGE_EXTENSIONS
+    from ..featurize.images.decode import IMAGE_EXTENSIONS
 
     (config or FinetuneConfig()).check()
     images = read_labelled(source, IMAGE_EXTENSIONS)
@@ -74,8 +75,8 @@ def finetune_images(paths: Sequence[str], labels: Sequence[str], output: str | o
                     resume: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, progress: Progress | None = None,
                     where: str = "the labelled images") -> FinetuneResult:
     """``finetune`` on lists: ``labels[i]`` is the class of ``paths[i]``. See ``finetune``."""
-    from ..featurize.devices import resolve_device
-    from ..featurize.reader import default_num_workers
+    from ..featurize.images.reader import default_num_workers
+    from ..featurize.runtimes.devices import resolve_device
 
     config = config or FinetuneConfig()
     config.check()
@@ -116,7 +117,7 @@ def finetune_images(paths: Sequence[str], labels: Sequence[str], output: str | o
 
 
 def _base_model(name: str) -> ModelSpec:
-    base = get_model_spec(name)
+    base = resolve_model(name)
     if base.source == "timm":
         raise LookalikeError(f"{name}: timm models can't be fine-tuned yet; pick a model from `lookalike models`")
     if base.builder is None or base.source == "finetuned":
@@ -153,7 +154,7 @@ def _check_classes(labels: list[str], where: str) -> list[str]:
 def _prepare(base: ModelSpec, preprocessing, config: FinetuneConfig, recipe: Recipe, paths, targets, train_idx,
              val_idx, device, workers):
     """The network (body as featurize builds it, new head), its blocks, the stages and the data."""
-    from ..featurize.backbone import build_backbone
+    from ..featurize.models.backbone import build_backbone
     from .blocks import body_blocks
     from .groups import unfrozen_count
     from .head import EmbeddingHead, FinetuneNet

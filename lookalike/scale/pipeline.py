@@ -1,7 +1,7 @@
 """The Ray engine's indexing run: plan on the driver, embed on a cluster, commit shard by shard.
 
     driver  prepare_run (the local engine's plan: new, changed and failed files; removals)
-    Ray     from_items(file rows) -> Embedder actors (extractor built once per actor, from the
+    Ray     from_items(file rows) -> EmbedActor actors (extractor built once per actor, from the
             store's spec) -> write_shard_batch tasks (one durable shards/<name>.f32 per batch)
     driver  iter_batches over the metadata; once all rows of a batch have arrived, one catalog
             transaction commits the shard and its files (StoreWriter.commit_shard)
@@ -24,15 +24,21 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from ..errors import LookalikeError
+from ..errors import LookalikeError, first_line
+from ..featurize.options import EmbedOptions
 from ..indexing import IndexRun, IndexSummary, prepare_run
 from .build import ray_map_parts
 from .session import NO_PROGRESS_TIMEOUT_S, connect
-from .tasks import Embedder, write_shard_batch
+from .tasks import EmbedActor, write_shard_batch
 
 logger = logging.getLogger(__name__)
 
 WRITE_CPUS = 0.1
+# The EmbedOptions fields the embedding actors honour: each actor builds its extractor with them.
+# ``workers`` is not among them: an actor decodes its own files in its own process (Ray decides
+# how many actors run, see ``actor_resources``), so asking for decoding workers is refused.
+ACTOR_FIELDS = ("device", "batch_size", "threads", "precision", "runtime", "max_pixels", "compile", "gpu_decode",
+                "forward_batch")
 SHARD_BYTES = 256 << 20  # a shard file at most: 52,428 rows of 1280-d
 
 
@@ -42,7 +48,7 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
                    no_progress_timeout_s: float = NO_PROGRESS_TIMEOUT_S,
                    on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
                    on_commit: Callable[[dict], None] | None = None, index_factory: str | None = None,
-                   extractor_options: dict | None = None, **plan_options) -> IndexSummary:
+                   options: EmbedOptions | None = None, **plan_options) -> IndexSummary:
     """Index the images under ``root`` on a Ray cluster, into a store on storage every node sees.
 
     Args:
@@ -53,20 +59,21 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
         rows_per_shard: files per shard file (default from the run's size and the actors).
         no_progress_timeout_s: a stalled pipeline fails after this long instead of hanging.
         on_start, on_batch: as ``index_folder``: the planned count, then each committed batch.
-        on_commit: told each committed batch's metadata (keys, embed_node, embed_pid...).
-        index_factory, extractor_options, plan_options: as ``index_folder`` (model, layer,
-            weights, reset, retry_failed, only).
+        on_commit: told each committed batch's metadata (keys, embed_node, embed_pid, embed_runtime...).
+        options: as ``index_folder``; the actors honour every field in ``ACTOR_FIELDS``.
+        index_factory, plan_options: as ``index_folder`` (model, layer, weights, reset, retry_failed, only).
 
     Returns:
         The same ``IndexSummary`` as ``index_folder``.
 
     Raises:
         MissingDependencyError: Ray is not installed.
+        LookalikeError: an option the actors cannot honour (``workers``).
         LookalikeError: as ``index_folder``, or Ray failed (the committed shards are kept).
     """
     started = time.perf_counter()
-    options = {"num_workers": 0, **(extractor_options or {})}
-    run = prepare_run(root, store=store, index_factory=index_factory, extractor_options=options, **plan_options)
+    options = actor_options(options)
+    run = prepare_run(root, store=store, index_factory=index_factory, options=options, **plan_options)
     if on_start:
         on_start(len(run.todo))
     # Nothing to embed or remove: no cluster is needed (a rerun with nothing new takes no Ray start-up);
@@ -75,6 +82,7 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
     session = connect(ray_address, no_progress_timeout_s=no_progress_timeout_s) if needs_ray else nullcontext()
     with session as ray, run.store.writer(map_parts=ray_map_parts if needs_ray else map) as writer:
         writer.use_factory(index_factory)
+        writer.use_model_file(run.model_file)
         writer.remove(run.removed)
         if run.todo:
             _embed(ray, run, writer, options, actors, rows_per_shard, on_batch, on_commit)
@@ -83,10 +91,24 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
     return run.summary
 
 
-def _embed(ray, run: IndexRun, writer, options: dict, actors, rows_per_shard, on_batch, on_commit) -> None:
+def actor_options(options: EmbedOptions | None) -> EmbedOptions:
+    """The options the actors run with (decoding in the actor); a field they cannot honour is an error.
+
+    Raises:
+        LookalikeError: ``workers`` was set.
+    """
+    options = options or EmbedOptions()
+    refused = sorted(set(options.changed()) - set(ACTOR_FIELDS))
+    if refused:
+        raise LookalikeError(f"--engine ray does not take {', '.join('--' + f.replace('_', '-') for f in refused)}: "
+                             f"each Ray actor decodes its own files; drop it, or use --engine local")
+    return options.replace(workers=0)
+
+
+def _embed(ray, run: IndexRun, writer, options: EmbedOptions, actors, rows_per_shard, on_batch, on_commit) -> None:
     """Run the Dataset and commit each batch's shard as its metadata arrives; nothing but metadata comes back."""
     resources = actor_resources(ray, actors)
-    embed_batch = options.get("batch_size") or 32
+    embed_batch = options.batch_size
     per_shard = rows_per_shard or _rows_per_shard(len(run.todo), resources["actors"], run.store.dim, embed_batch)
     embed_batch = min(embed_batch, per_shard)
     dataset = _dataset(ray, run, options, resources, per_shard, embed_batch)
@@ -103,25 +125,25 @@ def _embed(ray, run: IndexRun, writer, options: dict, actors, rows_per_shard, on
         if isinstance(e, LookalikeError):
             raise
         done = run.summary.embedded + run.summary.failed
-        raise LookalikeError(f"the Ray run stopped ({type(e).__name__}: {_first_line(e)}). The {done} files "
+        raise LookalikeError(f"the Ray run stopped ({type(e).__name__}: {first_line(e)}). The {done} files "
                              f"committed are kept: run the same command again to resume") from e
     if pending:
         raise LookalikeError(f"{len(pending)} batches came back incomplete from Ray: run the same command again")
 
 
-def _dataset(ray, run: IndexRun, options: dict, resources: dict, per_shard: int, embed_batch: int):
+def _dataset(ray, run: IndexRun, options: EmbedOptions, resources: dict, per_shard: int, embed_batch: int):
     rows = [{"key": f.key, "path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "ctime_ns": f.ctime_ns,
              "mode": f.mode} for f in run.todo]
     blocks = min(len(rows), max(2 * resources["actors"], math.ceil(len(rows) / embed_batch)))
-    spec, weights = run.store.manifest.spec, run.store.manifest.weights
-    embed_options = {k: v for k, v in options.items() if k in ("device", "batch_size", "precision", "max_pixels")}
+    manifest = run.store.manifest
     return (ray.data.from_items(rows, override_num_blocks=blocks)
-            .map_batches(Embedder, batch_size=embed_batch, batch_format="numpy",
+            .map_batches(EmbedActor, batch_size=embed_batch, batch_format="numpy",
                          # all actors from the start; down to one if a node is lost and can't be replaced
                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"],
                                                             initial_size=resources["actors"]),
                          num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"],
-                         fn_constructor_kwargs={"spec": spec, "weights": weights, "options": embed_options})
+                         fn_constructor_kwargs={"spec": manifest.spec, "weights": manifest.weights,
+                                                "model_file": manifest.model_file, "options": options})
             .map_batches(write_shard_batch, batch_size=per_shard, batch_format="numpy", num_cpus=WRITE_CPUS,
                          fn_kwargs={"store": os.fspath(Path(run.store.directory).resolve())}))
 
@@ -139,7 +161,8 @@ def _commit(writer, rows: list[dict], summary: IndexSummary, on_batch, on_commit
     if on_batch:
         on_batch(len(rows))
     if on_commit:
-        on_commit({name: [r[name] for r in rows] for name in ("key", "reason", "embed_node", "embed_pid", "shard")})
+        on_commit({name: [r[name] for r in rows]
+                   for name in ("key", "reason", "embed_node", "embed_pid", "embed_runtime", "shard")})
 
 
 def actor_resources(ray, actors: int | None = None) -> dict:
@@ -163,7 +186,3 @@ def _rows_per_shard(total: int, actors: int, dim: int, batch: int) -> int:
     1280-d: about 19k files of 256 MiB).
     """
     return int(max(1, min(max(total // (4 * actors), batch), SHARD_BYTES // (4 * dim))))
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[-1][:300]

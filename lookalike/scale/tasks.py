@@ -16,20 +16,20 @@ import numpy as np
 FILE_COLUMNS = ("key", "path", "size", "mtime_ns", "ctime_ns", "mode")
 
 
-class Embedder:
+class EmbedActor:
     """A Ray Data actor: builds the extractor once, from the store's spec, and embeds batches of files.
 
-    It calls ``Extractor.embed_paths`` (decoding in the actor, ``num_workers=0``), so every vector
+    It calls ``Extractor.embed_paths`` (decoding in the actor, ``workers=0``), so every vector
     and every failure reason is the local engine's, by construction. Failed files pass through
     with their reason and a zero vector.
     """
 
-    def __init__(self, spec: dict, weights: str | None, options: dict):
+    def __init__(self, spec: dict, weights: str | None, model_file: str | None, options):
         import ray
 
         from ..featurize import extractor_for_spec
 
-        self.extractor = extractor_for_spec(spec, weights=weights, **{**options, "num_workers": 0})
+        self.extractor = extractor_for_spec(spec, weights=weights, model_file=model_file, options=options.replace(workers=0))
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
 
@@ -46,7 +46,8 @@ class Embedder:
         out = {name: batch[name] for name in FILE_COLUMNS}
         out.update(vector=vectors, reason=np.array(reasons, dtype=object),
                    embed_node=np.array([self.node] * len(paths), dtype=object),
-                   embed_pid=np.full(len(paths), self.pid, dtype=np.int64))
+                   embed_pid=np.full(len(paths), self.pid, dtype=np.int64),
+                   embed_runtime=np.array([self.extractor.runtime] * len(paths), dtype=object))
         return out
 
 
@@ -56,7 +57,7 @@ def write_shard_batch(batch: dict, store: str) -> dict:
     Every row returned carries the batch's id and size, so the driver commits a batch once all
     its rows have arrived; ``shard`` is "" when no row of the batch was embedded.
     """
-    from ..index.shards import write_shard_file
+    from ..store.shards import write_shard_file
 
     ok = np.array([r == "" for r in batch["reason"]], dtype=bool)
     shard = write_shard_file(store, batch["vector"][ok]) if ok.any() else ""
@@ -66,5 +67,5 @@ def write_shard_batch(batch: dict, store: str) -> dict:
     out = {name: batch[name] for name in FILE_COLUMNS if name != "path"}
     out.update(reason=batch["reason"], shard=np.array([shard] * n, dtype=object), row=rows,
                batch_id=np.array([shard or uuid.uuid4().hex] * n, dtype=object), batch_rows=np.full(n, n),
-               embed_node=batch["embed_node"], embed_pid=batch["embed_pid"])
+               embed_node=batch["embed_node"], embed_pid=batch["embed_pid"], embed_runtime=batch["embed_runtime"])
     return out

@@ -9,9 +9,15 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from ..errors import ImageLoadError, LookalikeError, StoreError, UnknownImageError, UploadError
+from ..errors import (
+    ImageLoadError,
+    LookalikeError,
+    StoreError,
+    UnknownImageError,
+    UploadError,
+)
 from ..featurize import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from ..index.store import Store
+from ..store.store import Store
 from .api import Services, api_router
 from .classifier import Labeller
 from .embed_queue import EmbedQueue
@@ -31,7 +37,6 @@ def create_app(
     display_path: Callable[[str], str] = str,
     classifier: str | os.PathLike | None = None,
     max_upload_bytes: int = 25_000_000,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     loopback_only: bool = True,
     thumbnail_cache_bytes: int = 64 << 20,
     warm_up: bool = True,
@@ -40,11 +45,10 @@ def create_app(
 
     Args:
         store: opened with ``lookalike.open_store`` (its embedder turns uploads into vectors,
-            with the decoder's pixel limit it was opened with).
+            with the decoder's pixel limit it was opened with, which thumbnails keep to as well).
         display_path: how paths appear in answers; the CLI shows them as ``query --json`` does.
         classifier: a model file from ``lookalike train``: queries then carry predicted labels.
         max_upload_bytes: the largest upload accepted.
-        max_pixels: the largest original a thumbnail is made of.
         loopback_only: answer only requests addressed to localhost (off when serving a network).
         thumbnail_cache_bytes: memory for thumbnails.
         warm_up: at startup, in the background, load the model and run it once, and touch the
@@ -63,6 +67,7 @@ def create_app(
     if store.embedder is None:
         raise StoreError("open the store with lookalike.open_store, so that uploaded images can be embedded")
     labeller = Labeller(classifier, store.info()["spec"]) if classifier is not None else None
+    max_pixels = getattr(getattr(store.embedder, "options", None), "max_pixels", DEFAULT_MAX_PIXELS)
     services = Services(
         gallery=Gallery(store, display_path, labeller),
         queue=EmbedQueue(store.embedder),
@@ -168,6 +173,6 @@ def _warm_up_image(folder) -> str:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__

@@ -29,12 +29,11 @@ class Labeller:
 
     def predict(self, vectors: np.ndarray, top: int = 3) -> list[list[dict]]:
         """The ``top`` labels of each vector with their probabilities, most probable first."""
-        from ..training import probabilities
+        from ..classify.predictions import probabilities, top_labels
 
         probs = probabilities(self.model.estimator, np.atleast_2d(vectors))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-        return [[{"label": str(self.classes[i]), "probability": round(float(row[i]), 6)} for i in best]
-                for row, best in zip(probs, order)]
+        return [[{"label": label, "probability": round(p, 6)} for label, p in row]
+                for row in top_labels(probs, self.classes, top)]
 
     def describe(self) -> dict:
         return {"file": self.path.name, "classifier": self.model.classifier, "classes": self.classes.tolist()}

@@ -11,18 +11,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ServeError, UploadError
+from ..store.store import Embedder
 
 logger = logging.getLogger(__name__)
 
-# paths -> (paths that worked, their vectors row-aligned, {path: failure reason}): Store.embedder's contract
-Embedder = Callable[[list[str]], tuple[list[str], np.ndarray, dict[str, str]]]
 _STOP = object()
 
 

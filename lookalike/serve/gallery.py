@@ -1,8 +1,8 @@
 """The gallery: what the web app reads from a store, as JSON-ready rows. It never writes.
 
-Every answer comes from the store's reads (``search``, ``get_vectors``, ``vectors``,
-``info``, ``failures``, and the catalog's lookup of one id, for which ``Store`` has no call
-of its own), each of which reads one consistent catalog snapshot, so a ``lookalike index``
+Every answer comes from the store's own answers (``similar``, ``duplicate_groups``, ``stored``,
+``info``, ``failures``, and the catalog's lookup of one id), each of which reads one consistent
+catalog snapshot, so a ``lookalike index``
 committing meanwhile shows up in the next answer, never half of it.
 """
 
@@ -18,8 +18,9 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..errors import StoreError, UnknownImageError
-from ..index.store import Hit, Store
+from ..errors import UnknownImageError
+from ..store.neighbours import Hit
+from ..store.store import Store
 from .classifier import Labeller
 
 logger = logging.getLogger(__name__)
@@ -98,33 +99,24 @@ class Gallery:
         return os.path.join(self.root, key)
 
     def similar(self, image_id: int, k: int, threshold: float | None = None) -> dict:
-        """The ``k`` nearest other images of a stored one (itself left out, as ``lookalike query`` does)."""
+        """The ``k`` nearest other images of a stored one (``Store.similar``: itself left out, k held to the store)."""
         found = self.store.stored(image_id)  # key and vector from one snapshot
         path = self._on_disk(image_id, found[0] if found is not None else None)
         vector = found[1]
-        hits = [h for h in self._neighbours(vector, k + 1) if h.id != image_id][:k]
-        hits = [h._replace(rank=rank) for rank, h in enumerate(hits, 1)]
-        answer = {"query": {"id": image_id, "path": self.display_path(path)}, **self._rows(hits, threshold)}
+        with faiss_threads(1), self._cores() as workers:
+            hits = self.store.similar(image_id, k, threshold, workers=workers)
+        answer = {"query": {"id": image_id, "path": self.display_path(path)}, **self._rows(hits)}
         return self._with_labels(answer, vector)
 
     def search(self, vector: np.ndarray, k: int, threshold: float | None = None) -> dict:
-        """The ``k`` nearest stored images of a query vector."""
-        return self._with_labels(self._rows(self._neighbours(vector, k), threshold), vector)
+        """The ``k`` nearest stored images of a query vector (at most every image the store holds)."""
+        with faiss_threads(1), self._cores() as workers:
+            hits = self.store.similar(vector, k, threshold, workers=workers)
+        return self._with_labels(self._rows(hits), vector)
 
     def predict(self, vector: np.ndarray, top: int = 3) -> list[dict]:
         """The classifier's ``top`` labels for a vector, most probable first."""
         return self.labeller.predict(vector[None], top)[0] if self.labeller is not None else []
-
-    def _neighbours(self, vector: np.ndarray, k: int) -> list[Hit]:
-        """Up to ``k`` hits: a k over the store's size asks for all of them instead of failing."""
-        with faiss_threads(1), self._cores() as workers:
-            try:
-                return self.store.search(vector[None], k, workers=workers)[0]
-            except StoreError:
-                total = len(self.store)  # a full count: only paid on this rare path
-                if not 0 < total < k:
-                    raise
-                return self.store.search(vector[None], total, workers=workers)[0]
 
     @contextlib.contextmanager
     def _cores(self) -> Iterator[int]:
@@ -142,10 +134,9 @@ class Gallery:
             with self._searching_lock:
                 self._searching -= 1
 
-    def _rows(self, hits: list[Hit], threshold: float | None) -> dict:
-        kept = [h for h in hits if threshold is None or h.score >= threshold]
+    def _rows(self, hits: list[Hit]) -> dict:
         return {"hits": [{"rank": h.rank, "score": round(h.score, 6), "id": h.id, "path": self.display_path(h.path)}
-                         for h in kept]}
+                         for h in hits]}
 
     def _with_labels(self, answer: dict, vector: np.ndarray) -> dict:
         if self.labeller is not None:
@@ -154,19 +145,14 @@ class Gallery:
 
     def dupes(self, threshold: float, k: int, limit: int) -> dict:
         """Near-duplicate groups of the whole store, computed once per store generation and settings."""
-        from ..index.dupes import duplicate_groups
-
         generation = self.store.info()["generation"]
         with self._dupes_lock:  # one computation at a time; the next request finds it cached
             key = (generation, threshold, k)
             if key not in self._dupes:
-                ids, keys, vectors = self.store.vectors()
-                paths = dict(zip(ids.tolist(), (os.path.join(self.root, key) for key in keys)))
-                search = lambda queries, n: self.store.knn(queries, min(n, len(ids)))
                 with faiss_threads(os.cpu_count() or 1):
-                    groups = duplicate_groups(vectors, ids, search, threshold=threshold, k=min(k, max(len(ids), 2)))
-                self._dupes[key] = {"groups": [[{"id": i, "path": self.display_path(paths[i]), "score": round(s, 6)}
-                                                for i, s in zip(g.ids, g.scores)] for g in groups]}
+                    groups = self.store.duplicate_groups(threshold=threshold, k=k)
+                self._dupes[key] = {"groups": [[{"id": m.id, "path": self.display_path(m.path), "score": round(m.score, 6)}
+                                                for m in g.members] for g in groups]}
                 for stale in [old for old in self._dupes if old[0] != generation]:
                     del self._dupes[stale]
                 while len(self._dupes) > _DUPES_CACHED:

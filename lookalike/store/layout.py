@@ -1,0 +1,90 @@
+"""Where a store's files are: their names, the store a folder belongs to, and removing them.
+
+    .lookalike/
+      manifest.json    format version, embedding spec, metric, forced index factory
+      catalog.sqlite   one row per file: stable id, path, size, times, mode, status, reason, vector row
+      vectors.f32      float32 rows, append-only, memory-mapped (shard 0)
+      shards/          <name>.f32: float32 rows written whole by the Ray engine's workers (shards 1...)
+      index.faiss      the FAISS index over the catalog's ids (a cache: rebuilt from the vectors);
+                       for an on-disk index, its small head, naming the inverted lists beside it
+      index.<gen>.<token>.ivfdata   an on-disk index's inverted lists (written once, never changed)
+      index.trained.faiss  the trained, empty on-disk index, kept for rebuilds
+      .build-<token>/  index parts while an on-disk index is built
+      lock             held by the one process writing
+
+The manifest is written last when a store is made and removed first when it is deleted,
+so a folder with a manifest is a whole store, and one without is not a store at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..atomic import temporary_files
+from ..errors import StoreNotFoundError
+
+STORE_DIRNAME = ".lookalike"
+STORE_ENV = "LOOKALIKE_STORE"
+MANIFEST, CATALOG, VECTORS, INDEX, LOCK = "manifest.json", "catalog.sqlite", "vectors.f32", "index.faiss", "lock"
+SHARDS, TRAINED = "shards", "index.trained.faiss"
+IVFDATA_GLOB, BUILD_GLOB = "index.*.ivfdata", ".build-*"
+STORE_FILES = (MANIFEST, CATALOG, VECTORS, INDEX, TRAINED)
+
+
+def find_store(start: str | os.PathLike = ".") -> Path:
+    """The store for ``start``: ``$LOOKALIKE_STORE``, else the nearest ``.lookalike/`` upward, as git finds ``.git``.
+
+    Raises:
+        StoreNotFoundError: none found; the message says how to make one.
+    """
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV])
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / STORE_DIRNAME / MANIFEST).is_file():
+            return folder / STORE_DIRNAME
+    raise StoreNotFoundError(
+        f"no lookalike store in {here} or any folder above it: run `lookalike index DIR` first, "
+        f"or point --store (or ${STORE_ENV}) at one"
+    )
+
+
+def store_folder(path: str | os.PathLike) -> Path:
+    """A store named by its own folder or by the folder it indexes (``DIR`` stands for ``DIR/.lookalike``)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file() and (path / STORE_DIRNAME / MANIFEST).is_file():
+        return path / STORE_DIRNAME
+    return path
+
+
+def leftover_files(directory: str | os.PathLike) -> list[Path]:
+    """Temporary files a killed writer left half-way through replacing the index or the manifest.
+
+    Only call this holding the store's lock: then no live process is writing them.
+    """
+    directory = Path(directory)
+    return temporary_files(directory / INDEX) + temporary_files(directory / MANIFEST) + temporary_files(directory / TRAINED)
+
+
+def leftover_builds(directory: str | os.PathLike) -> list[Path]:
+    """Folders of index parts an on-disk build left when its process died (call it holding the lock)."""
+    return sorted(p for p in Path(directory).glob(BUILD_GLOB) if p.is_dir())
+
+
+def remove_store_files(directory: str | os.PathLike) -> None:
+    """Delete a store's own files, the manifest first (never anything else that shares its folder).
+
+    Only call this holding the store's lock.
+    """
+    directory = Path(directory)
+    (directory / MANIFEST).unlink(missing_ok=True)  # from here on, not a store: a kill leaves no half of one
+    for name in STORE_FILES:
+        for path in directory.glob(name + "*"):  # with SQLite's -wal/-shm files
+            if path.name != LOCK:
+                path.unlink(missing_ok=True)
+    for path in leftover_files(directory) + sorted(directory.glob(IVFDATA_GLOB)):
+        path.unlink(missing_ok=True)
+    for folder in [directory / SHARDS, *leftover_builds(directory)]:
+        shutil.rmtree(folder, ignore_errors=True)
