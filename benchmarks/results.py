@@ -1,17 +1,20 @@
-"""Benchmark results on disk: one JSON file per run in ``benchmarks/results/``, and the README's
-tables rendered from those files, so every figure the README shows can be traced to a run.
+"""Benchmark results on disk: one JSON file per run in ``benchmarks/results/``, and the docs'
+tables rendered from those files, so every figure the docs show can be traced to a run.
 
 A benchmark calls ``save(name, settings, figures, tables)``. ``figures`` holds every number
 measured; ``tables`` the ones a reader sees, as ``{table_id: {"columns": [...], "rows": [[...]]}}``
-with cells already formatted as strings. The README marks where each table goes:
+with cells already formatted as strings. A page marks where each table goes:
 
     <!-- results: featurize_cpu/end_to_end -->
     | ... the table, written by `python benchmarks/results.py --write` ... |
     <!-- /results -->
 
 ``featurize_cpu`` names ``benchmarks/results/featurize_cpu.json``, ``end_to_end`` one of its
-tables. ``python benchmarks/results.py --check`` exits non-zero where the README differs
-from the JSON (the test suite runs it), ``--write`` rewrites those blocks.
+tables. The tables live in ``docs/performance.md``, and beside the text they belong to in
+``docs/finetune.md``, ``docs/scale.md`` and ``docs/serve.md``: every Markdown page under
+``docs/`` and ``README.md`` is searched for blocks. ``python benchmarks/results.py --check``
+exits non-zero where a page differs from the JSON (the test suite runs it), ``--write``
+rewrites those blocks; either takes pages to work on instead (``--check docs/serve.md``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-README = HERE.parent / "README.md"
+ROOT = HERE.parent
+PERFORMANCE = ROOT / "docs" / "performance.md"  # where most tables live
 BLOCK = re.compile(r"(<!-- results: (?P<key>[\w.-]+)/(?P<table>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 PACKAGES = ("lookalike", "torch", "torchvision", "onnxruntime", "faiss-cpu", "numpy", "pillow", "ray", "fastapi", "timm")
 
@@ -105,8 +109,14 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(readme: str, folder: Path = RESULTS) -> tuple[str, list[str]]:
-    """The README with every results block rendered from its JSON, and the problems found."""
+def pages() -> list[Path]:
+    """The Markdown pages that may hold results blocks: ``docs/*.md`` (performance.md first), then README.md."""
+    docs = sorted((ROOT / "docs").glob("*.md"), key=lambda path: (path != PERFORMANCE, path.name))
+    return docs + [ROOT / "README.md"]
+
+
+def render(text: str, folder: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` (a page) with every results block rendered from its JSON, and the problems found."""
     problems = []
 
     def replace(match: re.Match) -> str:
@@ -123,18 +133,37 @@ def render(readme: str, folder: Path = RESULTS) -> tuple[str, list[str]]:
             return match.group(0)
         return match.group(1) + body + match.group(5)
 
-    return BLOCK.sub(replace, readme), problems
+    return BLOCK.sub(replace, text), problems
 
 
-def check(readme_path: Path = README, folder: Path = RESULTS) -> list[str]:
-    """Where the README's results blocks differ from the JSON files (empty when they agree)."""
-    text = readme_path.read_text()
+def check(page: Path | None = None, folder: Path = RESULTS) -> list[str]:
+    """Where a page's results blocks differ from the JSON files (empty when they agree); every page by default."""
+    if page is None:
+        return [problem for each in pages() if each.is_file() for problem in check(each, folder)]
+    text = page.read_text()
     rendered, problems = render(text, folder)
+    problems = [f"{_shown(page)}: {problem}" for problem in problems]
     for before, after in zip(BLOCK.finditer(text), BLOCK.finditer(rendered)):
         if before.group(0) != after.group(0):
-            problems.append(f"{before['key']}/{before['table']}: the README's table differs from {before['key']}.json; "
-                            f"run `python benchmarks/results.py --write`")
+            problems.append(f"{_shown(page)}: {before['key']}/{before['table']}: the table differs from "
+                            f"{before['key']}.json; run `python benchmarks/results.py --write`")
     return problems
+
+
+def write(page: Path, folder: Path = RESULTS) -> list[str]:
+    """Rewrite a page's results blocks from the JSON files; the problems found (those blocks are left as they were)."""
+    text = page.read_text()
+    rendered, problems = render(text, folder)
+    if rendered != text:
+        page.write_text(rendered)
+    return [f"{_shown(page)}: {problem}" for problem in problems]
+
+
+def _shown(page: Path) -> str:
+    try:
+        return str(page.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(page)
 
 
 def _memory_gib() -> float | None:
@@ -155,14 +184,15 @@ def _plain(value):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--check", action="store_true", help="exit 1 where the README differs from the JSON")
-    group.add_argument("--write", action="store_true", help="rewrite the README's results blocks from the JSON")
+    group.add_argument("--check", action="store_true", help="exit 1 where a page differs from the JSON")
+    group.add_argument("--write", action="store_true", help="rewrite the pages' results blocks from the JSON")
+    parser.add_argument("pages", nargs="*", type=Path,
+                        help="Markdown files to work on (default: every docs/*.md page and README.md)")
     args = parser.parse_args()
-    if args.write:
-        rendered, problems = render(README.read_text())
-        README.write_text(rendered)
-    else:
-        problems = check()
+    chosen = args.pages or [page for page in pages() if page.is_file()]
+    problems = []
+    for page in chosen:
+        problems += write(page) if args.write else check(page)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0
