@@ -1,4 +1,4 @@
-"""Where featurize meets index: index a folder incrementally, and open a store that can
+"""Where featurize meets the store: index a folder incrementally, and open a store that can
 embed new query images with its own spec."""
 
 from __future__ import annotations

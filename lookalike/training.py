@@ -1,4 +1,4 @@
-"""Where featurize, index and classify meet: train a classifier on a labelled folder's stored
+"""Where featurize, the store and classify meet: train a classifier on a labelled folder's stored
 embeddings, predict with a saved model, evaluate it on a held-out folder.
 
 The labelled folder is indexed into a store once (incrementally), so trying five

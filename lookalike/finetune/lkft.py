@@ -1,4 +1,4 @@
-"""Writing ``.lkft`` files (``featurize/finetuned.py`` reads them, with the same digest).
+"""Writing ``.lkft`` files (``featurize/models/finetuned.py`` reads them, with the same digest).
 
 The body is saved whole: the base network's state dict with the fine-tuned tensors in
 place, named as the base model's builder names them, so ``build_backbone`` loads it like

@@ -1,6 +1,6 @@
 """``finetune``: labelled images in, a ``.lkft`` file out, with its report and curves beside it.
 
-    OUT.lkft               the network and the head (safetensors; see featurize/finetuned.py)
+    OUT.lkft               the network and the head (safetensors; see featurize/models/finetuned.py)
     OUT.lkft.report.json   the configuration, the recipe chosen, every epoch, the validation report
     OUT.lkft.curves.png    loss and accuracy per epoch, train and validation
     OUT.lkft.confusion.png the validation confusion matrix of the kept epoch

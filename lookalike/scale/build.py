@@ -1,6 +1,6 @@
-"""The index from shards with Ray tasks: ``index.ondisk`` plans the parts, Ray runs them.
+"""The index from shards with Ray tasks: ``store.ondisk`` plans the parts, Ray runs them.
 
-``index.ondisk.build_ondisk`` takes a ``map_parts(add_part, jobs)``: locally the built-in
+``store.ondisk.build_ondisk`` takes a ``map_parts(add_part, jobs)``: locally the built-in
 ``map``; here one Ray task per part, each reading its shards by path from the shared store and
 writing its part file there, so no vector passes through the driver. Training stays on the
 driver (one node, as the issue asks); the merge is sequential I/O over the part files.

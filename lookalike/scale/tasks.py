@@ -1,6 +1,6 @@
 """What runs on Ray workers: the embedding actor and the shard-writing task.
 
-Workers import only featurize's public API and ``index.shards``, never cli/ or click. Rows
+Workers import only featurize's public API and ``store.shards``, never cli/ or click. Rows
 travel as numpy batches of file metadata; only the actor's output carries vectors, and the
 writer turns them into a durable shard file and hands back metadata alone, so that vectors
 never pass through the driver.

@@ -59,7 +59,7 @@ def load_state_dict(spec: ModelSpec, weights: str | os.PathLike | None = None) -
         WeightsNotFoundError: not cached and not downloadable; names the file and the folder.
         InvalidWeightsError: the file is not a readable state dict.
     """
-    if spec.source == "finetuned":  # a .lkft file carries its weights (featurize/finetuned.py)
+    if spec.source == "finetuned":  # a .lkft file carries its weights (featurize/models/finetuned.py)
         return spec.load_weights(weights)
     if weights is not None:
         return read_weights_file(weights)
