@@ -51,7 +51,17 @@ class SpecMismatchError(LookalikeError):
 
 
 class StoreMismatchError(StoreError, SpecMismatchError):
-    """A store's vectors were made another way than those offered to it."""
+    """A store's vectors were made another way than those offered to it.
+
+    ``what`` says how the two differ; the advice after it depends on the command (``index`` has
+    ``--reset``, ``train`` its ``--store``), so a caller may raise it again with its own.
+    """
+
+    RESET = "Use the store's model, or --reset to start over with the new one."
+
+    def __init__(self, what: str, advice: str = RESET):
+        super().__init__(f"{what}. {advice}")
+        self.what = what
 
 
 class StoreLockedError(StoreError):

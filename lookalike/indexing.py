@@ -1,54 +1,25 @@
-"""Where featurize meets the store: index a folder incrementally, and open a store that can
-embed new query images with its own spec."""
+"""Where featurize meets the store: index a folder incrementally (``index_folder``, on the plan
+``planning.prepare_run`` makes), and open a store that embeds new query images with its own spec."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError, StoreMismatchError, TransientError
+from .errors import TransientError
 from .featurize.base import Extractor
-from .featurize.extractor import create_extractor, extractor_for_spec
-from .featurize.images.decode import IMAGE_EXTENSIONS
-from .featurize.images.discover import FoundFile, discover
-from .featurize.models.registry import DEFAULT_MODEL, is_model_file
-from .featurize.models.resolve import model_identity, resolve_model
-from .featurize.models.spec import comparable, describe_spec, spec_differences
+from .featurize.extractor import extractor_for_spec
+from .featurize.images.discover import FoundFile
 from .featurize.options import EmbedOptions
-from .store.layout import (
-    CATALOG,
-    LOCK,
-    MANIFEST,
-    STORE_DIRNAME,
-    find_store,
-    remove_store_files,
-    store_folder,
-)
-from .store.lock import lock_store
+from .planning import IndexRun, IndexSummary, prepare_run, record_unreadable, stat_row
+from .store.layout import MANIFEST, find_store, store_folder
 from .store.store import Store
 from .store.writer import StoreWriter
 
-
-@dataclass
-class IndexSummary:
-    """What one ``index_folder`` run did."""
-
-    store: Path
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    retried: int = 0  # files that had failed, tried again
-    failed: int = 0
-    embedded: int = 0  # images the CNN ran on
-    seconds: float = 0.0  # the whole run
-    embed_seconds: float = 0.0  # embedding and writing, without the one-time set-up (a first ONNX export)
+__all__ = ["IndexRun", "IndexSummary", "QueryEmbedder", "index_folder", "open_store", "prepare_run"]
 
 
 def index_folder(
@@ -100,73 +71,11 @@ def index_folder(
         writer.use_factory(index_factory)
         writer.use_model_file(run.model_file)
         writer.remove(run.removed)
+        record_unreadable(writer, run)
         if run.todo:
             _embed(run.extractor, run.todo, writer, summary, on_batch)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-@dataclass
-class IndexRun:
-    """What an indexing run is to do, whichever engine does it (see ``prepare_run``)."""
-
-    store: Store
-    todo: list[FoundFile]  # to embed
-    removed: list[str]  # keys to remove
-    summary: IndexSummary  # counted so far: added, updated, removed, unchanged, retried
-    extractor: Extractor | None  # built when there is something to embed (or a store to make)
-    model_file: str | None = None  # a fine-tuned model's file, given now: recorded in the manifest
-
-
-def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, weights=None, reset=False,
-                index_factory=None, retry_failed=False, options: EmbedOptions | None = None, only=None) -> IndexRun:
-    """Open (or make) the store and plan a run: what ``index_folder`` does before embedding.
-
-    The Ray engine (``lookalike.scale``) plans its runs with it, so both engines skip, retry and
-    remove the same files. Args and Raises as ``index_folder``.
-    """
-    root = Path(root).resolve()
-    store_dir = store_folder(store) if store is not None else root / STORE_DIRNAME
-    if reset:
-        _remove_store(store_dir)
-    existing = _open_existing(store_dir, root)
-    if existing is not None:
-        layer = _same_model(existing, model, layer)
-        if index_factory:
-            _check_factory(index_factory, existing.dim)
-    todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
-    if only is not None:
-        removed, summary.removed = [], 0
-    model_file = os.path.abspath(model) if is_model_file(model) else None
-    extractor = None
-    if todo or existing is None:
-        extractor = _extractor(existing, model, layer, weights, options)
-        if index_factory:
-            _check_factory(index_factory, extractor.dim)
-        spec = extractor.spec.to_dict()
-        if existing is None:
-            existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None,
-                                    model_file)
-        _check_spec(existing, spec)
-    return IndexRun(existing, todo, removed, summary, extractor, model_file)
-
-
-def _files(root: Path, store_dir: Path, only: list[str] | None) -> list[FoundFile]:
-    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
-    if only is not None:
-        wanted = {os.path.abspath(p) for p in only}
-        files = [f for f in files if os.path.abspath(f.path) in wanted]
-    return files
-
-
-def _open_existing(store_dir: Path, root: Path) -> Store | None:
-    existing = Store.open(store_dir) if (store_dir / MANIFEST).exists() else None
-    if existing is not None and existing.root != root:
-        raise StoreError(
-            f"the store {store_dir} indexes {existing.root}, not {root}: give this folder its own --store, "
-            f"or --reset to replace what the store holds"
-        )
-    return existing
 
 
 def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: IndexSummary, on_batch) -> None:
@@ -175,8 +84,8 @@ def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: Index
     started = time.perf_counter()
     try:
         for batch in extractor.embed_paths(list(by_path)):
-            embedded = [_stat(by_path[key]) for key in batch.keys]
-            failed = [(*_stat(by_path[f.key]), f.reason) for f in batch.failures]
+            embedded = [stat_row(by_path[key]) for key in batch.keys]
+            failed = [(*stat_row(by_path[f.key]), f.reason) for f in batch.failures]
             writer.write(embedded, batch.vectors, failed)
             summary.embedded += len(batch.keys)
             summary.failed += len(batch.failures)
@@ -191,96 +100,6 @@ def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: Index
     finally:
         extractor.close()  # the workers' memory is free before the index is built
         summary.embed_seconds = time.perf_counter() - started
-
-
-def _stat(f: FoundFile) -> tuple[str, int, int, int, int]:
-    return f.key, f.size, f.mtime_ns, f.ctime_ns, f.mode
-
-
-def _plan(store: Store | None, files: list[FoundFile], store_dir: Path,
-          retry_failed: bool = False) -> tuple[list[FoundFile], list[str], IndexSummary]:
-    """Which files to embed and which keys to remove.
-
-    New files; embedded files whose size or mtime changed; failed files whose size, mtime,
-    ctime or mode changed (a chmod that fixed "permission denied" changes the last two), or
-    all of them with ``retry_failed``.
-    """
-    summary = IndexSummary(store=store_dir)
-    if store is None:
-        summary.added = len(files)
-        return files, [], summary
-    with store.catalog() as catalog:
-        known = {r.path: r for r in catalog.records()}
-    todo = []
-    for f in files:
-        record = known.get(f.key)
-        if record is None:
-            summary.added += 1
-        elif record.status == "failed" and (retry_failed or _stat(f)[1:] != (record.size, record.mtime_ns,
-                                                                             record.ctime_ns, record.mode)):
-            summary.retried += 1
-        elif (record.size, record.mtime_ns) != (f.size, f.mtime_ns):
-            summary.updated += 1
-        else:
-            summary.unchanged += 1
-            continue
-        todo.append(f)
-    present = {f.key for f in files}
-    removed = [key for key in known if key not in present]
-    summary.removed = len(removed)
-    return todo, removed, summary
-
-
-def _same_model(store: Store, model, layer) -> str | None:
-    """Refuse another model or layer than the store's, by name, before anything is loaded; the layer to build.
-
-    A fine-tuned model is compared by its identity (its weights' digest), never by its path.
-    """
-    spec = store.manifest.spec
-    stored = comparable(spec)["model"]
-    if (model is not None and model_identity(model) != stored) or (layer is not None and layer != spec["layer"]):
-        raise StoreMismatchError(
-            f"this store holds vectors from {describe_spec(spec)}, not {model or stored} (layer {layer or 'default'}). "
-            f"Use the store's model, or --reset to start over with the new one."
-        )
-    if model is not None and layer is None and spec["layer"] != resolve_model(model).default_layer:
-        return spec["layer"]  # the store's own earlier layer
-    return layer
-
-
-def _extractor(existing: Store | None, model, layer, weights, options: EmbedOptions | None) -> Extractor:
-    """The store's own featurizer when no model is named (from the ONNX export cache where it can), else the one named."""
-    if existing is not None and model is None:
-        return extractor_for_spec(existing.manifest.spec, weights=weights or existing.manifest.weights,
-                                  model_file=existing.manifest.model_file, options=options)
-    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, options=options)
-
-
-def _check_spec(store: Store, spec: dict) -> None:
-    """Raise ``StoreMismatchError`` naming both sides if ``spec`` made vectors another way than the store's."""
-    differences = spec_differences(store.manifest.spec, spec)
-    if differences:
-        raise StoreMismatchError(
-            f"this store holds vectors from {describe_spec(store.manifest.spec)}, not {describe_spec(spec)} "
-            f"({'; '.join(differences)}). Use the store's model, or --reset to start over with the new one."
-        )
-
-
-def _check_factory(factory: str, dim: int) -> None:
-    from .ann.factory import check_factory  # faiss loads only when there is work for it
-
-    check_factory(factory, dim)
-
-
-def _remove_store(store_dir: Path) -> None:
-    """Delete a store's own files (never anything else that shares its folder), under its lock."""
-    if not (store_dir / MANIFEST).exists() and not (store_dir / CATALOG).exists():
-        return  # not a store, nor the start of one: never touch files that only share a store's names
-    with lock_store(store_dir):  # works on a damaged store too: nothing is opened but the lock
-        remove_store_files(store_dir)
-    with contextlib.suppress(OSError):
-        (store_dir / LOCK).unlink()
-        store_dir.rmdir()  # only if nothing else is in it
 
 
 def open_store(path: str | os.PathLike | None = None, *, options: EmbedOptions | None = None,

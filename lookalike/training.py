@@ -19,9 +19,10 @@ import numpy as np
 
 from .classify.labels import check_trainable, read_labelled
 from .classify.predictions import probabilities, top_labels
-from .errors import DatasetError
+from .errors import DatasetError, StoreMismatchError
 from .featurize.models.registry import is_model_file
 from .featurize.options import EmbedOptions
+from .store.layout import STORE_DIRNAME
 
 
 class Prediction(NamedTuple):
@@ -55,9 +56,13 @@ def labelled_vectors(source, *, store=None, model=None, layer=None, weights=None
 
     images = read_labelled(source, IMAGE_EXTENSIONS)
     check_trainable(images.labels, 2, source)  # one class: say so before any embedding
-    summary = index_folder(images.root, store=store, model=model, layer=layer, weights=weights,
-                           options=options, on_start=on_start, on_batch=on_batch,
-                           only=images.paths)
+    try:
+        summary = index_folder(images.root, store=store, model=model, layer=layer, weights=weights,
+                               options=options, on_start=on_start, on_batch=on_batch, only=images.paths)
+    except StoreMismatchError as e:
+        kept = Path(store) if store is not None else images.root / STORE_DIRNAME
+        raise StoreMismatchError(e.what, f"The embeddings of {source} are kept in {kept}: give this model a store "
+                                         f"of its own with --store DIR, or delete {kept} to start over") from None
     opened = Store.open(summary.store)
     with opened.catalog() as catalog:
         records = catalog.by_paths(opened.relative(p) for p in images.paths)

@@ -108,3 +108,11 @@ def test_an_unwritable_output_fails_before_any_embedding(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["embed", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "v.npz")])
     assert result.exit_code == 1
     assert "cannot write" in result.stderr
+
+
+def test_embed_with_nothing_embedded_exits_nonzero_and_writes_nothing(tmp_path):
+    (tmp_path / "bad.jpg").write_text("not an image")
+    result = CliRunner().invoke(main, ["embed", str(tmp_path / "bad.jpg"), "-o", str(tmp_path / "v.npz"),
+                                       "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 1 and "nothing embedded: all 1 files failed" in result.stderr
+    assert "skipped " in result.stderr and not (tmp_path / "v.npz").exists()

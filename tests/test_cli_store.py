@@ -151,10 +151,78 @@ def test_ctrl_c_keeps_what_was_done_and_says_how_to_resume(tmp_path):
     except subprocess.TimeoutExpired:
         pause.unlink()  # it ignored the interrupt: let it run on, and fail below
         _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1, f"exit {process.returncode}: the interrupt was ignored\n{stderr[-2000:]}"
-    assert "interrupted: what was indexed is saved" in stderr and "Traceback" not in stderr
+    assert process.returncode == 130, f"exit {process.returncode}: the interrupt was ignored\n{stderr[-2000:]}"
+    assert "interrupted: the store keeps every batch committed so far: 4 images embedded, 0 failed" in stderr
+    assert "Traceback" not in stderr
     interrupted = open_store(store_dir)
     assert interrupted.check().ok and interrupted.index_lag()[0] == interrupted.index_lag()[1]  # index caught up
     assert len(interrupted) == 4  # the two committed batches
     summary = index_folder(folder, store=store_dir, options=EmbedOptions(device="cpu", workers=0))
     assert (summary.unchanged, summary.added, len(open_store(store_dir))) == (4, 12, 16)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--model", "resnet1"], "unknown model 'resnet1'"),
+    (["--layer", "nosuchlayer"], "has no layer 'nosuchlayer'"),
+    (["--model", "resnet18"], "weights for resnet18 are not cached"),  # offline, no weights in the hub cache
+], ids=["model typo", "layer typo", "weights missing"])
+def test_reset_checks_the_new_featurizer_before_it_deletes_anything(folder, bad, message):
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
+    before = (folder / ".lookalike" / "catalog.sqlite").read_bytes()
+    result = _cli("index", folder, "--reset", *bad, "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 1 and message in result.stderr, result.output
+    assert (folder / ".lookalike" / "catalog.sqlite").read_bytes() == before and len(open_store(folder)) == 6
+
+
+def test_an_unreadable_folder_is_a_failure_with_its_reason_until_it_can_be_read(folder, monkeypatch):
+    """As root nothing is unreadable: refuse listing the folder as the kernel would refuse a user."""
+    hidden = folder / "locked"
+    hidden.mkdir()
+    photo("astronaut").resize((96, 96)).save(hidden / "inside.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(hidden):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = _cli("index", folder, "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "2 failed" in result.stdout  # broken.jpg, and the folder
+    listed = json.loads(_cli("failures", "--json", "--store", folder).stdout)
+    assert {"path": "photos/locked/", "reason": "folder not read (Permission denied): the images in it are not indexed"} \
+        in [{"path": row["path"], "reason": row["reason"]} for row in listed]
+    again = _cli("index", folder, "--device", "cpu", "--workers", "0")  # still locked: recorded once
+    assert "0 failed" in again.stdout and "0 removed" in again.stdout
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    opened = _cli("index", folder, "--device", "cpu", "--workers", "0")
+    assert "1 added" in opened.stdout and "0 removed" in opened.stdout, opened.stdout
+    assert [r.path for r in open_store(folder).failures()] == ["broken.jpg"]
+
+
+@pytest.mark.parametrize("command", [["query", "photos/chelsea.jpg"], ["dupes"], ["failures"]])
+def test_json_and_csv_together_is_a_usage_error(folder, command):
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
+    result = _cli(*command, "--json", "--csv", "--store", folder)
+    assert result.exit_code == 2 and "--json and --csv can't be used together" in result.stderr
+    assert result.stdout == ""
+
+
+def test_ctrl_c_exits_130_saying_what_was_kept(folder, monkeypatch):
+    """Interrupted before its first batch: no image was indexed, and the message says so."""
+    from lookalike import planning
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(planning, "_extractor", interrupted)
+    result = _cli("index", folder, "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 130 and "interrupted: nothing was saved" in result.stderr
+    monkeypatch.undo()
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
+    from lookalike.store.store import Store
+
+    monkeypatch.setattr(Store, "duplicate_groups", interrupted)
+    result = _cli("dupes", "--store", folder)
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "Error: interrupted"

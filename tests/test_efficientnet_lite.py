@@ -32,7 +32,7 @@ def test_names_real_photos_correctly(classifier, photos):
 
 
 def test_reproduces_timm_tf_efficientnet_lite0(classifier, photos):
-    timm = pytest.importorskip("timm")
+    import timm
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     ours = classifier.state_dict()
     theirs = reference.state_dict()

@@ -242,11 +242,11 @@ class _TransientOnBatch:
 def test_a_transient_error_stops_indexing_records_no_failure_and_a_rerun_resumes(folder, monkeypatch, error):
     from click.testing import CliRunner
 
-    import lookalike.indexing
+    import lookalike.planning
     from lookalike.cli import main
 
-    real = lookalike.indexing._extractor
-    monkeypatch.setattr(lookalike.indexing, "_extractor", lambda *a: _TransientOnBatch(real(*a), error))
+    real = lookalike.planning._extractor
+    monkeypatch.setattr(lookalike.planning, "_extractor", lambda *a: _TransientOnBatch(real(*a), error))
     args = ["index", str(folder), "--batch-size", "2", "--workers", "0", "--device", "cpu"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 75, result.output
@@ -256,7 +256,7 @@ def test_a_transient_error_stops_indexing_records_no_failure_and_a_rerun_resumes
     stopped = open_store(folder)  # batch 1 ([broken.jpg chelsea.jpg]) only; nothing of batch 2 failed
     assert [r.path for r in stopped.failures()] == ["broken.jpg"] and len(stopped) == 1 and stopped.check().ok
 
-    monkeypatch.setattr(lookalike.indexing, "_extractor", real)
+    monkeypatch.setattr(lookalike.planning, "_extractor", real)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "5 added" in result.output and "(5 embedded" in result.output
     assert [r.path for r in open_store(folder).failures()] == ["broken.jpg"]
@@ -266,16 +266,16 @@ def test_the_summary_times_embedding_apart_from_set_up(folder, monkeypatch):
     """The rate a user reads is the embedding's, not diluted by a first export (here a slow set-up)."""
     from click.testing import CliRunner
 
-    from lookalike import indexing
+    from lookalike import planning
     from lookalike.cli import main
 
-    real = indexing._extractor
+    real = planning._extractor
 
     def slow_set_up(*args, **kwargs):
         time.sleep(1.5)  # as a first ONNX export would take
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(indexing, "_extractor", slow_set_up)
+    monkeypatch.setattr(planning, "_extractor", slow_set_up)
     summary = index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
     assert 0 < summary.embed_seconds <= summary.seconds - 1.5
     result = CliRunner().invoke(main, ["index", str(folder), "--reset", "--device", "cpu", "--workers", "0"])

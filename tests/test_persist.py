@@ -105,7 +105,7 @@ def test_every_classifier_kind_round_trips_exactly(kind, vectors, tmp_path):
 
 
 def test_knn_classifier_round_trips_exactly(vectors, tmp_path):
-    knn = pytest.importorskip("lookalike.classify.knn")
+    from lookalike.classify import knn
     x, y, queries = vectors
     estimator = knn.KNNClassifier().fit(x, y)
     save_model(saved(estimator, "knn"), tmp_path / "model.skops")

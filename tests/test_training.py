@@ -191,3 +191,12 @@ def test_a_csv_row_without_a_label_is_refused(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label\na.png,cat\nb.png,\n")
     result = CliRunner().invoke(main, ["train", str(tmp_path / "labels.csv"), "-o", str(tmp_path / "m.skops")])
     assert result.exit_code == 1 and "line 3 has a path but no label" in result.stderr
+
+
+def test_train_on_a_store_of_another_layer_advises_its_own_options(textures, tmp_path):
+    """`train` has --store, not --reset: the advice names what the command has."""
+    labelled_vectors(textures, **OPTIONS)
+    result = CliRunner().invoke(main, ["train", str(textures), "-o", str(tmp_path / "m.skops"), "--layer", "_blocks.5",
+                                       "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 1 and "this store holds vectors from efficientnet_lite0" in result.stderr
+    assert "--store DIR" in result.stderr and "--reset" not in result.stderr

@@ -100,7 +100,7 @@ def test_a_weights_file_that_runs_code_on_load_is_refused(tmp_path, monkeypatch)
 
 
 def test_timm_model_offline_is_a_clear_error_and_takes_a_weights_file(tmp_path, photos):
-    timm = pytest.importorskip("timm")
+    import timm
     with pytest.raises(WeightsNotFoundError, match="weights=PATH"):
         create_extractor("timm:resnet18", device="cpu")
 

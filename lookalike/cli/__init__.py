@@ -13,16 +13,19 @@ from ..errors import LookalikeError
 
 
 class _Group(click.Group):
-    """Turns the library's errors into one red line and exit code 1, never a traceback."""
+    """Turns the library's errors into one red line and exit code 1, and Ctrl-C into exit code 130,
+    never a traceback (a command that kept something says what in its own ``Interrupted``)."""
 
     def invoke(self, ctx):
-        from .options import warning_lines
+        from .options import Interrupted, warning_lines
 
         try:
             with warning_lines():
                 return super().invoke(ctx)
         except LookalikeError as e:
             raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,9 +9,11 @@ import click
 
 from .options import (
     DEFAULTS,
+    chosen_format,
     echo_csv,
     embed_options,
     featurizer_options,
+    format_options,
     progressbar,
     shown,
 )
@@ -73,19 +75,19 @@ def train(source, output, classifier, C, k, search, folds, store, model, layer, 
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@format_options
 @click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The weights file the model's images were embedded with, if not the pretrained ones.")
 @click.option("--model", "lkft", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The fine-tuned .lkft the model's images were embedded with, if it has moved since.")
-def predict(model_file, images, top, fmt, device, weights, lkft):
+def predict(model_file, images, top, as_json, as_csv, device, weights, lkft):
     """Label IMAGES (files or folders) with a model from `lookalike train`.
 
     Images are embedded the way the model's training images were. Unreadable
     images are reported and skipped.
     """
+    fmt = chosen_format(as_json, as_csv)
     from ..featurize.options import EmbedOptions
     from ..training import predict as run
 

@@ -87,12 +87,14 @@ def embed(paths, output, model, layer, weights, **options):
             failures += batch.failures
             bar.update(len(batch.keys) + len(batch.failures))
     elapsed = time.perf_counter() - start
+    for failure in failures:
+        click.echo(f"skipped {failure.key}: {failure.reason}", err=True)
+    if not keys:
+        raise click.ClickException(f"nothing embedded: all {len(failures)} files failed (above); {output} was not written")
     try:
         _write_npz(output, np.array(keys, dtype=str), np.concatenate(vectors), json.dumps(extractor.spec.to_dict()))
     except OSError as e:
         raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from e
-    for failure in failures:
-        click.echo(f"skipped {failure.key}: {failure.reason}", err=True)
     click.echo(f"{len(keys)} embedded, {len(failures)} failed in {elapsed:.1f}s "
                f"({(len(keys) + len(failures)) / max(elapsed, 1e-9):.1f} images/s) -> {output}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import DEFAULTS, RUNTIMES, progressbar, shown
+from .options import DEFAULTS, RUNTIMES, Interrupted, progressbar, shown
 
 
 def _unfreeze(ctx, param, value):
@@ -116,8 +116,7 @@ def finetune(source, output, device, workers, max_pixels, resume, no_flip, **set
                      progress=progress)
     except KeyboardInterrupt:
         bar.close()
-        click.echo(f"\ninterrupted: `lookalike finetune ... --resume` continues from the last finished epoch", err=True)
-        sys.exit(130)
+        raise Interrupted("interrupted: `lookalike finetune ... --resume` continues from the last finished epoch") from None
     finally:
         bar.close()
     _show(result)

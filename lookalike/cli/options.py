@@ -67,6 +67,15 @@ def embed_options(batch_size, workers, device, max_pixels, compile_=False, gpu_d
                         max_pixels=max_pixels, compile=compile_, gpu_decode=gpu_decode)
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process Ctrl-C ended
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: one line saying what was kept, and exit code 130 (every command ends so)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 def progressbar(length: int, label: str):
     """A progress bar on a terminal; elsewhere (a log, a pipe, CI) a few plain lines (``SparseProgress``)."""
     if not _is_terminal(sys.stderr):
@@ -177,6 +186,19 @@ def shown(path: str) -> str:
     """A path as the user would type it: relative to here when inside here."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+def format_options(command):
+    """--json and --csv: one output format at most (``chosen_format`` says which, and refuses both)."""
+    command = click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")(command)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+
+
+def chosen_format(as_json: bool, as_csv: bool) -> str | None:
+    """``"json"``, ``"csv"`` or None (text); both asked for is a usage error, never a silent pick."""
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv can't be used together: choose one output format")
+    return "json" if as_json else "csv" if as_csv else None
 
 
 def echo_csv(header, rows) -> None:

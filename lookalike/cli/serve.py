@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from .options import DEFAULTS, open_store_for, shown, store_option
+from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, shown, store_option
 
 
 @click.command()
@@ -54,8 +55,8 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
     try:
         server.run()
     except KeyboardInterrupt:
-        pass
-    click.echo("stopped", err=True)
+        click.echo("stopped", err=True)
+        sys.exit(EXIT_INTERRUPTED)  # Ctrl-C, as every command reports it; the store was only read
 
 
 COMMANDS = (serve,)

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import click
 
+from ..store.layout import STORE_DIRNAME
 from .options import (
+    Interrupted,
+    chosen_format,
     echo_csv,
     embed_options,
     engine_options,
     featurizer_options,
+    format_options,
     open_store_for,
     progressbar,
     shown,
@@ -66,7 +70,8 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
             on_start=on_start, on_batch=on_batch,
         )
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted: what was indexed is saved; run the same command again to resume") from None
+        kept = _kept(store or folder / STORE_DIRNAME)
+        raise Interrupted(f"interrupted: {kept}; run the same command again to resume") from None
     except TransientError as e:
         error = click.ClickException(str(e))
         error.exit_code = EXIT_TRANSIENT
@@ -86,6 +91,19 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
         click.echo(f"{summary.failed} files could not be read: `lookalike failures` lists them with reasons", err=True)
 
 
+def _kept(store) -> str:
+    """What an interrupted index left in the store, read from the store itself."""
+    from ..store.layout import store_folder
+    from ..store.store import Store
+
+    try:
+        with Store.open(store_folder(store)).catalog() as catalog:
+            embedded, failed = catalog.count("ok"), catalog.count("failed")
+    except Exception:  # noqa: BLE001 - no store yet, or one being made: nothing in it counts
+        return "nothing was saved"
+    return f"the store keeps every batch committed so far: {embedded} images embedded, {failed} failed"
+
+
 def _ray_engine(address):
     """``index_with_ray`` bound to ``address``, called like ``index_folder``; a one-line error without Ray."""
     from ..errors import MissingDependencyError
@@ -103,18 +121,18 @@ def _ray_engine(address):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours per query image.")
 @click.option("--threshold", type=click.FloatRange(-1, 1), default=None, help="Only neighbours at least this similar (cosine).")
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@format_options
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained contact sheet: each query and its neighbours as thumbnails.")
 @store_option
-def query(images, k, threshold, fmt, html, store):
+def query(images, k, threshold, as_json, as_csv, html, store):
     """Find the stored images most like each of IMAGES.
 
     An image already in the store reuses its vector (and is left out of its own
     results); any other is embedded with the store's own model. Scores are cosine
     similarities (1 = identical).
     """
+    fmt = chosen_format(as_json, as_csv)
     opened = open_store_for(store, near=images)
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
@@ -144,17 +162,17 @@ def query(images, k, threshold, fmt, html, store):
 @click.option("--threshold", type=click.FloatRange(-1, 1, min_open=True), default=0.95, show_default=True,
               help="Least cosine similarity that makes two images duplicates.")
 @click.option("-k", default=10, show_default=True, type=click.IntRange(min=2), help="Neighbours looked at per image.")
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@format_options
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a contact sheet.")
 @store_option
-def dupes(threshold, k, fmt, html, store):
+def dupes(threshold, k, as_json, as_csv, html, store):
     """Find groups of near-duplicate images in the store.
 
     Two images are linked when their cosine similarity reaches the threshold;
     groups are the connected clusters. Memory stays bounded by the store size
     (a k-nearest-neighbour graph, never an all-pairs matrix).
     """
+    fmt = chosen_format(as_json, as_csv)
     opened = open_store_for(store)
     with progressbar(len(opened), "Comparing") as bar:
         done = {"rows": 0}
@@ -200,18 +218,18 @@ def info(as_json, store):
 
 
 @click.command()
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@format_options
 @store_option
-def failures(fmt, store):
+def failures(as_json, as_csv, store):
     """List the files that could not be indexed: the reason for each, and when it was recorded.
 
     A failed file is tried again when it changes (size, modification time, permissions),
     or by `lookalike index --retry-failed`.
     """
+    fmt = chosen_format(as_json, as_csv)
     opened = open_store_for(store)
     root = opened.root
-    rows = [(shown(str(root / r.path)), r) for r in opened.failures()]
+    rows = [(shown(str(root / r.path)) + ("/" if r.path.endswith("/") else ""), r) for r in opened.failures()]
     if fmt == "json":
         click.echo(json.dumps([{"path": p, "reason": r.reason, "recorded": r.recorded_utc} for p, r in rows], indent=2))
     elif fmt == "csv":

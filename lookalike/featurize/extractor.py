@@ -117,7 +117,8 @@ def _model_name(stored: EmbeddingSpec, model_file) -> str:
         where = (f"is no longer at {path}" if found is None else f"is not the file at {path}, which is now another model "
                  f"({found})") if path else "has no file on record"
         raise ModelFileError(f"the vectors were made with the fine-tuned model {wanted}, which {where}: "
-                             f"give its .lkft file's new place with --model NEWPATH")
+                             f"`lookalike index DIR --model NEWPATH` records its new place (predict and evaluate "
+                             f"take --model NEWPATH)")
     return path
 
 

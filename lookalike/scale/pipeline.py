@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import LookalikeError, first_line
 from ..featurize.options import EmbedOptions
-from ..indexing import IndexRun, IndexSummary, prepare_run
+from ..planning import IndexRun, IndexSummary, prepare_run, record_unreadable
 from .build import ray_map_parts
 from .session import NO_PROGRESS_TIMEOUT_S, connect
 from .tasks import EmbedActor, write_shard_batch
@@ -84,6 +84,7 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
         writer.use_factory(index_factory)
         writer.use_model_file(run.model_file)
         writer.remove(run.removed)
+        record_unreadable(writer, run)
         if run.todo:
             _embed(ray, run, writer, options, actors, rows_per_shard, on_batch, on_commit)
             writer.remove_orphans()  # a retried writer task's first attempt

@@ -25,13 +25,26 @@ class FoundFile(NamedTuple):
     mode: int = 0
 
 
-def discover(root: str | os.PathLike, extensions: frozenset[str], skip: str | os.PathLike | None = None) -> list[FoundFile]:
+class UnreadableFolder(NamedTuple):
+    """A folder that could not be listed: ``key`` relative to the root, ending in ``/``; why; its own times."""
+
+    key: str
+    reason: str
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    mode: int = 0
+
+
+def discover(root: str | os.PathLike, extensions: frozenset[str], skip: str | os.PathLike | None = None,
+             unreadable: list[UnreadableFolder] | None = None) -> list[FoundFile]:
     """Every file under ``root`` whose lower-cased suffix is in ``extensions``, sorted by key.
 
     Args:
         root: the folder to walk.
         extensions: suffixes with the dot, e.g. ``{".jpg", ".png"}``.
         skip: a folder never to enter (the store).
+        unreadable: given, each folder that could not be listed is appended to it (an
+            ``UnreadableFolder``); without it they are passed over with a logged warning.
 
     Hidden files and folders (a leading dot) are skipped. A symlinked folder is followed
     once: a link back up the tree, or a second link to the same folder, is not entered again.
@@ -40,7 +53,13 @@ def discover(root: str | os.PathLike, extensions: frozenset[str], skip: str | os
     skipped = os.path.realpath(skip) if skip is not None else None
     visited: set[tuple[int, int]] = set()
     found = []
-    for folder, dirs, names in os.walk(root, followlinks=True):
+
+    def refused(error: OSError) -> None:
+        logger.warning("not reading the folder %s: %s", error.filename, error.strerror)
+        if unreadable is not None and error.filename is not None:
+            unreadable.append(_folder(root, error))
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=refused):
         info = os.stat(folder)
         if (info.st_dev, info.st_ino) in visited:
             dirs[:] = []
@@ -60,3 +79,13 @@ def discover(root: str | os.PathLike, extensions: frozenset[str], skip: str | os
             found.append(FoundFile(key, path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_mode))
     found.sort(key=lambda f: f.key)
     return found
+
+
+def _folder(root: Path, error: OSError) -> UnreadableFolder:
+    key = Path(error.filename).relative_to(root).as_posix().rstrip("/") + "/"
+    reason = f"folder not read ({error.strerror or type(error).__name__}): the images in it are not indexed"
+    try:
+        stat = os.stat(error.filename)
+        return UnreadableFolder(key, reason, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_mode)
+    except OSError:
+        return UnreadableFolder(key, reason)
