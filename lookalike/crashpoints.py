@@ -43,6 +43,13 @@ POINTS = frozenset({
     "index.written",  # a new index.faiss is written and fsynced under a temporary name
     "index.renamed",  # it replaced the old one; the catalog does not record its generation yet
     "index.recorded",  # the catalog records the generation it reflects
+    "dupes.journal",  # an action on duplicates has its journal, nothing is touched yet
+    "dupes.intents",  # a batch's intents are durable in the journal, no file moved yet
+    "dupes.moved",  # one more file of the batch moved (or trashed)
+    "dupes.done",  # the batch's moves are durable and journalled done; the catalog not yet following
+    "dupes.stored",  # the catalog follows the batch; the journal doesn't say so yet
+    "undo.moved",  # one more file moved back by an undo
+    "undo.done",  # an undo's batch is back, the catalog following, and journalled
 })
 
 _counts: Counter[str] = Counter()

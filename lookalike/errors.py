@@ -95,6 +95,11 @@ class DuplicateGroupsError(LookalikeError, ValueError):
     """``duplicate_groups`` was given arguments it cannot work with; the message says which."""
 
 
+class DuplicatesError(LookalikeError, ValueError):
+    """Acting on duplicates can't go ahead as asked: an unknown keeper rule, a destination inside a
+    protected folder, a journal of another store, an action already undone."""
+
+
 class DatasetError(LookalikeError, ValueError):
     """A labelled image set that can't train a classifier: no images, one class, an unreadable CSV."""
 

@@ -13,8 +13,16 @@ from .errors import TransientError
 from .featurize.base import Extractor
 from .featurize.extractor import extractor_for_spec
 from .featurize.images.discover import FoundFile
+from .featurize.images.facts import read_facts
 from .featurize.options import EmbedOptions
-from .planning import IndexRun, IndexSummary, prepare_run, record_unreadable, stat_row
+from .planning import (
+    IndexRun,
+    IndexSummary,
+    prepare_run,
+    record_facts,
+    record_unreadable,
+    stat_row,
+)
 from .store.layout import MANIFEST, find_store, store_folder
 from .store.store import Store
 from .store.writer import StoreWriter
@@ -70,8 +78,10 @@ def index_folder(
     with run.store.writer() as writer:  # with nothing to embed, no CNN runs; the index still catches up
         writer.use_factory(index_factory)
         writer.use_model_file(run.model_file)
+        writer.move(run.moved)
         writer.remove(run.removed)
         record_unreadable(writer, run)
+        record_facts(writer, run)
         if run.todo:
             _embed(run.extractor, run.todo, writer, summary, on_batch)
     summary.seconds = time.perf_counter() - started
@@ -86,7 +96,7 @@ def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: Index
         for batch in extractor.embed_paths(list(by_path)):
             embedded = [stat_row(by_path[key]) for key in batch.keys]
             failed = [(*stat_row(by_path[f.key]), f.reason) for f in batch.failures]
-            writer.write(embedded, batch.vectors, failed)
+            writer.write(embedded, batch.vectors, failed, facts=_facts(batch, by_path))
             summary.embedded += len(batch.keys)
             summary.failed += len(batch.failures)
             if on_batch:
@@ -100,6 +110,17 @@ def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: Index
     finally:
         extractor.close()  # the workers' memory is free before the index is built
         summary.embed_seconds = time.perf_counter() - started
+
+
+def _facts(batch, by_path: dict[str, FoundFile]) -> dict:
+    """The facts of a batch's embedded files by catalog key; read afresh for a file its runtime did not report."""
+    known = batch.facts or {}
+    found = {}
+    for key in batch.keys:
+        facts = known.get(key) or read_facts(key)
+        if facts is not None:
+            found[by_path[key].key] = facts
+    return found
 
 
 def open_store(path: str | os.PathLike | None = None, *, options: EmbedOptions | None = None,

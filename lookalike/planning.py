@@ -18,6 +18,7 @@ from .featurize.base import Extractor
 from .featurize.extractor import create_extractor, extractor_for_spec
 from .featurize.images.decode import IMAGE_EXTENSIONS
 from .featurize.images.discover import FoundFile, UnreadableFolder, discover
+from .featurize.images.facts import file_digest, read_facts
 from .featurize.models.registry import DEFAULT_MODEL, is_model_file
 from .featurize.models.resolve import model_identity, resolve_model
 from .featurize.models.spec import comparable, describe_spec, spec_differences
@@ -40,6 +41,7 @@ class IndexSummary:
 
     store: Path
     added: int = 0
+    moved: int = 0  # files found at a new path with the same bytes: they kept their vectors
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
@@ -62,6 +64,8 @@ class IndexRun:
     extractor: Extractor | None  # built when there is something to embed (or a store to make)
     model_file: str | None = None  # a fine-tuned model's file, given now: recorded in the manifest
     unreadable: list[UnreadableFolder] = field(default_factory=list)  # folders to record as failed
+    moved: list[tuple[str, tuple]] = field(default_factory=list)  # (old key, new stat row): same bytes, new path
+    unhashed: list[FoundFile] = field(default_factory=list)  # stored files whose content hash isn't recorded yet
 
 
 def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, weights=None, reset=False,
@@ -87,9 +91,10 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
             _check_factory(index_factory, existing.dim)
     unreadable: list[UnreadableFolder] = []
     files = _files(root, store_dir, only, unreadable)
-    todo, removed, summary = _plan(existing, files, unreadable, store_dir, retry_failed)
+    todo, removed, summary, unhashed = _plan(existing, files, unreadable, store_dir, retry_failed)
     if only is not None:
         removed, summary.removed = [], 0
+    moved = _moves(existing, todo, removed, summary) if existing is not None else []
     model_file = os.path.abspath(model) if is_model_file(model) else None
     if extractor is None and (todo or existing is None):
         extractor = _extractor(existing, model, layer, weights, options)
@@ -101,7 +106,15 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
             existing = Store.create(store_dir, root, spec, index_factory, os.fspath(weights) if weights else None,
                                     model_file)
         _check_spec(existing, spec)
-    return IndexRun(existing, todo, removed, summary, extractor, model_file, unreadable)
+    return IndexRun(existing, todo, removed, summary, extractor, model_file, unreadable, moved, unhashed)
+
+
+def record_facts(writer, run: IndexRun) -> None:
+    """Record what the store lacks of files indexed by an older lookalike (content hash, pixel size, date)."""
+    if not run.unhashed:
+        return
+    found = [(f.key, read_facts(f.path)) for f in run.unhashed]
+    writer.catalog.set_facts([(key, *facts) for key, facts in found if facts is not None])
 
 
 def record_unreadable(writer, run: IndexRun) -> None:
@@ -154,10 +167,10 @@ def _plan(store: Store | None, files: list[FoundFile], unreadable: list[Unreadab
     summary = IndexSummary(store=store_dir)
     if store is None:
         summary.added = len(files)
-        return files, [], summary
+        return files, [], summary, []
     with store.catalog() as catalog:
         known = {r.path: r for r in catalog.records()}
-    todo = []
+    todo, unhashed = [], []
     for f in files:
         record = known.get(f.key)
         if record is None:
@@ -169,12 +182,47 @@ def _plan(store: Store | None, files: list[FoundFile], unreadable: list[Unreadab
             summary.updated += 1
         else:
             summary.unchanged += 1
+            if record.status == "ok" and record.digest is None:
+                unhashed.append(f)
             continue
         todo.append(f)
     present = {f.key for f in files} | {f.key for f in unreadable}
     removed = [key for key in known if key not in present]
     summary.removed = sum(not key.endswith("/") for key in removed)
-    return todo, removed, summary
+    return todo, removed, summary, unhashed
+
+
+def _moves(store: Store, todo: list[FoundFile], removed: list[str], summary: IndexSummary) -> list[tuple[str, tuple]]:
+    """Files that left one path and appeared at another with the same size and content hash: moved, not new.
+
+    Only a new file the size of a removed one is read (to hash it). ``todo``, ``removed`` and the
+    summary's counts lose the moved files, which keep their rows and vectors under their new paths.
+    """
+    with store.catalog() as catalog:
+        gone = [r for r in catalog.by_paths(removed).values() if r.status == "ok" and r.digest is not None]
+    by_size: dict[int, list] = {}
+    for record in gone:
+        by_size.setdefault(record.size, []).append(record)
+    moved = []
+    for f in list(todo):
+        candidates = by_size.get(f.size)
+        if not candidates or f.key in {r.path for r in gone}:
+            continue
+        try:
+            digest = file_digest(f.path)
+        except OSError:
+            continue
+        match = next((r for r in candidates if r.digest == digest), None)
+        if match is None:
+            continue
+        candidates.remove(match)
+        moved.append((match.path, stat_row(f)))
+        todo.remove(f)
+        removed.remove(match.path)
+        summary.added -= 1
+        summary.removed -= 1
+        summary.moved += 1
+    return moved
 
 
 def _same_model(store: Store, model, layer) -> str | None:

@@ -1,14 +1,15 @@
 """The docs are true: every Python example runs in a fresh process, every shell example names commands,
 options, scripts and extras that exist, every link resolves, and the generated pages are current."""
 
+import os
 import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from lookalike.cli import main
 
@@ -134,3 +135,26 @@ def test_the_codemap_names_every_module():
             listed.add(f"{folder}/{line[3:line.index('`', 3)]}")
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lookalike").rglob("*.py")}
     assert sorted(modules - listed) == [] and sorted(listed - modules) == []
+
+
+def test_the_duplicates_walk_through_runs_as_written(tmp_path):
+    """docs/dupes.md's walk-through, line by line, in a folder holding a copy of examples/photos."""
+    shutil.copytree(ROOT / "examples" / "photos", tmp_path / "examples" / "photos",
+                    ignore=shutil.ignore_patterns(".lookalike"))
+    page = (ROOT / "docs" / "dupes.md").read_text()
+    walk = next(code for match in BLOCK.finditer(page) if match.group(1) == "bash" for code in [match.group(2)]
+                if "lookalike undo --store my-photos" in code)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    outputs = []
+    for line in walk.splitlines():
+        command = line.split("  #")[0].strip()
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}:\n{done.stderr[-2000:]}"
+        outputs.append(done.stdout)
+    groups, plan, moved, restored = outputs[3], outputs[4], outputs[5], outputs[7]
+    assert "group 1 (near, 3 images)" in groups and "chelsea-again.jpg" in groups and "an exact copy of the keeper" in groups
+    assert "plan: " in plan and "chelsea" in plan
+    count = int(moved.split("moved ")[1].split(" files")[0])
+    assert count >= 1 and f"restored {count} files" in restored
+    assert list((tmp_path / "duplicates").rglob("*.jpg")) == []
+    assert all((tmp_path / "my-photos" / n).exists() for n in ("chelsea.jpg", "chelsea-again.jpg", "chelsea-copy.jpg"))

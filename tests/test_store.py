@@ -207,22 +207,24 @@ def test_a_store_of_format_1_is_upgraded_in_place(store):
     with store.writer() as writer:
         _write(writer, ["a.jpg", "b.jpg"], _unit(np.random.default_rng(10), 2), failed=["bad.jpg"])
     with sqlite3.connect(store.directory / CATALOG) as db:  # what lookalike 0.1 wrote
-        for column in ("ctime_ns", "mode", "recorded", "shard"):
+        db.execute("DROP INDEX files_digest")
+        for column in ("ctime_ns", "mode", "recorded", "shard", "digest", "width", "height", "taken_ns", "blank"):
             db.execute(f"ALTER TABLE files DROP COLUMN {column}")
         db.execute("DROP TABLE shards")
+        db.execute("DROP TABLE verdicts")
     manifest = json.loads((store.directory / MANIFEST).read_text())
     (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
 
     upgraded = Store.open(store.directory)
-    assert upgraded.manifest.format_version == 3
-    assert json.loads((store.directory / MANIFEST).read_text())["format_version"] == 3
+    assert upgraded.manifest.format_version == 4
+    assert json.loads((store.directory / MANIFEST).read_text())["format_version"] == 4
     (failure,) = upgraded.failures()
     assert (failure.path, failure.reason, failure.ctime_ns, failure.recorded) == ("bad.jpg", "bad", None, None)
     assert len(upgraded) == 2 and upgraded.check().ok
     assert sorted(np.round(v, 6).tolist() for _, v in upgraded) == sorted(np.round(_unit(np.random.default_rng(10), 2), 6).tolist())
 
-    (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 4}))
-    with pytest.raises(StoreError, match="store format 4.*--reset"):
+    (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 5}))
+    with pytest.raises(StoreError, match="store format 5.*--reset"):
         Store.open(store.directory)
 
 

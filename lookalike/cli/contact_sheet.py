@@ -16,7 +16,10 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 section {{ margin-bottom: 2em; }}
 .row {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
 figure {{ margin: 0; width: {size}px; }}
-figure.query {{ outline: 3px solid #3a7; }}
+figure.query, figure.keeper {{ outline: 3px solid #3a7; }}
+figure.proposed {{ outline: 2px dashed #c60; }}
+.badge {{ font-weight: bold; color: #3a7; }}
+.badge.proposed {{ color: #c60; }}
 img {{ max-width: {size}px; max-height: {size}px; display: block; }}
 .missing {{ width: {size}px; height: {size}px; background: #eee; display: flex; align-items: center; justify-content: center; }}
 figcaption {{ font-size: 12px; word-break: break-all; }}
@@ -55,10 +58,17 @@ def query_sheet(results: Sequence[tuple[str, Sequence]]) -> str:
     return _PAGE.format(title="lookalike: nearest images", size=THUMBNAIL, body="\n".join(sections))
 
 
-def groups_sheet(groups: Sequence[Sequence[tuple[str, float]]]) -> str:
-    """One section per group of near-duplicates: (path, score) pairs."""
+def groups_sheet(groups: Sequence) -> str:
+    """One section per duplicate group (``dupes.groups.Group``): the keeper first, badged, then the others with why."""
     sections = []
-    for number, members in enumerate(groups, 1):
-        figures = [_figure(path, f"{score:.3f}") for path, score in members]
-        sections.append(f'<section><h2>Group {number} ({len(members)} images)</h2><div class="row">{"".join(figures)}</div></section>')
-    return _PAGE.format(title="lookalike: near-duplicates", size=THUMBNAIL, body="\n".join(sections))
+    for number, group in enumerate(groups, 1):
+        figures = []
+        for member in group.members:
+            css = "keeper" if member is group.keeper else ("proposed" if member.proposed else "")
+            badge = "KEEP" if member is group.keeper else ("MOVE" if member.proposed else "missing" if member.missing else "keep")
+            figures.append(f'<figure class="{css}">{_thumbnail(member.path)}<figcaption>'
+                           f'<span class="badge {css}">{badge}</span> {member.score:.3f}<br>'
+                           f"{html.escape(member.reason)}<br>{html.escape(member.path)}</figcaption></figure>")
+        sections.append(f'<section><h2>Group {number}: {group.kind}, {len(group.members)} images</h2>'
+                        f'<div class="row">{"".join(figures)}</div></section>')
+    return _PAGE.format(title="lookalike: duplicates", size=THUMBNAIL, body="\n".join(sections))

@@ -83,6 +83,7 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     rate = f", {summary.embedded / embedding:.1f} images/s" if summary.embedded and embedding else ""
     setup = f"; {summary.seconds:.1f}s in all" if summary.seconds - embedding >= 1 else ""  # a first export, say
     retried = f"{summary.retried} retried, " if summary.retried else ""
+    retried = (f"{summary.moved} moved, " if summary.moved else "") + retried
     click.echo(
         f"{summary.added} added, {summary.updated} updated, {summary.removed} removed, {summary.unchanged} unchanged, "
         f"{retried}{summary.failed} failed ({summary.embedded} embedded in {embedding:.1f}s{rate}{setup}) -> {summary.store}"
@@ -155,48 +156,6 @@ def query(images, k, threshold, as_json, as_csv, html, store):
         from .contact_sheet import query_sheet
 
         write_text(html, query_sheet([(str(q), hits) for q, hits in zip(images, results)]))
-        click.echo(f"contact sheet -> {html}", err=True)
-
-
-@click.command()
-@click.option("--threshold", type=click.FloatRange(-1, 1, min_open=True), default=0.95, show_default=True,
-              help="Least cosine similarity that makes two images duplicates.")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(min=2), help="Neighbours looked at per image.")
-@format_options
-@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a contact sheet.")
-@store_option
-def dupes(threshold, k, as_json, as_csv, html, store):
-    """Find groups of near-duplicate images in the store.
-
-    Two images are linked when their cosine similarity reaches the threshold;
-    groups are the connected clusters. Memory stays bounded by the store size
-    (a k-nearest-neighbour graph, never an all-pairs matrix).
-    """
-    fmt = chosen_format(as_json, as_csv)
-    opened = open_store_for(store)
-    with progressbar(len(opened), "Comparing") as bar:
-        done = {"rows": 0}
-
-        def progress(rows, total):
-            bar.update(rows - done["rows"])
-            done["rows"] = rows
-
-        groups = opened.duplicate_groups(threshold=threshold, k=k, progress=progress)
-    named = [[(m.path, m.score) for m in g.members] for g in groups]
-    if fmt == "json":
-        click.echo(json.dumps([[{"path": shown(p), "score": round(s, 6)} for p, s in g] for g in named], indent=2))
-    elif fmt == "csv":
-        echo_csv(["group", "path", "score"], [(n, shown(p), f"{s:.6f}") for n, g in enumerate(named, 1) for p, s in g])
-    else:
-        for number, group in enumerate(named, 1):
-            click.echo(f"group {number} ({len(group)} images)")
-            for path, score in group:
-                click.echo(f"  {score:.4f}  {shown(path)}")
-        click.echo(f"{len(named)} groups of near-duplicates at threshold {threshold}", err=True)
-    if html:
-        from .contact_sheet import groups_sheet
-
-        write_text(html, groups_sheet(named))
         click.echo(f"contact sheet -> {html}", err=True)
 
 
@@ -277,4 +236,4 @@ def export(output, fmt, store):
     click.echo(f"{count} vectors -> {output}")
 
 
-COMMANDS = (index, query, dupes, info, failures, check, export)
+COMMANDS = (index, query, info, failures, check, export)

@@ -21,11 +21,16 @@ from .options import EmbedOptions
 
 
 class Batch(NamedTuple):
-    """One batch of results: ``vectors[i]`` belongs to ``keys[i]``; ``failures`` got no vector."""
+    """One batch of results: ``vectors[i]`` belongs to ``keys[i]``; ``failures`` got no vector.
+
+    ``facts`` holds, by key, what decoding learnt of each file read (``images.facts.FileFacts``:
+    content hash, pixel size, EXIF date), where the runtime collects it.
+    """
 
     keys: list[str]
     vectors: np.ndarray
     failures: list[Failure]
+    facts: dict | None = None
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,13 @@ from pathlib import Path
 
 from ..errors import LookalikeError, first_line
 from ..featurize.options import EmbedOptions
-from ..planning import IndexRun, IndexSummary, prepare_run, record_unreadable
+from ..planning import (
+    IndexRun,
+    IndexSummary,
+    prepare_run,
+    record_facts,
+    record_unreadable,
+)
 from .build import ray_map_parts
 from .session import NO_PROGRESS_TIMEOUT_S, connect
 from .tasks import EmbedActor, write_shard_batch
@@ -83,8 +89,10 @@ def index_with_ray(root: str | os.PathLike, *, store: str | os.PathLike | None =
     with session as ray, run.store.writer(map_parts=ray_map_parts if needs_ray else map) as writer:
         writer.use_factory(index_factory)
         writer.use_model_file(run.model_file)
+        writer.move(run.moved)
         writer.remove(run.removed)
         record_unreadable(writer, run)
+        record_facts(writer, run)
         if run.todo:
             _embed(ray, run, writer, options, actors, rows_per_shard, on_batch, on_commit)
             writer.remove_orphans()  # a retried writer task's first attempt

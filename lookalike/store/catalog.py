@@ -8,8 +8,12 @@ batch in flight. WAL mode lets readers query while an indexer writes.
 Store format 2 added ``ctime_ns`` and ``mode`` (a failure is retried when they change: a
 chmod changes both) and ``recorded`` (when the row was written, in Unix seconds). Format 3
 added ``shard``: which vector file holds the row (0 is ``vectors.f32``, others are named in
-the ``shards`` table, written whole by the Ray engine's workers; see ``shards``). An older
-catalog gains the missing columns, empty (``shard`` 0), the first time it is opened.
+the ``shards`` table, written whole by the Ray engine's workers; see ``shards``). Format 4
+added what acting on duplicates needs: ``digest`` (the file's content hash, BLAKE2b of its
+bytes), ``width``, ``height``, ``taken_ns`` (EXIF DateTimeOriginal) and ``blank`` (1 for an
+image that shows next to nothing, never proposed for removal) of the image, and the
+``verdicts`` table (pairs of contents a user said are not duplicates). An older catalog gains
+the missing columns, empty (``shard`` 0), the first time it is opened.
 """
 
 from __future__ import annotations
@@ -39,9 +43,15 @@ CREATE TABLE IF NOT EXISTS files (
     ctime_ns INTEGER,
     mode INTEGER,
     recorded REAL,
-    shard INTEGER NOT NULL DEFAULT 0
+    shard INTEGER NOT NULL DEFAULT 0,
+    digest TEXT,
+    width INTEGER,
+    height INTEGER,
+    taken_ns INTEGER,
+    blank INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_generation ON files (generation);
+CREATE TABLE IF NOT EXISTS verdicts (a TEXT NOT NULL, b TEXT NOT NULL, recorded REAL, PRIMARY KEY (a, b));
 CREATE TABLE IF NOT EXISTS shards (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -53,8 +63,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('rows', 0), ('index_generation', -1);
 """
 _ADDED_COLUMNS = (("ctime_ns", "INTEGER"), ("mode", "INTEGER"), ("recorded", "REAL"),  # format 2
-                  ("shard", "INTEGER NOT NULL DEFAULT 0"))  # format 3
-_COLUMNS = "id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded, shard"
+                  ("shard", "INTEGER NOT NULL DEFAULT 0"),  # format 3
+                  ("digest", "TEXT"), ("width", "INTEGER"), ("height", "INTEGER"), ("taken_ns", "INTEGER"),
+                  ("blank", "INTEGER"))  # format 4
+_INDEXES = "CREATE INDEX IF NOT EXISTS files_digest ON files (digest)"  # after the columns an old catalog gains
+_COLUMNS = ("id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded, shard, digest, width, "
+            "height, taken_ns, blank")
 _IDS_PER_QUERY = 900  # under SQLite's oldest limit of 999 bound parameters
 
 
@@ -76,6 +90,11 @@ class FileRecord(NamedTuple):
     mode: int | None = None
     recorded: float | None = None  # Unix seconds
     shard: int = 0  # 0: vectors.f32; else an id in the shards table
+    digest: str | None = None  # the content hash (None in rows written before format 4)
+    width: int | None = None
+    height: int | None = None
+    taken_ns: int | None = None  # EXIF DateTimeOriginal, as Unix nanoseconds (None where the file has none)
+    blank: int | None = None  # 1: the image shows next to nothing (never proposed for removal)
 
     @property
     def recorded_utc(self) -> str | None:
@@ -86,7 +105,7 @@ class FileRecord(NamedTuple):
 
 
 class Entry(NamedTuple):
-    """What the indexer writes for one file: a vector row, or a failure reason."""
+    """What the indexer writes for one file: a vector row, or a failure reason; and what it learnt of the file."""
 
     path: str
     size: int
@@ -95,6 +114,11 @@ class Entry(NamedTuple):
     mode: int | None = None
     row: int | None = None
     reason: str | None = None
+    digest: str | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_ns: int | None = None
+    blank: int | None = None
 
 
 class Shard(NamedTuple):
@@ -117,6 +141,7 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            self._db.execute(_INDEXES)
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StoreError(f"{self.path} is damaged ({e}): index again with --reset") from e
@@ -225,8 +250,57 @@ class Catalog:
         removed = [r[0] for r in self._db.execute("SELECT id FROM removed WHERE generation > ?", (generation,))]
         return changed, removed
 
+    def by_digests(self, digests: Iterable[str]) -> dict[str, list[FileRecord]]:
+        """The embedded files of each content hash, by path."""
+        digests = list(dict.fromkeys(digests))
+        found: dict[str, list[FileRecord]] = {}
+        for start in range(0, len(digests), _IDS_PER_QUERY):
+            chunk = digests[start:start + _IDS_PER_QUERY]
+            query = (f"SELECT {_COLUMNS} FROM files WHERE status = 'ok' AND digest IN ({','.join('?' * len(chunk))}) "
+                     f"ORDER BY path")
+            for row in self._db.execute(query, chunk):
+                found.setdefault(row[12], []).append(FileRecord(*row))
+        return found
+
+    def same_content(self) -> Iterator[list[FileRecord]]:
+        """Groups of embedded files with the same content hash (two or more), each by path."""
+        query = (f"SELECT {_COLUMNS} FROM files WHERE status = 'ok' AND digest IN (SELECT digest FROM files "
+                 f"WHERE status = 'ok' AND digest IS NOT NULL GROUP BY digest HAVING COUNT(*) > 1) ORDER BY digest, path")
+        group: list[FileRecord] = []
+        for row in self._db.execute(query):
+            record = FileRecord(*row)
+            if group and group[0].digest != record.digest:
+                yield group
+                group = []
+            group.append(record)
+        if group:
+            yield group
+
+    def verdicts(self) -> list[tuple[str, str, float | None]]:
+        """Every (digest, digest, when) pair a user said are not duplicates, smaller digest first."""
+        return list(self._db.execute("SELECT a, b, recorded FROM verdicts ORDER BY recorded, a, b"))
+
+    def record_verdicts(self, pairs: Iterable[tuple[str, str]], forget: bool = False) -> int:
+        """Add (or with ``forget`` drop) "not duplicates" verdicts between contents, in one transaction; how many changed."""
+        rows = {tuple(sorted(pair)) for pair in pairs if pair[0] != pair[1]}
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            before = db.total_changes
+            if forget:
+                db.executemany("DELETE FROM verdicts WHERE a = ? AND b = ?", list(rows))
+            else:
+                now = time.time()
+                db.executemany("INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?)", [(a, b, now) for a, b in rows])
+            changed = db.total_changes - before
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return changed
+
     def commit(self, entries: list[Entry], rows: int | None = None, removed_paths: Iterable[str] = (),
-               shard: tuple[str, int] | None = None) -> int:
+               shard: tuple[str, int] | None = None, moved: Iterable[tuple[str, Entry]] = ()) -> int:
         """Write entries and removals, and the new committed row count of ``vectors.f32``, in one transaction.
 
         Args:
@@ -235,6 +309,8 @@ class Catalog:
             removed_paths: files gone.
             shard: ``(name, rows)`` of a shard file the entries' rows are in, recorded in the same
                 transaction; None: the rows are in ``vectors.f32``.
+            moved: ``(old path, entry)`` of files that moved: the row keeps its id and vector and takes
+                the entry's path and stat (the row it points at stays where it was).
 
         Returns:
             The new generation.
@@ -246,14 +322,21 @@ class Catalog:
             shard_id = self._insert_shard(shard, generation)
             now = time.time()
             db.executemany(
-                "INSERT INTO files (path, size, mtime_ns, ctime_ns, mode, status, reason, row, generation, recorded, shard)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO files (path, size, mtime_ns, ctime_ns, mode, status, reason, row, generation, recorded, shard,"
+                " digest, width, height, taken_ns, blank) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
                 " ctime_ns=excluded.ctime_ns, mode=excluded.mode, status=excluded.status, reason=excluded.reason,"
-                " row=excluded.row, generation=excluded.generation, recorded=excluded.recorded, shard=excluded.shard",
+                " row=excluded.row, generation=excluded.generation, recorded=excluded.recorded, shard=excluded.shard,"
+                " digest=excluded.digest, width=excluded.width, height=excluded.height, taken_ns=excluded.taken_ns,"
+                " blank=excluded.blank",
                 [(e.path, e.size, e.mtime_ns, e.ctime_ns, e.mode, "ok" if e.row is not None else "failed", e.reason,
-                  e.row, generation, now, shard_id if e.row is not None else 0) for e in entries],
+                  e.row, generation, now, shard_id if e.row is not None else 0, e.digest, e.width, e.height, e.taken_ns,
+                  e.blank) for e in entries],
             )
+            db.executemany(
+                "UPDATE files SET path = ?, size = ?, mtime_ns = ?, ctime_ns = ?, mode = ?, generation = ?, recorded = ?"
+                " WHERE path = ?", [(e.path, e.size, e.mtime_ns, e.ctime_ns, e.mode, generation, now, old)
+                                    for old, e in moved])
             for path in removed_paths:
                 row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
                 if row:
@@ -269,6 +352,37 @@ class Catalog:
             raise
         crashpoints.reached("catalog.after_commit")
         return generation
+
+    def restore(self, records: Iterable[FileRecord]) -> int:
+        """Rows given back to files that left and came back, pointing at the vector rows they had (new ids)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            generation = self.meta("generation") + 1
+            now = time.time()
+            db.executemany(
+                "INSERT INTO files (path, size, mtime_ns, ctime_ns, mode, status, reason, row, generation, recorded, shard,"
+                " digest, width, height, taken_ns, blank) VALUES (?, ?, ?, ?, ?, 'ok', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.path, r.size, r.mtime_ns, r.ctime_ns, r.mode, r.row, generation, now, r.shard, r.digest, r.width,
+                  r.height, r.taken_ns, r.blank) for r in records])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (generation,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return generation
+
+    def set_facts(self, facts: Iterable[tuple]) -> None:
+        """Fill ``(path, digest, width, height, taken_ns, blank)`` into rows that lack them (rows from before format 4)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE files SET digest = ?, width = ?, height = ?, taken_ns = ?, blank = ? WHERE path = ?",
+                           [(*rest, path) for path, *rest in facts])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _insert_shard(self, shard: tuple[str, int] | None, generation: int) -> int:
         if shard is None:

@@ -8,6 +8,7 @@ another way are refused instead of silently mixed.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 from ..atomic import write_atomically
 from ..errors import StoreError
 
-# 2: the catalog records ctime, mode and when each row was written; 3: vectors may sit in shard files
-FORMAT_VERSION = 3
-MIGRATABLE_VERSIONS = (1, 2)  # upgraded in place when opened (see Store.open)
+# 2: the catalog records ctime, mode and when each row was written; 3: vectors may sit in shard files;
+# 4: each file's content hash, pixel size and EXIF time, and "not duplicates" verdicts
+FORMAT_VERSION = 4
+MIGRATABLE_VERSIONS = (1, 2, 3)  # upgraded in place when opened (see Store.open)
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 
 
@@ -32,6 +34,8 @@ class Manifest:
         weights: the weights file the vectors were made with, when not the model's pretrained ones.
         model_file: for a fine-tuned model (known in ``spec`` by its digest), where its ``.lkft`` file
             was last given; ``lookalike index --model NEWPATH`` records a new place.
+        id: names the store in the journals of actions on its files ("" in stores made before it had one,
+            until their first action gives them one).
     """
 
     spec: dict
@@ -39,6 +43,7 @@ class Manifest:
     index_factory: str | None = None
     weights: str | None = None
     model_file: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
     metric: str = METRIC
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -62,6 +67,6 @@ class Manifest:
                 f"{path} is store format {version}, this lookalike reads format {FORMAT_VERSION}: "
                 f"re-index with --reset, or use a matching lookalike version"
             )
-        known = {k: data[k] for k in ("spec", "root", "index_factory", "weights", "model_file", "metric",
+        known = {k: data[k] for k in ("spec", "root", "index_factory", "weights", "model_file", "id", "metric",
                                              "format_version", "created") if k in data}
-        return cls(**known)
+        return cls(**{"id": "", **known})

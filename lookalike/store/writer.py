@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -27,7 +29,7 @@ from ..ann import index as faiss_index
 from ..ann.rows import RowView
 from ..errors import IndexFileError, InvalidFactoryError, StoreError
 from . import ondisk
-from .catalog import Catalog, Entry
+from .catalog import Catalog, Entry, FileRecord
 from .layout import INDEX, MANIFEST, TRAINED, VECTORS, leftover_builds, leftover_files
 from .lock import lock_store
 from .manifest import Manifest
@@ -74,23 +76,47 @@ class StoreWriter:
             raise
         return self
 
-    def write(self, embedded: Sequence[tuple], vectors: np.ndarray, failed: Sequence[tuple]) -> None:
+    def write(self, embedded: Sequence[tuple], vectors: np.ndarray, failed: Sequence[tuple],
+              facts: Mapping[str, Facts] | None = None) -> None:
         """Record one batch durably.
 
         Args:
             embedded: ``(key, size, mtime_ns[, ctime_ns, mode])`` for each row of ``vectors``.
             vectors: their vectors, ``(len(embedded), dim)``.
             failed: ``(key, size, mtime_ns[, ctime_ns, mode], reason)`` for each file that gave none.
+            facts: what the decoder learnt of each file by key (content hash, size in pixels, when taken).
         """
+        facts = facts or {}
         entries = []
         if len(embedded):
             start = self.vectors.append(vectors)
-            entries += [Entry(*stat, row=start + i) for i, stat in enumerate(embedded)]
-        entries += [Entry(*stat, reason=reason) for *stat, reason in failed]
+            entries += [_entry(stat, facts, row=start + i) for i, stat in enumerate(embedded)]
+        entries += [_entry(stat, facts, reason=reason) for *stat, reason in failed]
         if entries:
             self.catalog.commit(entries, rows=self.vectors.rows_written)
 
-    def commit_shard(self, name: str, embedded: Sequence[tuple], failed: Sequence[tuple] = ()) -> None:
+    def move(self, moves: Sequence[tuple[str, tuple]], removed: Sequence[str] = ()) -> None:
+        """Files that moved keep their rows and vectors under their new keys, and files gone leave, in one commit.
+
+        Args:
+            moves: ``(old key, (new key, size, mtime_ns, ctime_ns, mode))`` for each moved file; no
+                row may hold the new key yet.
+            removed: keys of files that left the store's folder.
+        """
+        if moves or removed:
+            self.catalog.commit([], removed_paths=removed, moved=[(old, Entry(*stat)) for old, stat in moves])
+
+    def restore(self, records: Sequence[FileRecord]) -> None:
+        """Rows of files that left and came back (an undone move), pointing at the vectors they had.
+
+        Vector files are append-only and never compacted, so a row's vector is still where the
+        record says; no network runs again.
+        """
+        if records:
+            self.catalog.restore(records)
+
+    def commit_shard(self, name: str, embedded: Sequence[tuple], failed: Sequence[tuple] = (),
+                     facts: Mapping[str, Facts] | None = None) -> None:
         """Commit a shard file written by ``shards.write_shard_file`` with the files whose rows it holds.
 
         Args:
@@ -101,14 +127,14 @@ class StoreWriter:
         Raises:
             StoreError: the file is missing or of another size (a rename lost on a network filesystem).
         """
-        entries = [Entry(*stat, row=row) for *stat, row in embedded]
+        entries = [_entry(stat, facts or {}, row=row) for *stat, row in embedded]
         if entries:
             path = shard_path(self.store.directory, name)
             size = path.stat().st_size if path.exists() else -1
             if size != len(entries) * 4 * self.store.dim or sorted(e.row for e in entries) != list(range(len(entries))):
                 raise StoreError(f"shard {path} holds {size} bytes, not the {len(entries)} rows of its files: "
                                  f"nothing of it was committed; run the same command again")
-        entries += [Entry(*stat, reason=reason) for *stat, reason in failed]
+        entries += [_entry(stat, facts or {}, reason=reason) for *stat, reason in failed]
         if entries:
             self.catalog.commit(entries, shard=(name, len(embedded)) if embedded else None)
             crashpoints.reached("shard.committed")
@@ -136,6 +162,13 @@ class StoreWriter:
             manifest.index_factory = factory
             manifest.write(self.store.directory / MANIFEST)
 
+    def use_id(self) -> None:
+        """Give a store made before stores had ids one (journals of actions on its files name it)."""
+        manifest: Manifest = self.store.manifest
+        if not manifest.id:
+            manifest.id = uuid.uuid4().hex
+            manifest.write(self.store.directory / MANIFEST)
+
     def use_model_file(self, path: str | None) -> None:
         """Record where the store's fine-tuned model file is now (its vectors name the model by its digest)."""
         manifest: Manifest = self.store.manifest
@@ -152,6 +185,22 @@ class StoreWriter:
             self.vectors.close()
             self.catalog.close()
             self._lock.__exit__(None, None, None)
+
+
+class Facts(NamedTuple):
+    """What the decoder learnt of a file besides its vector: its content hash, its size in pixels, when it was taken."""
+
+    digest: str | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_ns: int | None = None
+    blank: bool | None = None
+
+
+def _entry(stat: Sequence, facts: Mapping[str, Facts], row: int | None = None, reason: str | None = None) -> Entry:
+    known = facts.get(stat[0]) or Facts()
+    return Entry(*stat, row=row, reason=reason, digest=known.digest, width=known.width, height=known.height,
+                 taken_ns=known.taken_ns, blank=None if known.blank is None else int(known.blank))
 
 
 def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: Catalog,
