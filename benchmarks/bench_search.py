@@ -76,7 +76,7 @@ def build_store(folder: Path, n: int, mixture: Mixture, chunk: int) -> tuple[Sto
     if (directory / MANIFEST).exists():
         store = Store.open(directory)
         info = store.info()
-        if info["embedded"] == n and (directory / INDEX).exists() and not store.check():
+        if info["embedded"] == n and (directory / INDEX).exists() and store.check().ok:
             planned = ann_factory.plan_build(n, store.dim, store.manifest.index_factory).factory
             if info["index_factory"] == planned:
                 return store, {"reused": True, "index_factory": planned}

@@ -129,9 +129,12 @@ def _act(store, planned, where: str) -> None:
 
 def _show_groups(groups, fmt) -> None:
     rows = [(n, g, m) for n, g in enumerate(groups, 1) for m in g.members]
-    if fmt == "json":
-        click.echo(json.dumps({"groups": [{"kind": g.kind, "keeper": shown(g.keeper.path),
-                                           "members": [_member_json(m) for m in g.members]} for g in groups]}, indent=2))
+    if fmt == "json":  # written a group at a time: a million members never sit in memory as dicts at once
+        click.echo('{"groups": [', nl=False)
+        for number, g in enumerate(groups):
+            text = json.dumps({"kind": g.kind, "keeper": shown(g.keeper.path), "members": [_member_json(m) for m in g.members]})
+            click.echo(("," if number else "") + "\n  " + text, nl=False)
+        click.echo("\n]}")
     elif fmt == "csv":
         echo_csv(CSV_COLUMNS, [(n, g.kind, shown(g.keeper.path), *_member_json(m).values()) for n, g, m in rows])
     else:

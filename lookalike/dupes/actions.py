@@ -19,9 +19,9 @@ moves what is left.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .. import crashpoints
 from ..errors import DuplicatesError
@@ -31,7 +31,7 @@ from . import moves, trash
 from .groups import Group, Member
 from .keeper import protected
 
-BATCH = 256  # files per journal fsync and catalog commit
+BATCH = 1024  # files per journal fsync and catalog commit
 
 
 @dataclass
@@ -86,6 +86,7 @@ def plan(store, groups: list[Group], *, to: str | os.PathLike | None = None, to_
                 continue  # left the store since the groups were found
             dest = os.path.join(folder, member.key) if folder is not None else None
             planned.append(Planned(member, group.keeper, dest, record._asdict()))
+    planned.sort(key=lambda p: p.member.key)  # a batch then touches few folders: fewer folder fsyncs
     return planned
 
 
@@ -144,7 +145,7 @@ def _changed(path: str, size: int, mtime_ns: int, digest: str | None, single: bo
         return "is gone"
     except OSError as e:
         return f"can't be read ({e.strerror})"
-    if not os.path.isfile(path) or os.path.islink(path):
+    if not stat.S_ISREG(info.st_mode):
         return "is not a regular file (a link or a folder): only regular files are moved"
     if single and info.st_nlink > 1:
         return f"is a hard link ({info.st_nlink} names): not moved, only files with one name are"
@@ -182,7 +183,7 @@ def _act(store, writer, journal, ready: list[Planned], start: int, outcome: Outc
     crashpoints.reached("dupes.done")
     _follow(store, writer, [p for n, p in numbered if n in set(done)])
     crashpoints.reached("dupes.stored")
-    journal.write({"stored": done})
+    journal.write({"stored": done}, durable=False)
 
 
 def _follow(store, writer, moved: list[Planned]) -> None:
@@ -201,11 +202,11 @@ def _follow(store, writer, moved: list[Planned]) -> None:
 
 def _key_under(path: str, root: str) -> str | None:
     """The catalog key of ``path`` if indexing would find it there (under the root, in no hidden folder)."""
-    relative = os.path.relpath(path, root)
-    parts = Path(relative).parts
-    if relative.startswith("..") or any(p.startswith(".") for p in parts):
+    prefix = root.rstrip(os.sep) + os.sep
+    if not path.startswith(prefix):
         return None
-    return Path(relative).as_posix()
+    parts = path[len(prefix):].split(os.sep)
+    return None if any(p.startswith(".") for p in parts) else "/".join(parts)
 
 
 def settle(store) -> list[str]:
@@ -218,9 +219,7 @@ def recover(store, writer) -> list[str]:
     """Settle every unfinished journal of the store (after a crash): each file at its source or its destination,
     the catalog following what moved; returns the journals settled."""
     settled = []
-    for state in journals.journals(store.directory):
-        if state.finished or state.undo_started:
-            continue
+    for state in journals.unfinished(store.directory):
         done = set(state.done)
         for n, intent in state.intents.items():
             if n in done:

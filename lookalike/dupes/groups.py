@@ -26,6 +26,11 @@ from .keeper import Candidate, Rule, choose, parse_rules, protected
 
 EXACT, NEAR = "exact", "near"
 VECTOR_BATCH_ROWS = 16_384  # member vectors read at a time (80 MiB of 1280-d)
+# Memory a near pass holds per stored file (ids and rows by id, the union-find forest and its
+# sort), per member of a group (the components, their catalog rows, the groups returned), and
+# for one batch of kNN results: what ``memory_plan`` adds up.
+BYTES_PER_FILE = 24 + 8 + 32
+BYTES_PER_MEMBER = 1_200
 
 
 class Member(NamedTuple):
@@ -96,14 +101,13 @@ def find_groups(store, settings: Settings, progress: Callable[[int, int], None] 
 
 
 def _near_groups(store, settings: Settings, progress) -> list[Group]:
-    ids, _, vectors = store.vectors()
+    ids, vectors = store.vector_rows()  # by id: a member's row is found by binary search, no dict of a million
     total = len(ids)
     search = lambda queries, n: store.knn(queries, min(n, total))  # noqa: E731 - a store smaller than k
     components = linked_components(vectors, ids, search, threshold=settings.threshold, k=min(settings.k, max(total, 2)),
                                    progress=(lambda done: progress(done, total)) if progress else None)
     if not components:
         return []
-    position = dict(zip(ids.tolist(), range(total)))
     with store.catalog() as catalog:
         distinct = {(a, b) for a, b, _ in catalog.verdicts()}
     root = str(store.root)
@@ -112,13 +116,20 @@ def _near_groups(store, settings: Settings, progress) -> list[Group]:
         member_ids = [i for component in batch for i in component.ids]
         with store.catalog() as catalog:
             records = catalog.by_ids(member_ids)
-        rows = vectors[np.array([position[i] for i in member_ids], dtype=np.int64)]
+        rows = vectors[np.searchsorted(ids, np.array(member_ids, dtype=np.int64))]
         at = dict(zip(member_ids, range(len(member_ids))))
         for component in batch:
             present = [records[i] for i in component.ids if i in records]  # a row removed meanwhile is left out
             stars = _stars(present, rows[[at[r.id] for r in present]], root, settings, distinct)
             groups += stars
     return groups
+
+
+def memory_plan(files: int, members: int, dim: int, k: int, search_batch: int = 4096) -> int:
+    """The bytes a near pass may hold beyond the open store: linear in the files and the group members, never all pairs."""
+    search = search_batch * (dim * 4 + k * (4 + 8) * 3)  # the queries, and D and I with their sorted copies
+    vectors = VECTOR_BATCH_ROWS * dim * 4 * 2  # one batch of members' vectors, and its slices
+    return files * BYTES_PER_FILE + members * BYTES_PER_MEMBER + search + vectors
 
 
 def _batches(components):

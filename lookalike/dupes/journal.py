@@ -6,7 +6,8 @@ One JSON-lines file per action in the store's ``journal/`` folder, append-only:
     {"intent": 7, "key": "a/b.jpg", "source": PATH, "dest": PATH, "size": .., "mtime_ns": .., "digest": ..,
      "record": {...the catalog row...}}          before the file is touched (fsynced)
     {"done": [7, 8, ...], "trashed": {...}}      after those files moved and their folders were fsynced
-    {"stored": [7, 8, ...]}                      after the catalog follows them
+    {"stored": [7, 8, ...]}                      after the catalog follows them (not fsynced: ``recover``
+                                                 makes the catalog follow again, as it does for a lost line)
     {"finished": ISO}                            the action is complete
     {"undone": [8, 7, ...]} ... {"undo_finished": ISO}   an undo, written the same way
 
@@ -92,11 +93,12 @@ class Journal:
         fsync_folder(folder)  # the file itself is named durably before any file is touched
         return journal
 
-    def write(self, *entries: dict) -> None:
-        """Append entries and make them durable."""
+    def write(self, *entries: dict, durable: bool = True) -> None:
+        """Append entries; make them durable unless a lost line costs nothing (``recover`` redoes what it says)."""
         self._file.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if durable:
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
@@ -140,6 +142,22 @@ def read(path: str | os.PathLike) -> State:
         state.undo_started = entry.get("undo_started", state.undo_started)
         state.undo_finished = entry.get("undo_finished", state.undo_finished)
     return state
+
+
+def unfinished(store_dir: str | os.PathLike) -> list[State]:
+    """The journals of actions a crash cut short (not finished, no undo begun), read whole; the others by their tail."""
+    folder = Path(store_dir) / FOLDER
+    cut_short = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            tail = handle.read().decode("utf-8", "replace")
+        if '"finished"' in tail or '"undo_started"' in tail or '"undo_finished"' in tail:
+            continue  # an action ends with its "finished" line; an undo never leaves one to settle
+        state = read(path)
+        if not state.finished and not state.undo_started:
+            cut_short.append(state)
+    return cut_short
 
 
 def journals(store_dir: str | os.PathLike) -> list[State]:

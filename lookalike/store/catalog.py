@@ -337,11 +337,12 @@ class Catalog:
                 "UPDATE files SET path = ?, size = ?, mtime_ns = ?, ctime_ns = ?, mode = ?, generation = ?, recorded = ?"
                 " WHERE path = ?", [(e.path, e.size, e.mtime_ns, e.ctime_ns, e.mode, generation, now, old)
                                     for old, e in moved])
-            for path in removed_paths:
-                row = db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
-                if row:
-                    db.execute("DELETE FROM files WHERE id = ?", row)
-                    db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?)", (row[0], generation))
+            removed_paths = list(removed_paths)
+            for start in range(0, len(removed_paths), _IDS_PER_QUERY):  # a chunk a statement: 150k removals at once
+                chunk = removed_paths[start : start + _IDS_PER_QUERY]
+                ids = db.execute(f"SELECT id FROM files WHERE path IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                db.executemany("DELETE FROM files WHERE id = ?", ids)
+                db.executemany("INSERT OR REPLACE INTO removed VALUES (?, ?)", [(i, generation) for (i,) in ids])
             db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (generation,))
             if rows is not None:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (rows,))

@@ -323,6 +323,18 @@ class Store:
         shards = np.array([r.shard for r in records], dtype=np.int64)
         return ids, [r.path for r in records], stored.rows(shards, np.array([r.row for r in records], dtype=np.int64))
 
+    def vector_rows(self) -> tuple[np.ndarray, RowView]:
+        """(ids, vectors) of every embedded file, by id, in one consistent state: 24 bytes a file, vectors read lazily.
+
+        ``vectors`` without the paths, for passes over a whole large store (``dupes``).
+        """
+        with self.catalog() as catalog:
+            catalog.snapshot()
+            ids, shards, rows = catalog.ids_and_rows()
+            stored = self._shard_set(catalog)
+            catalog.end_snapshot()
+        return ids, stored.rows(shards, rows)
+
     def check(self, repair: bool = False) -> CheckReport:
         """Whether catalog, vectors and index agree (``consistency.check``); with ``repair``, mend the index.
 
