@@ -44,6 +44,8 @@ def index_folder(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     only: list[str] | None = None,
+    settled_for: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> IndexSummary:
     """Index the images under ``root``: embed new and changed files, drop deleted ones.
 
@@ -62,6 +64,8 @@ def index_folder(
         options: how to run the network (``EmbedOptions``: device, batch size, workers, precision...).
         on_start: told how many files will be embedded; on_batch: how many more are done.
         only: index just these files under ``root`` (a CSV's list), removing nothing else.
+        settled_for: leave files modified within this many seconds for a later run (a copy in progress).
+        should_stop: asked after each batch; True ends the run there, keeping every batch written.
 
     Raises:
         StoreMismatchError: the store was built with another model, layer or preprocessing.
@@ -71,7 +75,8 @@ def index_folder(
     """
     started = time.perf_counter()
     run = prepare_run(root, store=store, model=model, layer=layer, weights=weights, reset=reset,
-                      index_factory=index_factory, retry_failed=retry_failed, options=options, only=only)
+                      index_factory=index_factory, retry_failed=retry_failed, options=options, only=only,
+                      settled_for=settled_for)
     if on_start:
         on_start(len(run.todo))
     summary = run.summary
@@ -83,12 +88,13 @@ def index_folder(
         record_unreadable(writer, run)
         record_facts(writer, run)
         if run.todo:
-            _embed(run.extractor, run.todo, writer, summary, on_batch)
+            _embed(run.extractor, run.todo, writer, summary, on_batch, should_stop)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: IndexSummary, on_batch) -> None:
+def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: IndexSummary, on_batch,
+           should_stop: Callable[[], bool] | None = None) -> None:
     """Run the CNN over ``todo`` and write each batch; a transient error stops the run, recording nothing."""
     by_path = {f.path: f for f in todo}
     started = time.perf_counter()
@@ -101,6 +107,9 @@ def _embed(extractor, todo: list[FoundFile], writer: StoreWriter, summary: Index
             summary.failed += len(batch.failures)
             if on_batch:
                 on_batch(len(batch.keys) + len(batch.failures))
+            if should_stop is not None and should_stop():
+                summary.stopped = True
+                break
     except (TransientError, MemoryError) as e:
         reason = str(e) or type(e).__name__
         raise TransientError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,8 @@ class IndexSummary:
     embedded: int = 0  # images the CNN ran on
     seconds: float = 0.0  # the whole run
     embed_seconds: float = 0.0  # embedding and writing, without the one-time set-up (a first ONNX export)
+    unsettled: int = 0  # files changed too recently to read (``settled_for``): the next run takes them
+    stopped: bool = False  # asked to stop between batches (``should_stop``): the next run takes the rest
 
 
 
@@ -69,7 +72,8 @@ class IndexRun:
 
 
 def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, weights=None, reset=False,
-                index_factory=None, retry_failed=False, options: EmbedOptions | None = None, only=None) -> IndexRun:
+                index_factory=None, retry_failed=False, options: EmbedOptions | None = None, only=None,
+                settled_for: float | None = None) -> IndexRun:
     """Open (or make) the store and plan a run: what ``index_folder`` does before embedding.
 
     With ``reset``, the featurizer is built first (a bad model, layer or weights file raises
@@ -91,7 +95,9 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
             _check_factory(index_factory, existing.dim)
     unreadable: list[UnreadableFolder] = []
     files = _files(root, store_dir, only, unreadable)
-    todo, removed, summary, unhashed = _plan(existing, files, unreadable, store_dir, retry_failed)
+    # a file still being written is read once it has rested (``settled_for``), never half-copied
+    recent = time.time_ns() - int(settled_for * 1e9) if settled_for is not None else None
+    todo, removed, summary, unhashed = _plan(existing, files, unreadable, store_dir, retry_failed, recent)
     if only is not None:
         removed, summary.removed = [], 0
     moved = _moves(existing, todo, removed, summary) if existing is not None else []
@@ -156,23 +162,29 @@ def stat_row(f: FoundFile) -> tuple[str, int, int, int, int]:
 
 
 def _plan(store: Store | None, files: list[FoundFile], unreadable: list[UnreadableFolder], store_dir: Path,
-          retry_failed: bool = False) -> tuple[list[FoundFile], list[str], IndexSummary]:
+          retry_failed: bool = False, recent_ns: int | None = None) -> tuple[list[FoundFile], list[str], IndexSummary]:
     """Which files to embed and which keys to remove.
 
     New files; embedded files whose size or mtime changed; failed files whose size, mtime,
     ctime or mode changed (a chmod that fixed "permission denied" changes the last two), or
     all of them with ``retry_failed``. A folder recorded as unreadable and read now is removed
-    from the catalog, uncounted: its files are counted instead.
+    from the catalog, uncounted: its files are counted instead. A file to embed that was modified
+    after ``recent_ns`` is left for a later run (counted ``unsettled``), and stays in the store.
     """
     summary = IndexSummary(store=store_dir)
     if store is None:
-        summary.added = len(files)
-        return files, [], summary, []
+        settled = [f for f in files if recent_ns is None or f.mtime_ns <= recent_ns]
+        summary.added, summary.unsettled = len(settled), len(files) - len(settled)
+        return settled, [], summary, []
     with store.catalog() as catalog:
         known = {r.path: r for r in catalog.records()}
     todo, unhashed = [], []
     for f in files:
         record = known.get(f.key)
+        changed = record is None or (record.size, record.mtime_ns) != (f.size, f.mtime_ns) or record.status == "failed"
+        if recent_ns is not None and f.mtime_ns > recent_ns and changed:
+            summary.unsettled += 1
+            continue
         if record is None:
             summary.added += 1
         elif record.status == "failed" and (retry_failed or stat_row(f)[1:] != (record.size, record.mtime_ns,

@@ -40,9 +40,9 @@ def main():
 
 
 def _register() -> None:
-    from . import classify, dupes, featurize, finetune, serve, store
+    from . import classify, dupes, featurize, finetune, serve, store, watch
 
-    for module in (featurize, store, dupes, classify, finetune, serve):
+    for module in (featurize, store, watch, dupes, classify, finetune, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

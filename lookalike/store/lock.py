@@ -23,6 +23,7 @@ from .layout import LOCK
 
 _held: set[str] = set()  # lock files this process holds
 _guard = threading.Lock()
+_holding = threading.local()  # lock files a ``hold_store`` in this thread holds, for writers inside it
 
 
 @contextlib.contextmanager
@@ -33,6 +34,9 @@ def lock_store(directory: str | os.PathLike) -> Iterator[None]:
         StoreLockedError: another process, or another writer in this one, holds it; the message names the process.
     """
     path = os.path.realpath(Path(directory) / LOCK)
+    if path in getattr(_holding, "paths", ()):  # inside this thread's own hold_store: already locked
+        yield
+        return
     with _guard:
         if path in _held:
             raise StoreLockedError(f"this process is already writing to {directory}: close that writer first")
@@ -60,3 +64,22 @@ def _lock(fd: int, directory) -> None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         who = f" (process {holder})" if holder.isdigit() else ""
         raise StoreLockedError(f"another lookalike process{who} is writing to {directory}; wait for it to finish") from None
+
+
+@contextlib.contextmanager
+def hold_store(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold the write lock across many writers: those opened in this thread meanwhile write under it.
+
+    ``lookalike watch`` holds its store so for as long as it runs, between its indexing passes
+    too, so a second ``index`` or ``watch`` is refused with the usual message.
+
+    Raises:
+        StoreLockedError: as ``lock_store``.
+    """
+    path = os.path.realpath(Path(directory) / LOCK)
+    with lock_store(directory):
+        _holding.paths = getattr(_holding, "paths", frozenset()) | {path}
+        try:
+            yield
+        finally:
+            _holding.paths = _holding.paths - {path}

@@ -1,0 +1,137 @@
+"""The watcher keeps a store current: a burst of copies is one run, a slow copy is read once whole, deletes and
+renames are followed, a kill mid-batch is caught up on the next start, and the store's lock is held throughout."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from test_crash import make_images
+
+from lookalike.errors import StoreLockedError
+from lookalike.featurize.options import EmbedOptions
+from lookalike.indexing import index_folder, open_store
+from lookalike.store.store import Store
+from lookalike.watch import Watcher
+
+OPTIONS = EmbedOptions(device="cpu", workers=0, batch_size=16)
+SETTLE = 0.6
+
+
+class Running:
+    """A watcher on a thread, with the passes it made."""
+
+    def __init__(self, folder):
+        self.passes = []
+        self.watcher = Watcher(folder, settle=SETTLE, options=OPTIONS, on_pass=lambda s, first: self.passes.append(s))
+        self.thread = threading.Thread(target=self.watcher.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.watcher.ready.wait(120), "the catch-up pass never finished"
+        return self
+
+    def __exit__(self, *exc):
+        self.watcher.stop()
+        self.thread.join(60)
+
+    def until(self, condition, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return time.monotonic()
+            time.sleep(0.05)
+        raise AssertionError(f"not within {timeout} s; passes: {self.passes}")
+
+
+def aged(folder, seconds=60):
+    """Files written a while ago, as a library's are (a watcher leaves files younger than its settle time)."""
+    then = time.time_ns() - seconds * 10**9
+    for path in folder.rglob("*.jpg"):
+        os.utime(path, ns=(then, then))
+
+
+def paths(folder):
+    with open_store(folder).catalog() as catalog:
+        return {r.path: r.status for r in catalog.records()}
+
+
+def test_a_burst_of_copies_is_one_run_and_all_are_searchable_soon_after(tmp_path):
+    folder, source = tmp_path / "photos", tmp_path / "source"
+    make_images(folder, range(2))
+    make_images(source, range(2, 202))
+    aged(folder)
+    with Running(folder) as running:
+        assert len(running.passes) == 1 and running.passes[0].added == 2
+        for path in sorted(source.iterdir()):
+            shutil.copy(path, folder / path.name)
+        copied = time.monotonic()
+        done = running.until(lambda: len(paths(folder)) == 202)
+        with pytest.raises(StoreLockedError, match="another lookalike process|this process is already writing"):
+            index_folder(folder, options=OPTIONS)  # the watcher holds the store's lock between its runs too
+    embedding = [s for s in running.passes[1:] if s.embedded]
+    assert sum(s.embedded for s in embedding) == 200 and len(embedding) <= 2  # one run (two if a copy outlasted settle)
+    assert done - copied <= SETTLE + sum(s.seconds for s in embedding) + 5  # the settle, then the run itself
+    (hit,) = open_store(folder).search([folder / "150.jpg"], k=1)
+    assert hit[0].path.endswith("150.jpg")
+
+
+def test_a_file_copied_slowly_is_read_once_when_it_is_whole(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(folder, range(1))
+    aged(folder)
+    make_images(tmp_path / "source", range(1, 2), size=(320, 240))
+    data = (tmp_path / "source" / "01.jpg").read_bytes()
+    with Running(folder) as running:
+        with open(folder / "slow.jpg", "wb") as out:
+            for start in range(0, len(data), len(data) // 5 + 1):  # 5 chunks, each within the settle time of the last
+                out.write(data[start : start + len(data) // 5 + 1])
+                out.flush()
+                time.sleep(SETTLE / 3)
+        running.until(lambda: paths(folder).get("slow.jpg") == "ok")
+        time.sleep(SETTLE * 2)
+    assert paths(folder)["slow.jpg"] == "ok"  # never recorded as a broken, half-copied JPEG
+    assert sum(s.embedded for s in running.passes[1:]) == 1 and sum(s.failed for s in running.passes) == 0, running.passes
+
+
+def test_deletes_and_renames_are_followed_and_a_rename_keeps_its_vector(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(folder, range(4))
+    aged(folder)
+    with Running(folder) as running:
+        vector = open_store(folder).get_vectors([folder / "01.jpg"])[0]
+        os.unlink(folder / "00.jpg")
+        (folder / "sub").mkdir()
+        os.rename(folder / "01.jpg", folder / "sub" / "renamed.jpg")
+        running.until(lambda: set(paths(folder)) == {"02.jpg", "03.jpg", "sub/renamed.jpg"})
+    assert any(s.moved == 1 for s in running.passes) and sum(s.embedded for s in running.passes[1:]) == 0
+    np.testing.assert_array_equal(open_store(folder).get_vectors([folder / "sub" / "renamed.jpg"])[0], vector)
+
+
+def test_a_watcher_killed_mid_batch_catches_up_when_it_starts_again(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(folder, range(10))
+    aged(folder)
+    command = [sys.executable, "-m", "lookalike", "watch", str(folder), "--settle", "0.5", "--batch-size", "2",
+               "--workers", "0", "--device", "cpu"]
+    killed = subprocess.run(command, env={**os.environ, "LOOKALIKE_CRASH": "vectors.after_fsync:3"}, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == 86, killed.stderr  # died with a batch written but not committed
+    assert len(Store.open(folder / ".lookalike")) == 4
+    make_images(tmp_path / "later", range(10, 12))  # and more came while it was down
+    aged(tmp_path / "later")
+    for path in (tmp_path / "later").iterdir():
+        os.rename(path, folder / path.name)
+    with Running(folder) as running:
+        assert running.passes[0].added == 8 and running.passes[0].embedded == 8
+    make_images(tmp_path / "fresh", range(12))
+    index_folder(tmp_path / "fresh", options=OPTIONS)
+    watched, fresh = open_store(folder), open_store(tmp_path / "fresh")
+    assert watched.check().ok and len(watched) == 12
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    np.testing.assert_allclose(watched.get_vectors([folder / n for n in names]),
+                               fresh.get_vectors([tmp_path / "fresh" / n for n in names]), atol=1e-5)
