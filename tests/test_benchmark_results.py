@@ -60,6 +60,15 @@ def test_every_page_matches_the_committed_results():
     assert not results.BLOCK.search((BENCHMARKS.parent / "README.md").read_text())  # the tables live in docs/
 
 
+def test_the_docs_quote_measured_figures_only_through_markers_that_resolve():
+    figures = [(page.name, m) for page in results.pages() for m in results.FIGURE.finditer(page.read_text())]
+    assert len(figures) >= 20
+    assert {"performance.md", "serve.md", "finetune.md", "scale.md"} <= {page for page, _ in figures}
+    for page, match in figures:
+        record = json.loads((results.RESULTS / f"{match['key']}.json").read_text())
+        assert match["body"] == format(results.figure(record, match["path"]), match["format"] or ""), (page, match[0])
+
+
 def test_every_committed_result_renders_its_tables_from_its_figures(tmp_path):
     for path in sorted(results.RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
