@@ -2,12 +2,18 @@
 
     python benchmarks/bench_featurize.py
 
-One command, defaults for this project's 2-core machine: about 15 minutes the first time
-(the photos are generated and the networks exported once; both are cached), about 10 after.
+One command, defaults for this project's 2-core machine: about 25 minutes the first time
+(the photos are generated and the networks exported once; both are cached), about 20 after.
 Setup: the `bench` extra (``pip install -e '.[bench]'``: img2vec-pytorch, simplejpeg) and,
 for larger source photos, ``apt-get install mate-backgrounds`` (see make_photos.py).
 Writes benchmarks/results/featurize_cpu.json; ``python benchmarks/results.py --write`` then
-renders the README's tables. Measured, each a median over --repeats interleaved rounds:
+renders docs/performance.md's tables (featurize_report.py lays them out).
+
+Every group below runs its configurations side by side in each of --repeats repeats (the
+order alternating), and each ratio is the median of the per-repeat ratios with its bootstrap
+95% interval (benchmarks/stats.py); a target is met when the interval's worse end meets it.
+9 repeats by default (a round of everything takes about 90 s here): the fewest odd number
+whose interval leaves out the most extreme repeat at each end. Measured:
 
 - model only, each runtime (ONNX Runtime; torch channels_last in inference mode) x threads x
   forward batch (uint8 pixels in memory, vectors out), and ONNX Runtime as one single-thread
@@ -18,8 +24,9 @@ renders the README's tables. Measured, each a median over --repeats interleaved 
   alternatives (simplejpeg with DCT scaling, torchvision's decode_jpeg, PIL without draft),
   with their largest pixel difference from lookalike's after the same resize;
 - end to end, ``Extractor.embed_paths`` on small (at most 1 MP) and large (4-12 MP) camera-like
-  JPEGs, lookalike's defaults and a sweep of decoding workers x network threads; for large
-  photos the bound that decoding and the network sharing the cores allow;
+  JPEGs, lookalike's defaults and a sweep of decoding workers x network threads, in the same
+  repeats as the fastest model-only configuration and decoding on one core, whose per-image
+  times give each repeat's bound: what decoding and the network sharing the cores allow;
 - peers on the large photos: a naive per-image loop, and img2vec-pytorch's resnet-18 against
   lookalike's resnet18 with the same random weights from a temporary torch hub cache;
 - start-up, in fresh processes: re-indexing an unchanged folder of 1,000 files, and querying
@@ -29,32 +36,23 @@ renders the README's tables. Measured, each a median over --repeats interleaved 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
 from pathlib import Path
 
 import featurize_peers
+import featurize_report
 import featurize_startup
 import numpy as np
 import results
+import stats
 import torch
 from make_photos import bytes_per_mp, make_photos
 
 BATCHES = (1, 2, 4, 8, 16, 32)
-
-
-def rounds(configs: dict, repeats: int) -> dict[str, float]:
-    """Seconds per config: one warm-up call each, then ``repeats`` interleaved rounds; the median."""
-    for fn in configs.values():
-        fn()
-    times = {name: [] for name in configs}
-    for _ in range(repeats):
-        for name, fn in configs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+DEFAULT = featurize_report.DEFAULT
 
 
 def sample_pixels(paths: list[str], preprocessing, n: int) -> np.ndarray:
@@ -64,8 +62,10 @@ def sample_pixels(paths: list[str], preprocessing, n: int) -> np.ndarray:
     return np.stack([rows[i % len(rows)] for i in range(n)])
 
 
-def model_only(args, pixels: np.ndarray, cores: int) -> dict:
-    """images/s of each runtime x threads x forward batch, and of lookalike's default on the same pixels."""
+@contextlib.contextmanager
+def model_configs(args, pixels: np.ndarray, cores: int):
+    """Each runtime x threads x forward batch as a function running the network on ``pixels``, and lookalike's
+    default (``DEFAULT``); with the default extractor, whose settings the report names. Open until the end."""
     from lookalike import create_extractor
     from lookalike.featurize.runtimes.onnx_cache import model_path
     from lookalike.featurize.runtimes.onnx_network import OnnxNetwork
@@ -87,16 +87,23 @@ def model_only(args, pixels: np.ndarray, cores: int) -> dict:
         pools.append(_process_pool(path, pixels, cores))
         for batch in BATCHES[:4]:
             configs[f"onnxruntime, a process per core|1|{batch}"] = _processes_pass(pools[0], len(pixels), batch)
-    configs["lookalike|default|default"] = lambda: default._embed_pixels(pixels)  # all at once, as the others get them
+    configs[DEFAULT] = lambda: default._embed_pixels(pixels)  # all at once, as the others get them
     try:
-        seconds = rounds(configs, args.repeats)
+        yield configs, default
     finally:
         default.close()
         for pool in pools:
             pool.shutdown()
-    rates = {name: len(pixels) / s for name, s in seconds.items()}
-    best = max((r, name) for name, r in rates.items() if not name.startswith("lookalike"))
-    return {"rates": rates, "fastest": best[1], "fastest_rate": best[0],
+
+
+def model_only(args, configs: dict, default, images: int) -> dict:
+    """images/s of each configuration (medians), and each one's rate over the fastest's, paired by repeat."""
+    seconds = stats.interleave(configs, args.repeats)
+    rates = {name: images / statistics.median(s) for name, s in seconds.items()}
+    rate, fastest = max((r, name) for name, r in rates.items() if name != DEFAULT)
+    ratios = {name: stats.paired_ratio(seconds[fastest], s) for name, s in seconds.items()}  # its rate / the fastest's
+    return {"rates": rates, "seconds": seconds, "images": images, "fastest": fastest, "fastest_rate": rate,
+            "ratios": ratios,
             "lookalike_settings": {"forward_batch": default.forward_batch, "threads": default.threads,
                                    "workers": default.num_workers}}
 
@@ -163,34 +170,55 @@ def decoding(args, sets: dict[str, list[str]]) -> dict:
         paths = paths[: args.decode_n]
         decoders = featurize_peers.decoders(preprocessing)
         torch.set_num_threads(1)
-        seconds = rounds({name: (lambda f=f, paths=paths: [f(p) for p in paths]) for name, f in decoders.items()}, args.repeats)
+        seconds = stats.interleave({name: (lambda f=f, paths=paths: [f(p) for p in paths]) for name, f in decoders.items()},
+                                   args.repeats)
         torch.set_num_threads(os.cpu_count() or 1)
         ours = [decoders["lookalike (PIL draft)"](p) for p in paths[:16]]
-        out[kind] = {name: {"images_per_s": len(paths) / s,
+        out[kind] = {name: {"images_per_s": len(paths) / statistics.median(s), "seconds": s,
                             "max_level_difference": max(int(np.abs(a.astype(int) - decoders[name](p).astype(int)).max())
                                                         for a, p in zip(ours, paths[:16]))}
                      for name, s in seconds.items()}
     return out
 
 
-def end_to_end(args, sets: dict[str, list[str]], cores: int) -> dict:
-    """``embed_paths`` with lookalike's defaults, a sweep of workers x threads, and the torch runtime."""
-    from lookalike import create_extractor
+MODEL, DECODE = "model only, fastest configuration", "decoding on one core (lookalike)"
 
+
+def end_to_end(args, sets: dict[str, list[str]], cores: int, fastest_model, model_images: int) -> dict:
+    """``embed_paths`` with lookalike's defaults, a sweep of workers x threads, and the torch runtime; side by side
+    with ``fastest_model`` (the fastest model-only configuration, on ``model_images`` images) and decoding on one
+    core, whose per-image times give each repeat's bound: 1 / (1/model + 1/(cores x decode)) images/s."""
+    from lookalike import create_extractor
+    from lookalike.featurize.images.batches import file_pixels
+
+    preprocessing = create_extractor(args.model, device="cpu", runtime="onnx").model_spec.preprocessing
     out = {}
     for kind, paths in sets.items():
-        configs = {"lookalike default": create_extractor(args.model, device="cpu")}
+        extractors = {"lookalike default": create_extractor(args.model, device="cpu")}
         for workers in sorted({1, cores}):
             for threads in sorted({1, cores}):
-                configs[f"onnx, {workers} workers, {threads} threads"] = create_extractor(
+                extractors[f"onnx, {workers} workers, {threads} threads"] = create_extractor(
                     args.model, device="cpu", runtime="onnx", workers=workers, threads=threads)
-        configs["torch default"] = create_extractor(args.model, device="cpu", runtime="torch")
-        seconds = rounds({name: (lambda e=e, paths=paths: sum(len(b.keys) for b in e.embed_paths(paths)))
-                          for name, e in configs.items()}, args.repeats)
-        default = configs["lookalike default"]
-        out[kind] = {"rates": {name: len(paths) / s for name, s in seconds.items()},
+        extractors["torch default"] = create_extractor(args.model, device="cpu", runtime="torch")
+        configs = {name: (lambda e=e, paths=paths: sum(len(b.keys) for b in e.embed_paths(paths)))
+                   for name, e in extractors.items()}
+        configs[MODEL] = fastest_model
+        configs[DECODE] = lambda paths=paths: [file_pixels(p, preprocessing) for p in paths]
+        seconds = stats.interleave(configs, args.repeats)
+        per_image = {name: [t / (model_images if name == MODEL else len(paths)) for t in s] for name, s in seconds.items()}
+        bound = [m + d / cores for m, d in zip(per_image[MODEL], per_image[DECODE])]  # seconds an image, per repeat
+        default = extractors["lookalike default"]
+        out[kind] = {"rates": {name: 1 / statistics.median(per_image[name]) for name in extractors},
+                     "seconds": seconds,
+                     "model_only_rate": 1 / statistics.median(per_image[MODEL]),
+                     "decode_rate": 1 / statistics.median(per_image[DECODE]),
+                     "bound_rate": 1 / statistics.median(bound),
+                     "to_bound": {name: stats.paired_ratio(bound, per_image[name]) for name in extractors},
+                     "to_model": {name: stats.paired_ratio(per_image[MODEL], per_image[name]) for name in extractors},
                      "default_settings": {"workers": default.num_workers, "threads": default.threads,
                                           "forward_batch": default.forward_batch, "batch_size": default.batch_size}}
+        for extractor in extractors.values():
+            extractor.close()
     return out
 
 
@@ -210,40 +238,38 @@ def main() -> None:
     parser.add_argument("--decode-n", type=int, default=48, help="Files per decoder on one core.")
     parser.add_argument("--naive-n", type=int, default=24, help="Large photos for the naive loop and img2vec.")
     parser.add_argument("--startup-files", type=int, default=1000)
-    parser.add_argument("--startup-runs", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--name", default="featurize_cpu", help="benchmarks/results/NAME.json")
+    parser.add_argument("--startup-runs", type=int, default=11, help="fresh processes of each start-up command")
+    parser.add_argument("--memory-repeats", type=int, default=5, help="peak-memory runs of each size")
+    parser.add_argument("--repeats", type=int, default=9, help="paired repeats of every other group")
+    parser.add_argument("--name", default="featurize_cpu", help="DIR/NAME.json")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.check_tree(args.dirty)  # before the runs, not after them
 
     cores = len(os.sched_getaffinity(0))
     sets = photo_sets(args)
     photos = {kind: bytes_per_mp([Path(p) for p in paths]) for kind, paths in sets.items()}
-    for kind, stats in photos.items():
-        print(f"{kind} photos: {stats['files']} files, {stats['mean_mp']:.1f} MP, {stats['mb_per_mp']:.3f} MB/MP", flush=True)
+    for kind, found in photos.items():
+        print(f"{kind} photos: {found['files']} files, {found['mean_mp']:.1f} MP, {found['mb_per_mp']:.3f} MB/MP", flush=True)
     from lookalike import create_extractor
 
     preprocessing = create_extractor(args.model, device="cpu", runtime="onnx").model_spec.preprocessing
     figures = {"photos": photos, "cores": cores}
-    figures["model"] = model_only(args, sample_pixels(sets["small"], preprocessing, args.model_images), cores)
-    print(f"model only: fastest {figures['model']['fastest']} {figures['model']['fastest_rate']:.1f} images/s", flush=True)
-    figures["decode"] = decoding(args, sets)
-    figures["end_to_end"] = end_to_end(args, sets, cores)
+    pixels = sample_pixels(sets["small"], preprocessing, args.model_images)
+    with model_configs(args, pixels, cores) as (configs, default):
+        figures["model"] = model_only(args, configs, default, len(pixels))
+        print(f"model only: fastest {figures['model']['fastest']} {figures['model']['fastest_rate']:.1f} images/s", flush=True)
+        figures["decode"] = decoding(args, sets)
+        figures["end_to_end"] = end_to_end(args, sets, cores, configs[figures["model"]["fastest"]], len(pixels))
     print("end to end:", {k: round(v["rates"]["lookalike default"], 1) for k, v in figures["end_to_end"].items()}, flush=True)
-    figures["peers"] = featurize_peers.peers(args, sets["large"][: args.naive_n], cores, rounds)
+    figures["peers"] = featurize_peers.peers(args, sets["large"][: args.naive_n], cores)
     figures["startup"] = featurize_startup.startup(args, sets["small"])
     figures["memory"] = featurize_startup.memory(args, sets["small"])
-    tables, figures["targets"] = report(figures, cores)
-    for name, table in tables.items():
+    figures["targets"] = featurize_report.targets(figures)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("results", "dirty")}
+    for name, table in featurize_report.tables(figures, settings).items():
         print(f"\n{name}\n" + results.markdown(table))
-    path = results.save(args.name, {k: str(v) for k, v in vars(args).items()}, figures, tables)
-    print(f"-> {path}")
-
-
-def report(f: dict, cores: int) -> tuple[dict, dict]:
-    """The README's tables and the issue's targets, each with its measure and verdict."""
-    from featurize_report import tables_and_targets
-
-    return tables_and_targets(f, cores)
+    print(f"-> {results.save(args.name, settings, figures, 'featurize_report', args.results, args.dirty)}")
 
 
 if __name__ == "__main__":

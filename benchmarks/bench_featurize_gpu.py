@@ -5,7 +5,8 @@
 The CPU benchmark is ``bench_featurize.py``; this one is run by ``gpu_check.sh`` on a lent
 GPU machine and writes ``benchmarks/results/featurize_gpu_<name>.json`` (``--name``).
 
-Measured on the same photos and the same network, medians over --repeats:
+Measured on the same photos and the same network, all side by side in each of --repeats repeats
+(the order alternating), after a first call each (timed apart: it holds compilation):
 - model only: uint8 batches already on the device, through normalise + forward + copy back;
 - decode only (GPU): the files' bytes already in memory, through nvJPEG batches, orientation
   and resize on the GPU, on the same threads (--threads-per-gpu) as lookalike;
@@ -14,8 +15,10 @@ Measured on the same photos and the same network, medians over --repeats:
   also with --no-gpu-decode, i.e. PIL on CPU workers);
 - naive: per image, PIL open + convert, torchvision transforms, a batch of one, forward in
   fp32 without channels_last (the img2vec / tutorial pattern); on a GPU over --naive-n files.
-The ratios are lookalike over min(model only, decode only) and over naive. Prints the
-hardware, versions and settings, then the table, and writes JSON with --json.
+The ratios are lookalike over min(model only, decode only) and over naive, each the median of
+the per-repeat ratios with its bootstrap 95% interval (benchmarks/stats.py; 5 repeats by
+default, the fewest that give one). Prints the hardware, versions and settings, then the
+table, and writes JSON with --json (a copy) and --name (DIR/featurize_gpu_NAME.json).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import results as results_module
+import stats
 import torch
 from make_photos import bytes_per_mp, make_photos
 
@@ -38,19 +42,21 @@ def _sync(device: torch.device, stream_only: bool = False) -> None:
         torch.cuda.current_stream(device).synchronize() if stream_only else torch.cuda.synchronize(device)
 
 
-def _timed(fn, device, repeats: int) -> list[float]:
-    """Seconds of ``fn``: the first (warm-up) call, then each repeat."""
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    times = [time.perf_counter() - start]
-    for _ in range(repeats):
+def _timed(measures: dict, device, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Seconds of each function's first call (one after the other), then of each repeat, side by side."""
+    first = {}
+    for name, fn in measures.items():
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        first[name] = time.perf_counter() - start
+
+    def synced(fn):
+        return lambda: (fn(), _sync(device))
+
+    _sync(device)
+    return first, stats.interleave({name: synced(fn) for name, fn in measures.items()}, repeats, warmup=0)
 
 
 def _count(batches) -> int:
@@ -131,24 +137,26 @@ def bench(paths: list[str], args) -> dict:
     measures["naive"] = (naive, len(naive_paths))
 
     results = {"images": n}
-    for name, (fn, images) in measures.items():
-        times = _timed(fn, device, args.repeats)
-        seconds = statistics.median(times[1:])
-        results[name] = {"seconds": seconds, "images": images, "images_per_s": images / seconds, "first_call_s": times[0],
-                         "all_s": times[1:]}
+    first, times = _timed({name: fn for name, (fn, _) in measures.items()}, device, args.repeats)
+    per_image = {name: [t / measures[name][1] for t in times[name]] for name in measures}  # seconds an image
+    for name, (_, images) in measures.items():
+        seconds = statistics.median(times[name])
+        results[name] = {"seconds": seconds, "images": images, "images_per_s": images / seconds, "first_call_s": first[name],
+                         "all_s": times[name]}
         print(f"  {name}: {images / seconds:.1f} images/s", flush=True)
-    ceiling = min(results[m]["images_per_s"] for m in ("model_only", "decode_only") if m in results)
-    results["lookalike_vs_ceiling"] = results["lookalike"]["images_per_s"] / ceiling
+    # the slower of the network and the decoder bounds each repeat: its time an image is the larger
+    ceiling = [max(per_image[m][i] for m in ("model_only", "decode_only") if m in per_image) for i in range(args.repeats)]
+    results["lookalike_vs_ceiling"] = stats.paired_ratio(ceiling, per_image["lookalike"])
     if "decode_1_core" in results:
         # On a CPU the model and decoding share the cores: with the model taking all of them
         # for 1/model s an image and decoding 1/decode core-seconds, the machine does about
         # 1 / (1/model + 1/(cores * decode)) images/s end to end (more only if the model
         # uses the cores better when it shares them than alone).
         cores = len(os.sched_getaffinity(0))
-        bound = 1 / (1 / results["model_only"]["images_per_s"] + 1 / (cores * results["decode_1_core"]["images_per_s"]))
-        results["cpu_bound"] = {"images_per_s": bound, "cores": cores}
-        results["lookalike_vs_cpu_bound"] = results["lookalike"]["images_per_s"] / bound
-    results["lookalike_vs_naive"] = results["lookalike"]["images_per_s"] / results["naive"]["images_per_s"]
+        bound = [m + d / cores for m, d in zip(per_image["model_only"], per_image["decode_1_core"])]
+        results["cpu_bound"] = {"images_per_s": 1 / statistics.median(bound), "cores": cores}
+        results["lookalike_vs_cpu_bound"] = stats.paired_ratio(bound, per_image["lookalike"])
+    results["lookalike_vs_naive"] = stats.paired_ratio(per_image["naive"], per_image["lookalike"])
     results["settings"] = {
         "model": args.model, "batch_size": batch_size, "workers": extractor.num_workers, "devices": [str(d) for d in extractor.devices],
         "precision": str(extractor.autocast_dtype or "fp32"), "compile": args.compile, "gpu_decode": extractor.jpeg_on_device,
@@ -183,10 +191,13 @@ def main() -> None:
     parser.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
                         help="Decode JPEGs on the device [default: on a GPU]; on a CPU, tests that path.")
     parser.add_argument("--naive-n", type=int, default=None, help="Time the naive loop on the first N files only.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--name", default=None, help="Save benchmarks/results/featurize_gpu_NAME.json.")
+    parser.add_argument("--name", default=None, help="Save DIR/featurize_gpu_NAME.json.")
+    results_module.add_arguments(parser)
     args = parser.parse_args()
+    if args.name:
+        results_module.check_tree(args.dirty)
 
     paths = [str(p) for p in make_photos(args.folder, args.n, "mixed", jobs=os.cpu_count() or 1)]
     machine = hardware()
@@ -199,19 +210,31 @@ def main() -> None:
             r = results[name]
             print(f"{name:<22}{r['images_per_s']:>10.1f}{r['seconds']:>10.2f}{r['images']:>8}{r['first_call_s']:>10.2f}")
     ceiling = "min(model only, decode only)" if "decode_only" in results else "model only"
-    print(f"\nlookalike / {ceiling}: {results['lookalike_vs_ceiling']:.2f}   "
-          f"lookalike / naive: {results['lookalike_vs_naive']:.2f}")
+    print(f"\nlookalike / {ceiling}: {stats.shown(results['lookalike_vs_ceiling'])}   "
+          f"lookalike / naive: {stats.shown(results['lookalike_vs_naive'])}")
     if "cpu_bound" in results:
         print(f"CPU bound, model and decoding sharing {results['cpu_bound']['cores']} cores: "
-              f"{results['cpu_bound']['images_per_s']:.1f} images/s; lookalike / bound: {results['lookalike_vs_cpu_bound']:.2f}")
+              f"{results['cpu_bound']['images_per_s']:.1f} images/s; "
+              f"lookalike / bound: {stats.shown(results['lookalike_vs_cpu_bound'])}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.name:
-        photos = bytes_per_mp([Path(p) for p in paths])
-        rows = [[name, f"{results[name]['images_per_s']:.1f}"] for name in
-                ("model_only", "decode_only", "lookalike", "lookalike_cpu_decode", "naive") if name in results]
-        results_module.save(f"featurize_gpu_{args.name}", {**vars(args), "photos": photos}, results,
-                            {"throughput": {"columns": ["measure", "images/s"], "rows": rows}})
+        settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
+                    if key not in ("results", "dirty")}
+        settings["photos"] = bytes_per_mp([Path(p) for p in paths])
+        path = results_module.save(f"featurize_gpu_{args.name}", settings, results, "bench_featurize_gpu", args.results,
+                                   args.dirty)
+        print(f"-> {path}")
+
+
+def tables(figures: dict, settings: dict) -> dict:
+    """Each measure's images/s (medians), then lookalike's paired ratios with their intervals."""
+    rows = [[name, f"{figures[name]['images_per_s']:.1f}"] for name in
+            ("model_only", "decode_only", "decode_1_core", "lookalike", "lookalike_cpu_decode", "naive") if name in figures]
+    rows += [[label, stats.shown(figures[key])] for key, label in (
+        ("lookalike_vs_ceiling", "lookalike / min(model only, decode only)"),
+        ("lookalike_vs_cpu_bound", "lookalike / CPU bound"), ("lookalike_vs_naive", "lookalike / naive")) if key in figures]
+    return {"throughput": {"columns": ["measure", "images/s, or ratio (paired repeats)"], "rows": rows}}
 
 
 if __name__ == "__main__":

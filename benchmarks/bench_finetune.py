@@ -1,7 +1,7 @@
 """Fine-tuning throughput: lookalike's training loop against a plain torch loop, side by side in one run.
 
-    python benchmarks/bench_finetune.py --n 64 --epochs 2 --json finetune.json      # CPU
-    python benchmarks/bench_finetune.py --device cuda --n 1024 --batch-size 128      # GPU
+    python benchmarks/bench_finetune.py --json                                      # CPU, about 7 minutes on 2 cores
+    python benchmarks/bench_finetune.py --device cuda --n 1024 --batch-size 128 --json  # GPU
 
 Both loops train the same network (Lite0's body cut at its embedding, a new head), on the
 same real-photo JPEGs (benchmarks/make_photos.py), with the same batch size, the same
@@ -10,10 +10,12 @@ the same frozen blocks and frozen BatchNorm statistics, AdamW and label smoothin
 same decoding workers and threads, channels_last, and on CUDA the same fp16 autocast.
 The plain loop is what a tutorial writes, given every speed-up lookalike has on the model
 side: an ImageFolder-like dataset decoding each file with PIL, torchvision's v2 transforms
-to a float tensor on the workers, a DataLoader. Measured per configuration: the median
-images/s over --epochs epochs after one warm-up epoch each, the two loops' epochs taken in
-turn (so a change in a shared machine's load hits both alike), for the head alone (stage 1)
-and the top 3 blocks (stage 2's default).
+to a float tensor on the workers, a DataLoader. Measured per configuration, for the head
+alone (stage 1) and the top 3 blocks (stage 2's default): after one warm-up epoch each, the
+two loops' epochs side by side (the order alternating), --epochs pairs; the ratio is the
+median of the per-epoch ratios with its bootstrap 95% interval (benchmarks/stats.py). 7
+pairs by default (about 7 minutes on 2 cores at 64 photos): enough for an interval that
+leaves out the most extreme epoch.
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import results  # noqa: E402
-from make_photos import make_photos  # noqa: E402
+import results
+import stats
 
 
 def _network(device, unfreeze: int, classes: int):
+    import torch
+
     from lookalike.featurize import get_model_spec
     from lookalike.featurize.models.backbone import build_backbone
     from lookalike.finetune.blocks import body_blocks
@@ -58,6 +60,8 @@ def lookalike_loop(paths, targets, args, unfreeze: int):
 
     Returns a function that runs one epoch and gives its images/s.
     """
+    import torch
+
     from lookalike.finetune.dataset import AUGMENTATIONS, LabelledImages
     from lookalike.finetune.recipe import FinetuneConfig
     from lookalike.finetune.trainer import Progress, Stage, Training, _epoch
@@ -78,6 +82,7 @@ def plain_loop(paths, targets, args, unfreeze: int):
 
     Returns a function that runs one epoch and gives its images/s.
     """
+    import torch
     import torch.nn.functional as F
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -128,46 +133,71 @@ def plain_loop(paths, targets, args, unfreeze: int):
 
 
 def interleaved(paths, targets, args, unfreeze: int) -> tuple[list[float], list[float]]:
-    """Epochs of the two loops taken in turn, so a change in the machine's load hits both alike."""
-    mine, plain = lookalike_loop(paths, targets, args, unfreeze), plain_loop(paths, targets, args, unfreeze)
-    mine(), plain()  # warm-up
-    rates = [(mine(), plain()) for _ in range(args.epochs)]
-    return [r[0] for r in rates], [r[1] for r in rates]
+    """Epochs of the two loops side by side, which goes first alternating, so a change in the machine's load hits
+    both alike; the images/s of each epoch."""
+    loops = {"lookalike": lookalike_loop(paths, targets, args, unfreeze), "plain": plain_loop(paths, targets, args, unfreeze)}
+    for loop in loops.values():
+        loop()  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    for epoch in range(args.epochs):
+        for name in loops if epoch % 2 == 0 else reversed(loops):
+            rates[name].append(loops[name]())
+    return rates["lookalike"], rates["plain"]
 
 
 def _sync(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def tables(figures: dict, settings: dict) -> dict:
+    """docs/finetune.md's table: images/s of each loop (medians) and their paired ratio with its interval."""
+    rows = []
+    for label, key in (("head only (stage 1)", "unfreeze_0"), ("top 3 blocks (stage 2)", "unfreeze_3")):
+        f = figures[key]
+        rows.append([label, f"{f['lookalike_images_per_s']:.1f}", f"{f['plain_images_per_s']:.1f}",
+                     stats.shown(f["ratio"], ".2f", "x")])
+    return {"throughput": {"columns": ["trained", "lookalike images/s", "plain torch images/s",
+                                       "lookalike / plain (paired epochs)"], "rows": rows}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=64, help="photos per epoch")
-    parser.add_argument("--epochs", type=int, default=2, help="measured epochs (after one warm-up)")
+    parser.add_argument("--epochs", type=int, default=7, help="measured epochs of each loop (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos", type=Path, default=Path("/tmp/lookalike-bench-photos"))
-    parser.add_argument("--json", action="store_true", help="write benchmarks/results/finetune_<device>.json")
+    parser.add_argument("--json", action="store_true", help="write DIR/finetune_<device>.json")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    if args.json:
+        results.check_tree(args.dirty)
+    import torch
+    from make_photos import make_photos
+
     torch.manual_seed(0)
     paths = [str(p) for p in make_photos(args.photos, args.n)]
     targets = [i % 4 for i in range(len(paths))]
-    figures, rows = {}, []
+    figures = {}
     for label, unfreeze in (("head only (stage 1)", 0), ("top 3 blocks (stage 2)", 3)):
         mine_epochs, plain_epochs = interleaved(paths, targets, args, unfreeze)
         mine, plain = statistics.median(mine_epochs), statistics.median(plain_epochs)
-        figures[f"unfreeze_{unfreeze}"] = {"lookalike_images_per_s": mine, "plain_images_per_s": plain, "ratio": mine / plain,
+        ratio = stats.paired_ratio(mine_epochs, plain_epochs)  # rates: lookalike's images/s over the plain loop's
+        figures[f"unfreeze_{unfreeze}"] = {"lookalike_images_per_s": mine, "plain_images_per_s": plain, "ratio": ratio,
                                            "lookalike_epochs": mine_epochs, "plain_epochs": plain_epochs}
-        rows.append([label, f"{mine:.1f}", f"{plain:.1f}", f"{mine / plain:.2f}x"])
-        print(f"{label:<24} lookalike {mine:7.1f} img/s   plain torch {plain:7.1f} img/s   ratio {mine / plain:.2f}", flush=True)
+        print(f"{label:<24} lookalike {mine:7.1f} img/s   plain torch {plain:7.1f} img/s   "
+              f"ratio {stats.shown(ratio, '.2f')}", flush=True)
     settings = {"n": args.n, "epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
                 "device": args.device, "threads": torch.get_num_threads(), "model": "efficientnet_lite0",
                 "augmentation": "medium"}
+    print(results.markdown(tables(figures, settings)["throughput"]))
     if args.json:
-        table = {"columns": ["trained", "lookalike images/s", "plain torch images/s", "ratio"], "rows": rows}
-        path = results.save(f"finetune_{torch.device(args.device).type}", settings, figures, {"throughput": table})
-        print(f"-> {path}")
+        name = f"finetune_{torch.device(args.device).type}"
+        print(f"-> {results.save(name, settings, figures, 'bench_finetune', args.results, args.dirty)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 index built from them by Ray tasks, recall@10 against exact search; and images/s on 1 and 2 nodes.
 
     python benchmarks/bench_scale.py --rows 1000000 --dim 128          # the recall and build part
-    python benchmarks/bench_scale.py --rows 0 --images 96              # only the throughput part
+    python benchmarks/bench_scale.py --rows 0 --images 150             # only the throughput part
 
 Vectors: ``bench_search.Mixture`` with few clusters (default 300, so about 3,300 members each at
 1M, and ten neighbours never mean "the whole cluster"); each Ray task generates its own rows,
@@ -12,7 +12,14 @@ which commits the shards as the Ray engine does. The index is the store's own on
 
 Throughput: the same photo folder indexed by the local engine (the baseline, default settings,
 which are the fastest on this CPU) and by ``--engine ray`` on a 1-node local instance and on a
-2-node ``ray.cluster_utils.Cluster`` (one CPU a node on this 2-core machine), in one run.
+2-node ``ray.cluster_utils.Cluster`` (one CPU a node on this 2-core machine), in one run: each
+of --repeats repeats runs the three side by side (the order alternating), and "vs local" is the
+median of the per-repeat ratios with its bootstrap 95% interval (benchmarks/stats.py). 7
+repeats by default, about 12 minutes at 150 photos on 2 cores: the fewest whose interval
+leaves out the most extreme repeat.
+
+The plan for 10M to 1B images is arithmetic on these figures and the store's own
+``plan_build``, done when the JSON is written, so that the docs render what this run planned.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import results
+import stats
 from bench_search import Mixture
 
+from lookalike.ann import build as ann_build
 from lookalike.ann import faiss_io
 from lookalike.ann import index as faiss_index
 from lookalike.featurize.options import EmbedOptions
@@ -85,7 +94,7 @@ def build_vectors(ray, directory: Path, n: int, dim: int, clusters: int, shard_r
     store = Store.create(directory, directory.parent, {**SPEC, "dim": dim})
     task = ray.remote(num_cpus=1)(make_shard)
     timed = Timed()
-    timed.wrap(faiss_index, "trained_index", "train")
+    timed.wrap(ann_build, "trained_index", "train")
     timed.wrap(ondisk, "merge_parts", "merge")
     started = time.perf_counter()
     with store.writer(map_parts=timed.map_parts) as writer:
@@ -145,8 +154,9 @@ def throughput_part(args, work: Path) -> dict:
     folder = work / "photos"
     make_photos(folder, args.images, jobs=2)
     runs = {}
+    engines = ("local", "ray_1_node", "ray_2_nodes")
     for repeat in range(args.repeats):
-        for name in ("local", "ray_1_node", "ray_2_nodes"):
+        for name in engines if repeat % 2 == 0 else reversed(engines):
             store = work / f"store_{name}"
             shutil.rmtree(store, ignore_errors=True)
             ticks = []  # time of on_start, then of each committed batch
@@ -166,8 +176,16 @@ def throughput_part(args, work: Path) -> dict:
             rate = summary.embedded / (ticks[-1] - ticks[0])
             runs.setdefault(name, []).append({"images": summary.embedded, "wall_s": summary.seconds,
                                               "images_per_s": rate, "batches": len(ticks) - 1})
+    return summarize_throughput(runs)
+
+
+def summarize_throughput(runs: dict[str, list[dict]]) -> dict:
+    """Each engine's medians and its rate over the local engine's, paired by repeat."""
+    local = [x["images_per_s"] for x in runs["local"]]
     return {name: {"runs": r, "median_images_per_s": float(np.median([x["images_per_s"] for x in r])),
-                   "median_wall_s": float(np.median([x["wall_s"] for x in r]))} for name, r in runs.items()}
+                   "median_wall_s": float(np.median([x["wall_s"] for x in r])),
+                   "vs_local": stats.paired_ratio([x["images_per_s"] for x in r], local)}
+            for name, r in ((name, runs[name]) for name in ("local", "ray_1_node", "ray_2_nodes"))}
 
 
 def _on_two_nodes(Cluster, index_with_ray, folder: Path, kwargs: dict):
@@ -197,24 +215,21 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--images", type=int, default=0, help="photos for the throughput part (0: skip it)")
-    parser.add_argument("--repeats", type=int, default=1, help="throughput runs of each engine, in turn")
+    parser.add_argument("--repeats", type=int, default=7, help="throughput runs of each engine, side by side")
     parser.add_argument("--name", default="scale")
-    parser.add_argument("--render", action="store_true", help="only rewrite NAME.json's tables from its figures")
     parser.add_argument("--plan-dim", type=int, default=1280, help="the plan's vectors (Lite0: 1280)")
     parser.add_argument("--plan-budget-gib", type=int, default=64, help="index build budget (half the RAM of the machine)")
-    parser.add_argument("--gpu-images-per-s", type=float, default=1047.0,
-                        help="the local engine on one H200, from an earlier run (issue #5's closing note); not measured by this script")
+    parser.add_argument("--gpu-images-per-s", type=float, default=None,
+                        help="the plan's GPU rate (default: the local engine's end-to-end rate in DIR/featurize_gpu_lite0.json, "
+                             "which benchmarks/gpu_check.sh writes; without either, the plan has no GPU row)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
+    results.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        path = results.RESULTS / f"{args.name}.json"
-        record = json.loads(path.read_text())
-        record["tables"] = tables(record["figures"])
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        return
+    results.check_tree(args.dirty)  # before the runs, not after them
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
-    figures, settings = {}, vars(args)
-    earlier = results.RESULTS / f"{args.name}.json"
+    figures = {}
+    settings = {key: value for key, value in vars(args).items() if key not in ("results", "dirty")}
+    earlier = args.results / f"{args.name}.json"
     if not args.rows and earlier.exists():  # the throughput part run on its own: keep the earlier vector part
         record = json.loads(earlier.read_text())
         if "vectors" in record["figures"]:
@@ -238,10 +253,14 @@ def main() -> None:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     figures["plan"] = plan_inputs(args, figures)
-    results.save(args.name, settings, figures, tables(figures))
+    figures["plan"]["sizes"] = plan_sizes(figures["plan"])
+    for table in tables(figures, settings).values():
+        print(results.markdown(table))
+    print(f"-> {results.save(args.name, settings, figures, 'bench_scale', args.results, args.dirty)}")
 
 
-def tables(figures: dict) -> dict:
+def tables(figures: dict, settings: dict) -> dict:
+    """docs/scale.md's tables: the 1M-vector build, the engines' throughput, the plan (all from the figures)."""
     shown = {}
     v = figures.get("vectors")
     if v:
@@ -267,12 +286,12 @@ def tables(figures: dict) -> dict:
         shown["build"] = {"columns": ["measure", "value"], "rows": rows}
     t = figures.get("throughput")
     if t:
-        base = t["local"]["median_images_per_s"]
         labels = {"local": "local engine (baseline)", "ray_1_node": "--engine ray, 1 local node (2 CPUs)",
                   "ray_2_nodes": "--engine ray, 2 local nodes (1 CPU each)"}
-        rows = [[labels[k], f"{r['median_images_per_s']:.1f}", f"{r['median_images_per_s'] / base:.2f}",
+        rows = [[labels[k], f"{r['median_images_per_s']:.1f}", stats.shown(r["vs_local"], ".2f"),
                  f"{r['median_wall_s']:.1f}"] for k, r in t.items()]
-        columns = ["engine (same folder, same run)", "images/s, plan to last commit", "vs local", "whole run, s"]
+        columns = ["engine (same folder, same run)", "images/s, plan to last commit", "vs local (paired repeats)",
+                   "whole run, s"]
         shown["throughput"] = {"columns": columns, "rows": rows}
     if figures.get("plan"):
         shown["plan"] = plan_table(figures["plan"])
@@ -284,26 +303,41 @@ PLAN_GPUS = (4, 16, 64)
 
 
 def plan_inputs(args, figures: dict) -> dict:
-    """What the plan is computed from: this run's measurements and the settings' stated rates."""
+    """What the plan is computed from: this run's measurements, and a GPU rate from a committed GPU run (or stated)."""
     v, t = figures.get("vectors", {}), figures.get("throughput", {})
     add_rate = v["ntotal"] / max(p["seconds"] for p in v["parts"]) / len(v["parts"]) if v else None
     cpu_rate = t["ray_2_nodes"]["median_images_per_s"] / 2 if t else None  # 2 nodes of one core each
-    return {"dim": args.plan_dim, "budget_gib": args.plan_budget_gib, "gpu_images_per_s": args.gpu_images_per_s,
+    gpu_rate, gpu_from = args.gpu_images_per_s, "--gpu-images-per-s" if args.gpu_images_per_s else None
+    gpu_run = args.results / "featurize_gpu_lite0.json"
+    if gpu_rate is None and gpu_run.exists():
+        record = json.loads(gpu_run.read_text())
+        gpu_rate, gpu_from = record["figures"]["lookalike"]["images_per_s"], f"{gpu_run.name}, commit {record['commit']}"
+    return {"dim": args.plan_dim, "budget_gib": args.plan_budget_gib, "gpu_images_per_s": gpu_rate, "gpu_from": gpu_from,
             "cpu_images_per_s_per_core": cpu_rate, "add_vectors_per_s_per_task": add_rate, "add_dim": args.dim,
             "recall_measured": v.get("recall_at_10"), "factory_measured": v.get("factory")}
 
 
-def plan_table(p: dict) -> dict:
-    """10M, 100M, 1B images: the default factory for the search machine and what it costs (arithmetic)."""
+def plan_sizes(p: dict) -> list[dict]:
+    """For 10M, 100M and 1B images: the store's default factory (``plan_build``) for the search machine, its lists
+    and code size."""
     from lookalike.ann.factory import plan_build
 
+    sizes = []
+    for n, gpus in zip(PLAN_SIZES, PLAN_GPUS):
+        factory = plan_build(n, p["dim"], memory_budget_bytes=p["budget_gib"] << 30).factory
+        ivf = faiss.extract_index_ivf(faiss.index_factory(p["dim"], factory.replace(f"IVF{factory[3:].split(',')[0]}", "IVF1")))
+        sizes.append({"n": n, "gpus": gpus, "factory": factory, "nlist": int(factory[3:].split(",")[0].split("_")[0]),
+                      "code_size": int(ivf.code_size)})
+    return sizes
+
+
+def plan_table(p: dict) -> dict:
+    """10M, 100M, 1B images: the default factory for the search machine and what it costs (arithmetic)."""
     keys = ("factory", "recall", "bytes", "ivfdata", "head", "shards", "gpu", "cpu", "add")
     dim, rows = p["dim"], {k: [] for k in keys}
-    for n, gpus in zip(PLAN_SIZES, PLAN_GPUS):
-        factory = plan_build(n, dim, memory_budget_bytes=p["budget_gib"] << 30).factory
-        ivf = faiss.extract_index_ivf(faiss.index_factory(dim, factory.replace(f"IVF{factory[3:].split(',')[0]}", "IVF1")))
-        nlist = int(factory[3:].split(",")[0].split("_")[0])
-        per_vector = ivf.code_size + 8  # codes and the 8-byte id, no slack (measured: see bytes per vector above)
+    for size in p["sizes"]:
+        n, gpus, factory, nlist = size["n"], size["gpus"], size["factory"], size["nlist"]
+        per_vector = size["code_size"] + 8  # codes and the 8-byte id, no slack (measured: see bytes per vector above)
         rows["factory"].append(f"`{factory}`")
         codes = factory.split(",")[-1]
         if p.get("recall_measured") is not None and codes == (p.get("factory_measured") or "").split(",")[-1]:
@@ -315,8 +349,9 @@ def plan_table(p: dict) -> dict:
         rows["ivfdata"].append(_size(n * per_vector))
         rows["head"].append(_size(nlist * dim * 4))
         rows["shards"].append(_size(n * dim * 4))
-        gpu_h = n / p["gpu_images_per_s"] / 3600
-        rows["gpu"].append(f"{gpu_h:,.0f} GPU-h: {gpus} GPUs, {gpu_h / gpus:.1f} h")
+        if p.get("gpu_images_per_s"):
+            gpu_h = n / p["gpu_images_per_s"] / 3600
+            rows["gpu"].append(f"{gpu_h:,.0f} GPU-h: {gpus} GPUs, {gpu_h / gpus:.1f} h")
         if p.get("cpu_images_per_s_per_core"):
             core_h = n / p["cpu_images_per_s_per_core"] / 3600
             rows["cpu"].append(f"{core_h:,.0f} core-h: {core_h / 4:,.0f} cores for 4 h")
@@ -326,12 +361,13 @@ def plan_table(p: dict) -> dict:
     labels = {"factory": f"default factory ({p['budget_gib'] * 2} GiB search machine, {dim}-d)",
               "recall": "recall@10 at the default nprobe", "bytes": "index bytes per vector", "ivfdata": ".ivfdata on disk (mapped, paged in by queries)",
               "head": "index.faiss head in RAM (centroids)", "shards": "exact vectors in shards",
-              "gpu": f"embedding on GPUs at {p['gpu_images_per_s']:,.0f} images/s each",
+              "gpu": f"embedding on GPUs at {p.get('gpu_images_per_s') or 0:,.0f} images/s each ({p.get('gpu_from')})",
               "cpu": f"embedding on CPUs at {p.get('cpu_images_per_s_per_core') or 0:.1f} images/s a core "
                      "(measured here through Ray, on a shared machine)",
               "add": "index add, flat quantizer (from this run's rate, x dim and nlist)"}
     table_rows = [[labels[k]] + v for k, v in rows.items() if v]
-    return {"columns": ["", *(f"{n // 1_000_000:,}M" if n < 1e9 else "1B" for n in PLAN_SIZES)], "rows": table_rows}
+    names = [f"{s['n'] // 1_000_000:,}M" if s["n"] < 1e9 else "1B" for s in p["sizes"]]
+    return {"columns": ["", *names], "rows": table_rows}
 
 
 def _size(n_bytes: float) -> str:

@@ -11,15 +11,20 @@ the clients are threads here, one keep-alive connection each, at 1 and at --clie
 concurrent clients, each workload bounded by --requests and --max-seconds. Only
 127.0.0.1 is ever contacted.
 
-Baselines: with one client, each block of 10 requests is followed by the library doing the
-same work in this process with no HTTP in between (``store.search`` of a stored file, and
-raw FAISS on its vector on one thread and on every core, for /api/similar, each on images
-of its own; ``store.search`` of the JPEG, which embeds it, for the upload), taken in turn so
-that a shared machine slows both alike. The index file is read through once first, so searches find it in the page cache as
-in a server that has run a while; the server touches its whole mapping of the index at
-start (``Store.warm``, as this process does for its baselines), and the runs begin once
-``/api/info`` says it is warm. Targets: /api/similar p50 <= 20 ms, upload p50 <= 60 ms (one
-client), and no errors at 16 clients.
+Baselines: with one client, blocks of 10 requests alternate with the library doing the same
+work in this process with no HTTP in between (``store.search`` of a stored file, and raw
+FAISS on its vector on one thread and on every core, for /api/similar, each on images of its
+own; ``store.search`` of the JPEG, which embeds it, for the upload), which of the two goes
+first alternating from block to block, so that a shared machine slows both alike. Request i
+and the library's i-th call are a pair: "HTTP / library" is the median of the per-request
+ratios with its bootstrap 95% interval, and each p50 has its interval too
+(benchmarks/stats.py); a target is met when the interval's worse end meets it. The one-client
+runs are --requests pairs of /api/similar and half as many uploads (200 and 100 by default,
+about 20 s: enough pairs for intervals a few percent wide). The index file is read through
+once first, so searches find it in the page cache as in a server that has run a while; the
+server touches its whole mapping of the index at start (``Store.warm``, as this process does
+for its baselines), and the runs begin once ``/api/info`` says it is warm. Targets:
+/api/similar p50 <= 20 ms, upload p50 <= 60 ms (one client), and no errors at 16 clients.
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ from pathlib import Path
 import bench_search
 import numpy as np
 import results
+import stats
 
 TARGETS = {"similar": 20.0, "search": 60.0}  # p50 ms with one client
 RECALL_QUERIES = 100  # /api/similar answers checked against exact search
-BLOCK = 10  # requests sent back to back before the library does the same work (see ``paired``)
+BLOCK = 10  # requests sent back to back before or after the library does the same work (see ``paired``)
+SETTLE_S = 0.03  # a pause between HTTP and the library: FAISS's OpenMP threads spin for about 10 ms after a search
 
 
 def build(folder: Path, n: int, chunk: int) -> dict:
@@ -167,23 +174,21 @@ def load(port: int, requests: list[tuple[str, str, bytes | None, dict]], clients
             "mean_ms": float(ms.mean()), "requests_per_s": len(latencies) / wall, "wall_s": wall}
 
 
-def paired(port: int, requests: list, library: dict, max_seconds: float) -> dict:
-    """One client: blocks of ``BLOCK`` requests back to back, each block followed by the library doing the same work.
+def paired(port: int, requests: list, library: dict, max_seconds: float, target_ms: float) -> dict:
+    """One client: blocks of ``BLOCK`` requests back to back, alternating with the library doing the same work.
 
-    The machine is shared: taken in turn, what slows one slows the other, so the ratio holds.
-    In blocks, not request by request: FAISS's OpenMP threads spin for milliseconds after each
-    search, and a request sent right after the OpenMP baseline found both cores taken by this
-    process (measured: /api/similar p50 21.2 ms interleaved request by request, against 9-10 ms
-    from a client sending nothing else). ``library`` maps a name to a function of the request's position.
+    The machine is shared: side by side, what slows one slows the other, so the ratio holds;
+    which goes first alternates from block to block. In blocks, not request by request, with
+    a pause between: FAISS's OpenMP threads spin for milliseconds after each search, and a
+    request sent right after the OpenMP baseline found both cores taken by this process.
+    ``library`` maps a name to a function of the request's position; request i and the
+    library's call i are a pair.
     """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     times = {"http": [], **{name: [] for name in library}}
     errors, answers = [], []
-    deadline = time.monotonic() + max_seconds
-    for first in range(0, len(requests), BLOCK):
-        if time.monotonic() > deadline:
-            break
-        block = range(first, min(first + BLOCK, len(requests)))
+
+    def over_http(block: range) -> None:
         for i in block:
             method, path, body, headers = requests[i]
             start = time.perf_counter()
@@ -195,15 +200,32 @@ def paired(port: int, requests: list, library: dict, max_seconds: float) -> dict
                 errors.append(f"{response.status} {path}")
             elif i < RECALL_QUERIES:
                 answers.append(json.loads(answer))
+
+    def in_library(block: range) -> None:
         for name, fn in library.items():
             for i in block:
                 start = time.perf_counter()
                 fn(i)
                 times[name].append(time.perf_counter() - start)
+
+    deadline = time.monotonic() + max_seconds
+    for number, first in enumerate(range(0, len(requests), BLOCK)):
+        if time.monotonic() > deadline:
+            break
+        block = range(first, min(first + BLOCK, len(requests)))
+        for phase in (over_http, in_library) if number % 2 == 0 else (in_library, over_http):
+            phase(block)
+            time.sleep(SETTLE_S)
     connection.close()
-    summary = _latencies(times.pop("http"))
+    http_s = times.pop("http")
+    summary = _latencies(http_s)
     summary.update(clients=1, errors=len(errors), error_examples=errors[:3], requests_per_s=1000 / summary["mean_ms"])
-    summary["library"] = {name: _latencies(values) for name, values in times.items()}
+    summary["p50_ms"] = stats.median_interval([1000 * s for s in http_s])
+    summary["library"] = {name: {**_latencies(values), "p50_ms": stats.median_interval([1000 * s for s in values])}
+                          for name, values in times.items()}
+    summary["ratio"] = stats.paired_ratio(http_s, times["store.search"])  # HTTP / the library's own search
+    summary["target"] = {"measure": "p50_ms", "at_most": target_ms}
+    summary["met"] = stats.meets(target_ms, summary["p50_ms"], "lower")
     summary["answers"] = answers
     return summary
 
@@ -269,7 +291,10 @@ def library_work(store_dir: Path, jpeg: Path, n: int, count: int, k: int, rng: n
     index = faiss_io.read_index(store_dir / INDEX)
     store.warm()
     faiss_io.fault_in(index)
-    ivf = faiss.extract_index_ivf(index)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # up to 100,000 vectors the store's index is exact: no lists to share among threads
+        ivf = None
     cores = os.cpu_count() or 1
     store.search([jpeg], k)  # loads the model
 
@@ -280,7 +305,8 @@ def library_work(store_dir: Path, jpeg: Path, n: int, count: int, k: int, rng: n
     one_vectors, team_vectors = store.get_vectors(own_images()), store.get_vectors(own_images())
 
     def faiss_alone(vectors: np.ndarray, i: int, threads: int) -> None:
-        ivf.parallel_mode = 0 if threads == 1 else 1
+        if ivf is not None:
+            ivf.parallel_mode = 0 if threads == 1 else 1
         faiss.omp_set_num_threads(threads)
         index.search(vectors[i : i + 1], k + 1)
 
@@ -306,7 +332,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=200, help="per workload (uploads: half as many)")
     parser.add_argument("--max-seconds", type=float, default=120, help="per workload")
+    parser.add_argument("--name", default=None, help="the results file: DIR/NAME.json (default: serve_<n>, e.g. serve_1m)")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    results.check_tree(args.dirty)  # before the build, not after it
 
     args.load_average_at_start = os.getloadavg()  # the machine is shared: say how much
     built = build(args.folder, args.n, args.chunk)
@@ -327,11 +356,13 @@ def main() -> None:
         load(server.port, similar[: args.requests // 4] + upload[:4], 1, args.max_seconds)  # warm: model, index pages
         runs = {}
         for name, requests in (("similar", similar), ("search", upload)):
-            runs[f"{name}_1"] = paired(server.port, requests[: len(requests) // 2], library[name], args.max_seconds)
+            runs[f"{name}_1"] = paired(server.port, requests[: len(requests) // 2], library[name], args.max_seconds,
+                                       TARGETS[name])
             runs[f"{name}_{args.clients}"] = load(server.port, requests, args.clients, args.max_seconds)
             for key in (f"{name}_1", f"{name}_{args.clients}"):
-                print(key, {field: value for field, value in runs[key].items() if field not in ("error_examples", "answers")},
-                      flush=True)
+                run = runs[key]
+                print(f"{key}: p50 {stats.shown(run['p50_ms'], '.1f')} ms, p99 {run['p99_ms']:.1f} ms, "
+                      f"{run['requests_per_s']:.1f} requests/s, {run['errors']} errors", flush=True)
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -341,27 +372,35 @@ def main() -> None:
     save(args, built, runs)
 
 
-def save(args, built: dict, runs: dict) -> None:
-    """Write benchmarks/results/serve_<n>.json, with the README's table."""
-    labels = {"similar": f"GET /api/similar/{{id}}?k={args.k}", "search": f"POST /api/search, 1 MP JPEG, k={args.k}"}
+def tables(figures: dict, settings: dict) -> dict:
+    """docs/serve.md's table: each workload at 1 and at --clients clients, against the library's same work."""
+    k = settings["k"]
+    labels = {"similar": f"GET /api/similar/{{id}}?k={k}", "search": f"POST /api/search, 1 MP JPEG, k={k}"}
     rows = []
-    for key, run in runs.items():
+    for key, run in figures["runs"].items():
         name, clients = key.rsplit("_", 1)
         library = run.get("library", {})
-        same = "; ".join(f"{what} {value['p50_ms']:.1f}" for what, value in library.items())
-        ratio = f"{run['p50_ms'] / library['store.search']['p50_ms']:.2f}" if library else ""
-        met = run["p50_ms"] <= TARGETS[name] if clients == "1" else run["errors"] == 0
-        target = f"p50 <= {TARGETS[name]:.0f} ms" if clients == "1" else "no errors"
-        rows.append([labels[name], clients, str(run["requests"]), f"{run['p50_ms']:.1f}", f"{run['p99_ms']:.1f}",
-                     f"{run['requests_per_s']:.1f}", str(run["errors"]), same, ratio,
-                     f"{target}: {'met' if met else 'missed'}"])
-    table = {"columns": ["request", "clients", "requests", "p50 ms", "p99 ms", "requests/s", "errors",
-                         "library, same work, p50 ms", "HTTP / library", "target"], "rows": rows}
-    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+        same = "; ".join(f"{what} {stats.value(value['p50_ms']):.1f}" for what, value in library.items())
+        if "target" in run:
+            aim = f"p50 <= {run['target']['at_most']:.0f} ms: {stats.verdict(run['met'], run['p50_ms'])}"
+        else:
+            aim = f"no errors: {'met' if run['errors'] == 0 else '**missed**'}"
+        rows.append([labels[name], clients, str(run["requests"]), stats.shown(run["p50_ms"], ".1f"),
+                     f"{run['p99_ms']:.1f}", f"{run['requests_per_s']:.1f}", str(run["errors"]), same,
+                     stats.shown(run["ratio"], ".2f") if "ratio" in run else "", aim])
+    return {"latency": {"columns": ["request", "clients", "requests", "p50 ms", "p99 ms", "requests/s", "errors",
+                                    "library, same work, p50 ms", "HTTP / library", "target"], "rows": rows}}
+
+
+def save(args, built: dict, runs: dict) -> None:
+    """Write DIR/serve_<n>.json (or --name), whose table docs/serve.md renders."""
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
+                if key not in ("results", "dirty", "name")}
     settings.update(torch_threads=_torch_threads(), load_average_at_end=os.getloadavg())
-    path = results.save(f"serve_{_size(args.n)}", settings, {"build": built, "runs": runs}, {"latency": table})
-    print(results.markdown(table))
-    print(f"-> {path}")
+    figures = {"build": built, "runs": runs}
+    print(results.markdown(tables(figures, settings)["latency"]))
+    name = args.name or f"serve_{_size(args.n)}"
+    print(f"-> {results.save(name, settings, figures, 'bench_serve', args.results, args.dirty)}")
 
 
 def _size(n: int) -> str:

@@ -19,7 +19,9 @@ Every measurement is a fresh child process, so peaks never mix:
 "peak RSS" is the kernel's high-water mark of the largest process of the tree (``wait4``
 rusage; the child's own VmHWM for the writer phases); "tree PSS" samples the proportional
 set size of the CLI and its decoding workers together every 50 ms. A least-squares line
-through (N, peak) gives bytes per image.
+through (N, peak) gives bytes per image. Peaks, not timings: each is measured once, as the
+kernel's high-water mark hardly moves with a shared machine's load, and nothing here is a
+ratio against a baseline.
 """
 
 from __future__ import annotations
@@ -169,8 +171,8 @@ def mib(x: float) -> str:
     return f"{x / 2**20:,.0f}"
 
 
-def tables(figures: dict) -> dict:
-    """What the README shows: the write phase, the build against its plan, and the CLI, each against where it started."""
+def tables(figures: dict, settings: dict) -> dict:
+    """docs/performance.md's table: the write phase, the build against its plan, and the CLI, each against where it started."""
     rows = []
     for n, r in figures["writer"].items():
         rows.append([f"store writer, writing vectors (batches of {figures['batch_size']:,})", f"{int(n):,}", mib(r["peak"]),
@@ -185,15 +187,6 @@ def tables(figures: dict) -> dict:
                      f"{int(n):,}", mib(r["peak"]), mib(r["peak"] - figures["floor"]["peak"]), "", ""])
     columns = ["measure", "N", "peak RSS, MiB", "above its start, MiB", "planned, MiB", "within plan"]
     return {"memory": {"columns": columns, "rows": rows}}
-
-
-def render_again(name: str) -> Path:
-    """Rewrite the tables of results/NAME.json from its figures (nothing measured again, nothing else changed)."""
-    path = results.RESULTS / f"{name}.json"
-    record = json.loads(path.read_text())
-    record["tables"] = tables(record["figures"])
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
 
 
 def measure(args) -> dict:
@@ -220,24 +213,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[200, 800, 2000], help="images for the CLI runs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--photos", type=Path, default=Path("/tmp/lookalike-bench-jpegs"))
-    parser.add_argument("--name", default="store_memory", help="the results file: benchmarks/results/NAME.json")
-    parser.add_argument("--render", action="store_true", help="only rewrite NAME.json's tables from its figures")
+    parser.add_argument("--name", default="store_memory", help="the results file: DIR/NAME.json")
+    results.add_arguments(parser)
     args = parser.parse_args()
-    if args.render:
-        print(f"-> {render_again(args.name)}")
-        return
     if args.child:
         kind, *rest = args.child
         print(json.dumps(child_floor() if kind == "floor" else child_writer(int(rest[0]), args.batch_size)))
         return
+    results.check_tree(args.dirty)  # before the runs, not after them
 
     settings = {"writer_sizes": args.writer_sizes, "sizes": args.sizes, "batch_size": args.batch_size, "dim": DIM,
                 "model": "efficientnet_lite0 (default)", "device": "cpu",
                 "code_at_start": results.commit()}  # the JSON's own commit is taken when it is saved, hours later
     figures = measure(args)
-    shown = tables(figures)
-    path = results.save(args.name, settings, figures, shown)
-    print(results.markdown(shown["memory"]))
+    print(results.markdown(tables(figures, settings)["memory"]))
+    path = results.save(args.name, settings, figures, "bench_store", args.results, args.dirty)
     print(f"floor (import + create_extractor): {mib(figures['floor']['peak'])} MiB")
     for name, b in figures["bytes_per_image"].items():
         print(f"{name:<28}{b:>12.0f} bytes/image")

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import stats
 import torch
 from PIL import Image
 
@@ -47,10 +48,11 @@ def decoders(preprocessing) -> dict:
     return found
 
 
-def peers(args, paths: list[str], cores: int, rounds) -> dict:
+def peers(args, paths: list[str], cores: int) -> dict:
     """images/s on the same large photos: lookalike, the naive loop (Lite0), img2vec vs lookalike (resnet-18).
 
-    ``rounds`` times the configurations (bench_featurize.rounds).
+    All five side by side in each of --repeats repeats; each peer's ratio is the median of the per-repeat
+    ratios of lookalike's rate (Lite0, or resnet18 for img2vec) to the peer's, with its interval.
     """
     from lookalike import create_extractor
 
@@ -68,11 +70,14 @@ def peers(args, paths: list[str], cores: int, rounds) -> dict:
         configs["img2vec resnet-18, lists of 8"] = lambda: [img2vec.get_vec([_open(p) for p in paths[i : i + 8]])
                                                             for i in range(0, len(paths), 8)]
         check_same_network(img2vec, resnet18, paths[0])
-        seconds = rounds(configs, args.repeats)
-    rates = {name: len(paths) / s for name, s in seconds.items()}
-    img2vec_best = max(rates[k] for k in rates if k.startswith("img2vec"))
-    return {"rates": rates, "images": len(paths), "vs_naive": rates["lookalike"] / rates["naive loop"],
-            "resnet18_vs_img2vec": rates["lookalike resnet18"] / img2vec_best}
+        seconds = stats.interleave(configs, args.repeats)
+    rates = {name: len(paths) / stats.median_interval(s)["median"] for name, s in seconds.items()}
+    ratios = {"naive loop": stats.paired_ratio(seconds["naive loop"], seconds["lookalike"])}  # their time / ours
+    ratios.update({name: stats.paired_ratio(s, seconds["lookalike resnet18"])
+                   for name, s in seconds.items() if name.startswith("img2vec")})
+    img2vec_best = max((name for name in rates if name.startswith("img2vec")), key=lambda name: rates[name])
+    return {"rates": rates, "seconds": seconds, "images": len(paths), "ratios": ratios,
+            "vs_naive": ratios["naive loop"], "resnet18_vs_img2vec": ratios[img2vec_best]}
 
 
 def naive_loop(model: str, paths: list[str]):

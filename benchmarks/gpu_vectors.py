@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--device", default="cuda", help="cpu only to try this script where there is no GPU")
     parser.add_argument("--json", type=Path, default=None)
+    results_module.add_arguments(parser)
     args = parser.parse_args()
+    if args.device != "cpu":
+        results_module.check_tree(args.dirty)
     paths = sorted(str(p) for p in args.folder.glob("*.jpg"))[: args.n]
 
     cpu = create_extractor(device="cpu", batch_size=32, runtime="torch")  # the reference: torch fp32 on the CPU
@@ -70,10 +73,16 @@ def main() -> None:
         print(f"{name:<26}{r['min']:>10.5f}{r['mean']:>10.5f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    if gpu.device.type == "cuda":  # benchmarks/results/featurize_gpu_vectors.json, for the README to render
-        rows = [[name, f"{r['min']:.5f}", f"{r['mean']:.5f}"] for name, r in results.items()]
-        results_module.save("featurize_gpu_vectors", {"photos": len(paths), "gpu": device_name}, results,
-                            {"cosines": {"columns": ["GPU against CPU", "min cosine", "mean cosine"], "rows": rows}})
+    if gpu.device.type == "cuda":  # DIR/featurize_gpu_vectors.json, for the docs to render
+        path = results_module.save("featurize_gpu_vectors", {"photos": len(paths), "gpu": device_name}, results,
+                                   "gpu_vectors", args.results, args.dirty)
+        print(f"-> {path}")
+
+
+def tables(figures: dict, settings: dict) -> dict:
+    """Each comparison's least and mean cosine over the photos (measured once: cosines, not timings)."""
+    rows = [[name, f"{r['min']:.5f}", f"{r['mean']:.5f}"] for name, r in figures.items()]
+    return {"cosines": {"columns": ["GPU against CPU", "min cosine", "mean cosine"], "rows": rows}}
 
 
 if __name__ == "__main__":
