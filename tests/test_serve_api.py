@@ -160,6 +160,24 @@ def test_thumbnail_is_a_small_jpeg_of_the_image_cached_by_etag(client, ids, fold
     assert max(Image.open(io.BytesIO(client.get(f"/api/thumbs/{ids['coffee.png']}").content)).size) == 256
 
 
+def test_odd_thresholds_and_sizes_are_rounded_so_that_each_costs_little(folder, monkeypatch):
+    from lookalike.serve import thumbnails
+
+    store = open_store(folder, device="cpu")
+    grouped, decoded = [], []
+    real = store.duplicate_groups
+    store.duplicate_groups = lambda threshold, k: grouped.append(threshold) or real(threshold=threshold, k=k)
+    monkeypatch.setattr(thumbnails, "load_image", lambda path, **kw: decoded.append(kw["draft_size"]) or load_image(path, **kw))
+    with TestClient(create_app(store, warm_up=False), base_url=LOCAL) as client:
+        answers = [client.get("/api/dupes", params={"threshold": t}).json() for t in (0.951, 0.9512, 0.95104, 0.9508)]
+        assert {a["threshold"] for a in answers} == {0.951} and grouped == [0.951]  # one computation for four thresholds
+        assert client.get("/api/dupes", params={"threshold": 0.9999}).json()["threshold"] == 0.9999  # fine near 1
+        chelsea = client.get("/api/dupes", params={"threshold": -0.99}).json()["groups"][0]["members"][0]["id"]
+        sizes = [max(Image.open(io.BytesIO(client.get(f"/api/thumbs/{chelsea}", params={"size": s}).content)).size)
+                 for s in (100, 101, 127, 128, 16, 300)]
+    assert sizes == [128, 128, 128, 128, 32, 384] and decoded == [128, 32, 384]
+
+
 def test_the_original_file_comes_back_byte_for_byte(client, ids, folder):
     response = client.get(f"/api/images/{ids['sub/astronaut.jpg']}")
     assert response.status_code == 200 and response.content == (folder / "sub" / "astronaut.jpg").read_bytes()

@@ -21,6 +21,7 @@ from ..store.store import Store
 from .api import Services, api_router
 from .classifier import Labeller
 from .embed_queue import EmbedQueue
+from .files import StoredFileError
 from .gallery import Gallery
 from .guard import Guard
 from .thumbnails import Thumbnails
@@ -138,6 +139,10 @@ def _add_error_answers(app) -> None:
     @app.exception_handler(UnknownImageError)
     async def unknown(request, error):
         return answer(404, str(error))
+
+    @app.exception_handler(StoredFileError)
+    async def stored(request, error: StoredFileError):
+        return answer(error.status, str(error))
 
     @app.exception_handler(ImageLoadError)
     async def unreadable(request, error: ImageLoadError):
