@@ -321,7 +321,7 @@ def test_only_loopback_host_names_are_answered_by_default(client, folder):
         assert client.get("/api/info", headers={"host": host}).status_code == 400, host
     for host in ("localhost:8765", "127.0.0.1", "[::1]:8765", "127.0.0.2:8765"):
         assert client.get("/api/info", headers={"host": host}).status_code == 200, host
-    app = create_app(open_store(folder), loopback_only=False, warm_up=False)
+    app = create_app(open_store(folder), warm_up=False)  # served on an address beyond loopback: any Host
     with TestClient(app, base_url="http://photos.example") as public:
         assert public.get("/api/info").status_code == 200
 

@@ -1,8 +1,9 @@
-"""The JSON API: info, failures, search by upload, similar, dupes, thumbnails, originals, predict.
+"""The JSON API: info, failures, search by upload, similar, dupes, thumbnails, originals, predict, session.
 
 Files are only ever named by catalog id, a non-negative integer: a request can't name a
 path, so it can't reach outside the store, and a file is served only while it is the file
-that was indexed (``files``). Nothing here writes to the store.
+that was indexed (``files``). Nothing here writes to the store. Who may call what is the
+guard's business (``guard``, ``session``), decided before a request gets here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ..errors import UploadError
 from .embed_queue import EmbedQueue
 from .files import FileBody
 from .gallery import Gallery
+from .guard import LOOPBACK_FLAG
+from .session import TOKEN_HEADER, Session
 from .thumbnails import Thumbnails, thumbnail_size
 from .uploads import UploadSpool
 
@@ -44,6 +47,7 @@ class Services:
     spool: UploadSpool
     thumbnails: Thumbnails
     max_pixels: int
+    session: Session
 
 
 def api_router(services: Services) -> APIRouter:
@@ -97,6 +101,11 @@ def api_router(services: Services) -> APIRouter:
         opened = gallery.open(image_id)
         media_type = mimetypes.guess_type(opened.name)[0] or ""
         return FileBody(opened, media_type if media_type.startswith("image/") else "application/octet-stream", opened.name)
+
+    @router.get("/session", summary="This server start's token, which requests that change something send as X-Lookalike-Token")
+    def session(request: Request) -> dict:
+        return {"token": services.session.token, "header": TOKEN_HEADER,
+                "actions": services.session.actions_allowed(request.scope.get(LOOPBACK_FLAG, False))}
 
     @router.post("/predict", summary="The classifier's labels for an uploaded image (with --classifier)",
                  openapi_extra=_PREDICT_DOC)
