@@ -30,10 +30,15 @@ LOCAL = "http://127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = photo_folder(tmp_path_factory)
-    with working_directory(folder):
-        yield folder
+def folder(tmp_path_factory, onnx_cache_dir):
+    # The session's ONNX cache from the start (conftest.no_network points each test at it):
+    # indexing exports the network into it, and the server's warm-up, which may read the
+    # setting after a test began, finds it there instead of exporting it again.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
+        folder = photo_folder(tmp_path_factory)
+        with working_directory(folder):
+            yield folder
 
 
 @pytest.fixture(scope="module")
