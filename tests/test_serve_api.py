@@ -30,10 +30,15 @@ LOCAL = "http://127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = photo_folder(tmp_path_factory)
-    with working_directory(folder):
-        yield folder
+def folder(tmp_path_factory, onnx_cache_dir):
+    # The session's ONNX cache from the start (conftest.no_network points each test at it):
+    # indexing exports the network into it, and the server's warm-up, which may read the
+    # setting after a test began, finds it there instead of exporting it again.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
+        folder = photo_folder(tmp_path_factory)
+        with working_directory(folder):
+            yield folder
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +163,24 @@ def test_thumbnail_is_a_small_jpeg_of_the_image_cached_by_etag(client, ids, fold
     assert client.get(f"/api/thumbs/{ids['coffee.png']}", params={"size": 64}).content == response.content
     assert len(decoded) == 1  # made once, then served from the cache
     assert max(Image.open(io.BytesIO(client.get(f"/api/thumbs/{ids['coffee.png']}").content)).size) == 256
+
+
+def test_odd_thresholds_and_sizes_are_rounded_so_that_each_costs_little(folder, monkeypatch):
+    from lookalike.serve import thumbnails
+
+    store = open_store(folder, device="cpu")
+    grouped, decoded = [], []
+    real = store.duplicate_groups
+    store.duplicate_groups = lambda threshold, k: grouped.append(threshold) or real(threshold=threshold, k=k)
+    monkeypatch.setattr(thumbnails, "load_image", lambda path, **kw: decoded.append(kw["draft_size"]) or load_image(path, **kw))
+    with TestClient(create_app(store, warm_up=False), base_url=LOCAL) as client:
+        answers = [client.get("/api/dupes", params={"threshold": t}).json() for t in (0.951, 0.9512, 0.95104, 0.9508)]
+        assert {a["threshold"] for a in answers} == {0.951} and grouped == [0.951]  # one computation for four thresholds
+        assert client.get("/api/dupes", params={"threshold": 0.9999}).json()["threshold"] == 0.9999  # fine near 1
+        chelsea = client.get("/api/dupes", params={"threshold": -0.99}).json()["groups"][0]["members"][0]["id"]
+        sizes = [max(Image.open(io.BytesIO(client.get(f"/api/thumbs/{chelsea}", params={"size": s}).content)).size)
+                 for s in (100, 101, 127, 128, 16, 300)]
+    assert sizes == [128, 128, 128, 128, 32, 384] and decoded == [128, 32, 384]
 
 
 def test_the_original_file_comes_back_byte_for_byte(client, ids, folder):
@@ -303,7 +326,7 @@ def test_only_loopback_host_names_are_answered_by_default(client, folder):
         assert client.get("/api/info", headers={"host": host}).status_code == 400, host
     for host in ("localhost:8765", "127.0.0.1", "[::1]:8765", "127.0.0.2:8765"):
         assert client.get("/api/info", headers={"host": host}).status_code == 200, host
-    app = create_app(open_store(folder), loopback_only=False, warm_up=False)
+    app = create_app(open_store(folder), warm_up=False)  # served on an address beyond loopback: any Host
     with TestClient(app, base_url="http://photos.example") as public:
         assert public.get("/api/info").status_code == 200
 

@@ -1,18 +1,22 @@
 """The page in a real headless Chromium (Debian's chromium-headless-shell, driven by Playwright).
 
 A missing browser fails these tests: scripts/test installs it with apt. Never `playwright install`.
-Each test leaves a screenshot in its tmp folder (screenshot.png).
+Each test leaves a screenshot in its tmp folder (screenshot.png), some more.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
-from serve_helpers import edited_chelsea, photo_folder, working_directory
+from serve_helpers import Counted, edited_chelsea, photo_folder, watched_app, working_directory
 
 from lookalike.cli.options import shown
 from lookalike.indexing import open_store
@@ -26,10 +30,16 @@ OFFLINE = ["--no-first-run", "--disable-background-networking", "--disable-compo
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = photo_folder(tmp_path_factory)
-    with working_directory(folder), BackgroundServer(create_app(open_store(folder, device="cpu"), display_path=shown)) as server:
-        yield server
+def server(tmp_path_factory, onnx_cache_dir):
+    """The server, its model warm: a first upload then takes as long as any other."""
+    with pytest.MonkeyPatch.context() as env:  # the session's ONNX cache, already while warming up (see conftest.no_network)
+        env.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
+        folder = photo_folder(tmp_path_factory)
+        with working_directory(folder), BackgroundServer(create_app(open_store(folder, device="cpu"), display_path=shown)) as server:
+            deadline = time.monotonic() + 300
+            while not httpx.get(server.url + "api/info").json()["warm"]["model"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            yield server
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +168,91 @@ def test_the_store_view_lists_info_and_failures(page, server):
     expect(page.locator("#failures")).to_contain_text("broken.jpg")
     page.goto(server.url + "?id=../../etc/passwd")
     expect(page.get_by_role("alert")).to_contain_text("is not an image id")
+
+
+def test_back_before_a_clicked_results_answer_arrives_never_shows_that_answer(page, server, tmp_path):
+    page.goto(server.url)
+    page.set_input_files("input[type=file]", edited_chelsea(tmp_path / "copy.jpg"))
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    upload_url = page.url
+    held = []
+    page.route("**/api/similar/**", lambda route: held.append(route))  # the clicked image's answer is held back until the test lets it go
+    _results(page).first.click()
+    expect(page).to_have_url(re.compile(r"\?id=\d+"))
+    deadline = time.monotonic() + 30
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert len(held) == 1
+    page.go_back()  # before the answer arrives
+    expect(page).to_have_url(upload_url)
+    expect(page.locator("#query-caption")).to_have_text("copy.jpg (uploaded)")  # the upload's own results again
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    try:
+        held[0].continue_()  # now the old answer may come: it was aborted, and must not be shown
+    except PlaywrightError:
+        pass
+    page.wait_for_timeout(1500)
+    assert page.url == upload_url
+    expect(page.locator("#query-caption")).to_have_text("copy.jpg (uploaded)")
+    expect(_results(page).first).to_have_attribute("data-path", "chelsea.jpg")
+    expect(_results(page)).to_have_count(7)
+    page.screenshot(path=tmp_path / "back.png")
+
+
+ATTACK = """<!doctype html><title>another site</title>
+<h1>A page on another site</h1>
+<img src="{api}/api/dupes?threshold=0.5"><img src="{api}/api/dupes?threshold=0.51&k=50">
+<img src="{api}/api/similar/{id}?k=1000"><img src="{api}/api/thumbs/{id}?size=999"><img src="{api}/api/images/{id}">
+<iframe name="sink"></iframe>
+<form id="act" method="POST" action="{api}/api/test/action" enctype="text/plain" target="sink"><input name="x" value="y"></form>
+<script>
+  const form = new FormData();
+  form.append("image", new Blob([new Uint8Array([255, 216, 255])], {{ type: "image/jpeg" }}), "x.jpg");
+  fetch("{api}/api/search", {{ method: "POST", mode: "no-cors", body: form }}).catch(() => {{}});
+  document.getElementById("act").submit();
+</script>"""
+
+
+class _AttackPage(BaseHTTPRequestHandler):
+    html = b""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.html)))
+        self.end_headers()
+        self.wfile.write(self.html)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_page_on_another_site_can_start_no_search_nor_change_anything(page, tmp_path_factory, tmp_path):
+    folder = photo_folder(tmp_path_factory)
+    with open_store(folder).catalog() as catalog:
+        image_id = catalog.by_paths(["chelsea.jpg"])["chelsea.jpg"].id
+    guard, searches, done = watched_app(folder)
+    seen = Counted(guard)  # in front of the guard: what the browser sent, refused or not
+    with working_directory(folder), BackgroundServer(seen) as api:
+        _AttackPage.html = ATTACK.format(api=api.url.rstrip("/"), id=image_id).encode()
+        other = ThreadingHTTPServer(("127.0.0.1", 0), _AttackPage)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            page.goto(f"http://localhost:{other.server_address[1]}/")  # localhost is another site than 127.0.0.1
+            wanted = {"/api/dupes", f"/api/similar/{image_id}", f"/api/thumbs/{image_id}", f"/api/images/{image_id}",
+                      "/api/search", "/api/test/action"}
+            deadline = time.monotonic() + 30
+            while not wanted <= set(seen.paths) and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            page.screenshot(path=tmp_path / "another-site.png")
+        finally:
+            other.shutdown()
+        assert wanted <= set(seen.paths), seen.paths  # the browser did send them all
+        assert {h.get("sec-fetch-site") for h in seen.headers} == {"cross-site"}
+        assert guard.app.paths == [] and searches == [] and done == []  # and none got past the guard
+
+        page.goto(api.url + f"?id={image_id}")  # the server's own page searches, and may act with its token
+        expect(_results(page).first).to_be_visible()
+        assert "similar" in searches
+        assert page.evaluate("act('POST', '/api/test/action', { from: 'the page' })") == {"done": 1}
+        assert done == [{"from": "the page"}]

@@ -110,5 +110,5 @@ def test_a_bad_classifier_or_no_store_is_one_line(store, tmp_path, no_serving, m
 def test_help_explains_the_command():
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
-    for option in ("--store", "--host", "--port", "--classifier", "--open", "--max-upload-mb"):
+    for option in ("--store", "--host", "--port", "--classifier", "--open", "--max-upload-mb", "--allow-actions", "--api-docs"):
         assert option in result.output

@@ -23,9 +23,13 @@ from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, shown, store_op
 @click.option("--max-pixels", default=DEFAULTS.max_pixels, show_default=True, type=click.IntRange(min=1),
               help="Larger query images are refused, as the indexer refuses them.")
 @click.option("--device", default=DEFAULTS.device, show_default=True, help="Where uploads are embedded: auto, cpu, cuda, cuda:N or mps.")
-def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device):
+@click.option("--allow-actions", is_flag=True,
+              help="Allow requests that change something (with the session token) on an address beyond loopback.")
+@click.option("--api-docs", is_flag=True,
+              help="Serve Swagger UI at /docs and ReDoc at /redoc; their pages load script from a CDN.")
+def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device, allow_actions, api_docs):
     """Browse the store in a web page: search by dropping an image, click through
-    neighbours, review near-duplicates; and a JSON API (documented at /docs).
+    neighbours, review near-duplicates; and a JSON API (described at /openapi.json).
 
     The page and API only read the store: `lookalike index` may add images meanwhile,
     and they show up without a restart. Stop with Ctrl-C.
@@ -39,9 +43,9 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
 
     opened = open_store_for(store, options=EmbedOptions(device=device, max_pixels=max_pixels))
     app = create_app(opened, display_path=shown, classifier=classifier, max_upload_bytes=int(max_upload_mb * 1e6),
-                     loopback_only=is_loopback(host))
-    server = Server(app, host, port)
-    if not is_loopback(host):
+                     allow_actions=allow_actions, api_docs=api_docs)
+    server = Server(app, host, port)  # tells the app the address it is bound to
+    if not is_loopback(server.address):
         click.secho(f"warning: listening on {host}: anyone who can reach this machine on the network can see "
                     f"every image in the store and search it; use --host 127.0.0.1 to keep it to this machine",
                     fg="yellow", err=True)

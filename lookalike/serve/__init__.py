@@ -5,7 +5,7 @@ at module level, so ``lookalike --help`` stays fast and a missing extra is one c
 (``require_extra``) instead of an ImportError deep in a traceback.
 
     store = lookalike.open_store("photos")
-    app = create_app(store)                    # an ASGI app: the page, the API, /docs
+    app = create_app(store)                    # an ASGI app: the page, the API, /openapi.json
     with BackgroundServer(app) as server:      # on 127.0.0.1, a free port, in a thread
         print(server.url)
 """

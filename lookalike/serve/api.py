@@ -1,25 +1,28 @@
-"""The JSON API: info, failures, search by upload, similar, dupes, thumbnails, originals, predict.
+"""The JSON API: info, failures, search by upload, similar, dupes, thumbnails, originals, predict, session.
 
 Files are only ever named by catalog id, a non-negative integer: a request can't name a
-path, so it can't reach outside the store. Nothing here writes to the store.
+path, so it can't reach outside the store, and a file is served only while it is the file
+that was indexed (``files``). Nothing here writes to the store. Who may call what is the
+guard's business (``guard``, ``session``), decided before a request gets here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import mimetypes
-import os
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 
-from ..errors import UnknownImageError, UploadError
+from ..errors import UploadError
 from .embed_queue import EmbedQueue
+from .files import FileBody
 from .gallery import Gallery
-from .thumbnails import Thumbnails
+from .guard import LOOPBACK_FLAG
+from .session import TOKEN_HEADER, Session
+from .thumbnails import Thumbnails, thumbnail_size
 from .uploads import UploadSpool
 
 MAX_K = 1000
@@ -44,6 +47,7 @@ class Services:
     spool: UploadSpool
     thumbnails: Thumbnails
     max_pixels: int
+    session: Session
 
 
 def api_router(services: Services) -> APIRouter:
@@ -79,25 +83,29 @@ def api_router(services: Services) -> APIRouter:
               limit: Annotated[int, Query(ge=1, le=100_000)] = 100) -> dict:
         return gallery.dupes(threshold, k, limit)
 
-    @router.get("/thumbs/{image_id}", summary="A JPEG thumbnail, re-encoded and cached",
+    @router.get("/thumbs/{image_id}", summary="A JPEG thumbnail, re-encoded and cached (size rounded up to 32, 64, 128, 256, 384, 512, 768 or 1024)",
                 response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
     def thumbnail(image_id: ImageId, request: Request, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
-        path = gallery.file(image_id)
+        size = thumbnail_size(size)
         cache = {"Cache-Control": "private, max-age=60"}
-        etag = services.thumbnails.etag(path, size)
-        if etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers={"ETag": etag, **cache})
-        made = services.thumbnails.get(path, size)
+        with gallery.open(image_id) as opened:
+            etag = services.thumbnails.etag(opened, size)
+            if etag in request.headers.get("if-none-match", ""):
+                return Response(status_code=304, headers={"ETag": etag, **cache})
+            made = services.thumbnails.get(opened, size)
         return Response(made.jpeg, media_type="image/jpeg", headers={"ETag": made.etag, **cache})
 
-    @router.get("/images/{image_id}", summary="The original file", response_class=FileResponse)
-    def original(image_id: ImageId) -> FileResponse:
-        path = gallery.file(image_id)
-        if not os.path.isfile(path):
-            raise UnknownImageError(f"the file of image {image_id} is no longer on disk")
-        media_type = mimetypes.guess_type(path)[0] or ""
-        return FileResponse(path, media_type=media_type if media_type.startswith("image/") else "application/octet-stream",
-                            filename=os.path.basename(path), content_disposition_type="inline")
+    @router.get("/images/{image_id}", summary="The original file, if it is still the file that was indexed",
+                response_class=Response, responses={200: {"content": {"image/*": {}, "application/octet-stream": {}}}})
+    def original(image_id: ImageId) -> Response:
+        opened = gallery.open(image_id)
+        media_type = mimetypes.guess_type(opened.name)[0] or ""
+        return FileBody(opened, media_type if media_type.startswith("image/") else "application/octet-stream", opened.name)
+
+    @router.get("/session", summary="This server start's token, which requests that change something send as X-Lookalike-Token")
+    def session(request: Request) -> dict:
+        return {"token": services.session.token, "header": TOKEN_HEADER,
+                "actions": services.session.actions_allowed(request.scope.get(LOOPBACK_FLAG, False))}
 
     @router.post("/predict", summary="The classifier's labels for an uploaded image (with --classifier)",
                  openapi_extra=_PREDICT_DOC)

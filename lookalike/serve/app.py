@@ -21,8 +21,10 @@ from ..store.store import Store
 from .api import Services, api_router
 from .classifier import Labeller
 from .embed_queue import EmbedQueue
+from .files import StoredFileError
 from .gallery import Gallery
 from .guard import Guard
+from .session import Session
 from .thumbnails import Thumbnails
 from .uploads import UploadSpool
 
@@ -37,11 +39,12 @@ def create_app(
     display_path: Callable[[str], str] = str,
     classifier: str | os.PathLike | None = None,
     max_upload_bytes: int = 25_000_000,
-    loopback_only: bool = True,
     thumbnail_cache_bytes: int = 64 << 20,
     warm_up: bool = True,
+    allow_actions: bool = False,
+    api_docs: bool = False,
 ):
-    """The web app over a store: the page at ``/``, the JSON API under ``/api``, OpenAPI at ``/docs``.
+    """The web app over a store: the page at ``/``, the JSON API under ``/api``, its OpenAPI at ``/openapi.json``.
 
     Args:
         store: opened with ``lookalike.open_store`` (its embedder turns uploads into vectors,
@@ -49,11 +52,17 @@ def create_app(
         display_path: how paths appear in answers; the CLI shows them as ``query --json`` does.
         classifier: a model file from ``lookalike train``: queries then carry predicted labels.
         max_upload_bytes: the largest upload accepted.
-        loopback_only: answer only requests addressed to localhost (off when serving a network).
         thumbnail_cache_bytes: memory for thumbnails.
         warm_up: at startup, in the background, load the model and run it once, and touch the
             whole index (see ``Store.keep_warm``), so that the first requests are fast;
             ``/api/info`` says when both are done.
+        allow_actions: allow requests that change something (with the session's token) even
+            when the server listens beyond loopback (see ``session``).
+        api_docs: serve Swagger UI at ``/docs`` and ReDoc at ``/redoc``. Their pages load
+            script from a CDN, on the origin that serves the images: off unless asked for.
+
+    Whether the server is on loopback (which decides the ``Host`` check and whether anything
+    may change) is read from the socket ``Server`` binds, never from a host name.
 
     Returns:
         An ASGI app, for uvicorn (see ``Server``) or any ASGI server.
@@ -68,12 +77,14 @@ def create_app(
         raise StoreError("open the store with lookalike.open_store, so that uploaded images can be embedded")
     labeller = Labeller(classifier, store.info()["spec"]) if classifier is not None else None
     max_pixels = getattr(getattr(store.embedder, "options", None), "max_pixels", DEFAULT_MAX_PIXELS)
+    session = Session(allow_actions=allow_actions)  # a new token for each app, so each server start
     services = Services(
         gallery=Gallery(store, display_path, labeller),
         queue=EmbedQueue(store.embedder),
         spool=UploadSpool(max_upload_bytes, frozenset(IMAGE_EXTENSIONS)),
         thumbnails=Thumbnails(thumbnail_cache_bytes, max_pixels),
         max_pixels=max_pixels,
+        session=session,
     )
 
     @asynccontextmanager
@@ -89,11 +100,12 @@ def create_app(
             services.spool.close()
 
     app = FastAPI(title="lookalike", version=_version(), lifespan=lifespan,
+                  docs_url="/docs" if api_docs else None, redoc_url="/redoc" if api_docs else None,
                   description="Search a lookalike store by image, browse neighbours and near-duplicates.")
     app.include_router(api_router(services))
     _add_page(app)
     _add_error_answers(app)
-    guard = Guard(app, max_upload_bytes, loopback_only)
+    guard = Guard(app, max_upload_bytes, session, docs=api_docs)
     guard.services = services  # for tests and embedding applications
     return guard
 
@@ -139,6 +151,10 @@ def _add_error_answers(app) -> None:
     async def unknown(request, error):
         return answer(404, str(error))
 
+    @app.exception_handler(StoredFileError)
+    async def stored(request, error: StoredFileError):
+        return answer(error.status, str(error))
+
     @app.exception_handler(ImageLoadError)
     async def unreadable(request, error: ImageLoadError):
         return answer(404, f"the stored file can't be shown: {error.reason}")
@@ -150,7 +166,7 @@ def _add_error_answers(app) -> None:
     @app.exception_handler(HTTPException)
     async def http(request, error: HTTPException):
         if error.status_code == 404 and error.detail == "Not Found":
-            return answer(404, f"nothing at {request.url.path[:200]}: the page is at /, the API is listed at /docs")
+            return answer(404, f"nothing at {request.url.path[:200]}: the page is at /, the API is described at /openapi.json")
         return answer(error.status_code, str(error.detail))
 
     @app.exception_handler(RequestValidationError)

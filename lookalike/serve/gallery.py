@@ -22,10 +22,12 @@ from ..errors import UnknownImageError
 from ..store.neighbours import Hit
 from ..store.store import Store
 from .classifier import Labeller
+from .files import OpenFile, open_indexed
 
 logger = logging.getLogger(__name__)
 
 _DUPES_CACHED = 8  # (threshold, k) answers kept for the current generation
+_CLOSEST = 1e-6  # thresholds nearer 1 than this are 1
 _thread = threading.local()
 
 
@@ -51,6 +53,19 @@ def faiss_threads(count: int) -> Iterator[None]:
         if before is not None and before != count:
             faiss.omp_set_num_threads(before)
             _thread.faiss = before
+
+
+def dupes_threshold(threshold: float) -> float:
+    """``threshold`` rounded so that its distance from 1 keeps two significant digits.
+
+    Fine where near-duplicate thresholds live and coarse where they don't: 0.95, 0.951,
+    0.999 and 0.9999 stay, 0.9512 becomes 0.951, 0.512 becomes 0.51; a few hundred values
+    in all between -0.99 and 1.
+    """
+    distance = 1.0 - threshold
+    if distance < _CLOSEST:
+        return 1.0
+    return max(round(1.0 - float(f"{distance:.2g}"), 8), -0.99)
 
 
 class Gallery:
@@ -82,15 +97,17 @@ class Gallery:
         finally:
             self.warmed.set()
 
-    def file(self, image_id: int) -> str:
-        """The file of an embedded image, on disk.
+    def open(self, image_id: int) -> OpenFile:
+        """The file of an embedded image, opened only if it is still the file that was indexed (``files.open_indexed``).
 
         Raises:
             UnknownImageError: no embedded image has this id.
+            StoredFileError: the file is gone, changed, or leads out of the indexed folder.
         """
         with self.store.catalog() as catalog:
             record = catalog.by_ids([image_id]).get(image_id)
-        return self._on_disk(image_id, record.path if record is not None and record.row is not None else None)
+        self._on_disk(image_id, record.path if record is not None and record.row is not None else None)
+        return open_indexed(self.root, record)
 
     def _on_disk(self, image_id: int, key: str | None) -> str:
         # Catalog keys are relative to the root; refuse anything else rather than serve it.
@@ -144,7 +161,12 @@ class Gallery:
         return answer
 
     def dupes(self, threshold: float, k: int, limit: int) -> dict:
-        """Near-duplicate groups of the whole store, computed once per store generation and settings."""
+        """Near-duplicate groups of the whole store, computed once per store generation and settings.
+
+        The threshold is rounded first (``dupes_threshold``): each new one costs a search of
+        every stored image, so only so many different ones can be asked for.
+        """
+        threshold = dupes_threshold(threshold)
         generation = self.store.info()["generation"]
         with self._dupes_lock:  # one computation at a time; the next request finds it cached
             key = (generation, threshold, k)

@@ -2,6 +2,8 @@
 
 ``Server.run`` blocks and stops cleanly on Ctrl-C (uvicorn finishes the requests in
 flight). ``BackgroundServer`` runs the same in a thread, for tests, benchmarks and notebooks.
+An app with a ``listening_on`` method (the guard ``create_app`` returns) is told the address
+the socket is bound to: what a host name resolved to, not how it was spelled.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def address_of(sock: socket.socket) -> str:
+    """The IP address a socket is bound to, e.g. ``127.0.0.1``, ``::1`` or ``0.0.0.0``."""
+    return sock.getsockname()[0]
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -57,6 +64,9 @@ class Server:
 
         self.socket = bind(host, port)
         self.url = url_of(self.socket)
+        self.address = address_of(self.socket)
+        if callable(getattr(app, "listening_on", None)):
+            app.listening_on(self.address)
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, server_header=False)
         self._uvicorn = uvicorn.Server(config)
 

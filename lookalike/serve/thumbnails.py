@@ -1,22 +1,31 @@
 """Thumbnails: stored images re-encoded as small JPEGs, kept in a bounded in-memory cache.
 
 Re-encoding means the browser only ever receives a JPEG we made, whatever the original
-file holds, and a page of 50 results costs 50 small files rather than 50 photos. The
-cache is keyed by the file's size and modification time as well, so a file changed on
-disk gets a new thumbnail (and a new ETag) even before it is indexed again.
+file holds, and a page of 50 results costs 50 small files rather than 50 photos. Thumbnails
+are made from a file opened and checked as it was indexed (``files.open_indexed``), and the
+cache is keyed by its real path, size and modification time. Sizes are rounded up to a
+fixed ladder (``SIZES``), so that no run of requests for odd sizes can fill the cache with
+copies or keep the decoder busy.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
-import os
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
 
-from ..errors import ImageLoadError
 from ..featurize import DEFAULT_MAX_PIXELS, load_image
+from .files import OpenFile
+
+SIZES = (32, 64, 128, 256, 384, 512, 768, 1024)  # a thumbnail's longer side, in pixels
+
+
+def thumbnail_size(asked: int) -> int:
+    """The rung of ``SIZES`` a request for ``asked`` pixels gets: the next one up (the largest at most)."""
+    return SIZES[min(bisect.bisect_left(SIZES, asked), len(SIZES) - 1)]
 
 
 class Thumbnail(NamedTuple):
@@ -41,26 +50,22 @@ class Thumbnails:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def etag(self, path: str, size: int) -> str:
-        """The ETag the thumbnail of ``path`` at ``size`` has now, without making it.
+    def etag(self, opened: OpenFile, size: int) -> str:
+        """The ETag of the thumbnail of ``opened`` at ``size``, without making it."""
+        return self._entity((*opened.key, size))
+
+    def get(self, opened: OpenFile, size: int) -> Thumbnail:
+        """The thumbnail of an open stored file, at most ``size`` pixels on its longer side.
 
         Raises:
-            ImageLoadError: the file is gone.
+            ImageLoadError: the file can no longer be decoded, with the reason.
         """
-        return self._entity(self._key(path, size))
-
-    def get(self, path: str, size: int) -> Thumbnail:
-        """The thumbnail of ``path``, at most ``size`` pixels on its longer side.
-
-        Raises:
-            ImageLoadError: the file is gone or can no longer be decoded, with the reason.
-        """
-        key = self._key(path, size)
+        key = (*opened.key, size)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        image = load_image(path, max_pixels=self.max_pixels, draft_size=size)
+        image = load_image(opened.path, max_pixels=self.max_pixels, draft_size=size)
         image.thumbnail((size, size))
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=self.quality)
@@ -73,15 +78,6 @@ class Thumbnails:
                 _, dropped = self._cache.popitem(last=False)
                 self._bytes -= len(dropped.jpeg)
         return thumbnail
-
-    def _key(self, path: str, size: int) -> tuple:
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            raise ImageLoadError(path, "file not found") from None
-        except OSError as error:
-            raise ImageLoadError(path, error.strerror or str(error)) from None
-        return path, size, stat.st_size, stat.st_mtime_ns
 
     @staticmethod
     def _entity(key: tuple) -> str:

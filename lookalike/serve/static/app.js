@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { upload: null, previewUrl: null, request: 0 };
+// `navigation` aborts the requests of the view it replaces: an answer that arrives after the
+// user moved on (a click, then Back) is never shown under another view's URL.
+const state = { upload: null, previewUrl: null, navigation: new AbortController(), token: null };
 
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -16,21 +18,43 @@ function el(tag, props = {}, children = []) {
   return node;
 }
 
-async function api(path, options) {
+async function api(path, options = {}) {
+  const signal = options.signal;
   let response;
   try {
     response = await fetch(path, options);
   } catch (error) {
+    if (signal && signal.aborted) throw error;
     throw new Error("the server did not answer (is `lookalike serve` still running?)");
   }
   let body = null;
   try {
     body = await response.json();
   } catch (error) {
+    if (signal && signal.aborted) throw error;
     body = null;
   }
   if (!response.ok) throw new Error(body && body.error ? body.error : `${response.status} ${response.statusText}`);
   return body;
+}
+
+// A request that changes something carries this server start's token (GET /api/session);
+// the browser adds the Origin header. The server refuses it without both.
+async function act(method, path, body) {
+  if (!state.token) state.token = (await api("/api/session")).token;
+  const headers = { "X-Lookalike-Token": state.token };
+  if (body !== undefined && !(body instanceof FormData)) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(body);
+  }
+  return api(path, { method, headers, body });
+}
+
+// A new view: the requests of the one before are aborted, and the signal for this one's is returned.
+function navigation() {
+  state.navigation.abort();
+  state.navigation = new AbortController();
+  return state.navigation.signal;
 }
 
 // ---- the URL is the state ----
@@ -52,6 +76,7 @@ function searchQuery(extra) {
 }
 
 function route() {
+  navigation();
   const p = params();
   const view = ["dupes", "info"].includes(p.get("view")) ? p.get("view") : "search";
   for (const name of ["search", "dupes", "info"]) $(`${name}-view`).hidden = name !== view;
@@ -152,21 +177,19 @@ async function showSimilar(id) {
     $("query").hidden = true;
     return showError(`"${id}" is not an image id: ids are the numbers in result links.`);
   }
-  state.upload = null;
-  const request = ++state.request;
+  const signal = state.navigation.signal;
   const started = performance.now();
   setStatus("Searching…");
   const query = new URLSearchParams({ k: $("k").value });
   if ($("threshold").value !== "") query.set("threshold", $("threshold").value);
   try {
-    const answer = await api(`/api/similar/${id}?${query}`);
-    if (request !== state.request) return;
+    const answer = await api(`/api/similar/${id}?${query}`, { signal });
     showQuery(`/api/thumbs/${id}?size=384`, answer.query.path, [
       el("a", { href: `/api/images/${id}`, target: "_blank", rel: "noopener" }, ["open the original"]),
     ]);
     showHits(answer, answer.query.path, started);
   } catch (error) {
-    if (request !== state.request) return;
+    if (signal.aborted) return;
     $("query").hidden = true;
     showError(`Could not show image ${id}: ${error.message}`);
   }
@@ -176,7 +199,7 @@ async function searchUpload(file, push = true) {
   state.upload = file;
   if (push) return go(searchQuery({ view: "search" }), params().get("view") === "search" && !params().has("id"));
   const name = file.name || "the pasted image";
-  const request = ++state.request;
+  const signal = state.navigation.signal;
   const started = performance.now();
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = URL.createObjectURL(file);
@@ -187,11 +210,10 @@ async function searchUpload(file, push = true) {
   form.append("k", $("k").value);
   if ($("threshold").value !== "") form.append("threshold", $("threshold").value);
   try {
-    const answer = await api("/api/search", { method: "POST", body: form });
-    if (request !== state.request) return;
+    const answer = await api("/api/search", { method: "POST", body: form, signal });
     showHits(answer, name, started);
   } catch (error) {
-    if (request !== state.request) return;
+    if (signal.aborted) return;
     clearResults();
     $("query").hidden = true;
     showError(`Could not search with ${name}: ${error.message}`);
@@ -209,11 +231,10 @@ async function showDupes(p) {
   if (p.has("threshold")) $("dupes-threshold").value = p.get("threshold");
   if (p.has("limit")) $("dupes-limit").value = p.get("limit");
   const query = new URLSearchParams({ threshold: $("dupes-threshold").value, limit: $("dupes-limit").value });
-  const request = ++state.request;
+  const signal = state.navigation.signal;
   setStatus("Comparing every stored image with its neighbours…");
   try {
-    const answer = await api(`/api/dupes?${query}`);
-    if (request !== state.request) return;
+    const answer = await api(`/api/dupes?${query}`, { signal });
     const groups = answer.groups.map((group, number) => {
       const title = el("h2", {}, [`Group ${number + 1} · ${plural(group.size, "image")}`]);
       const items = group.members.map((member) => result(member, `best link ${member.score.toFixed(3)}`));
@@ -224,7 +245,7 @@ async function showDupes(p) {
     setStatus(answer.total ? `${plural(answer.total, "group")} of near-duplicates at similarity ${answer.threshold} or more${shown}`
       : `No near-duplicates at similarity ${answer.threshold} or more.`);
   } catch (error) {
-    if (request === state.request) showError(`Could not find duplicates: ${error.message}`);
+    if (!signal.aborted) showError(`Could not find duplicates: ${error.message}`);
   }
 }
 
@@ -239,10 +260,9 @@ function plural(count, word) {
 }
 
 async function showInfo() {
-  const request = ++state.request;
+  const signal = state.navigation.signal;
   try {
-    const [info, failed] = await Promise.all([api("/api/info"), api("/api/failures?limit=1000")]);
-    if (request !== state.request) return;
+    const [info, failed] = await Promise.all([api("/api/info", { signal }), api("/api/failures?limit=1000", { signal })]);
     const spec = info.spec || {};
     const rows = [
       ["store", info.store],
@@ -262,7 +282,7 @@ async function showInfo() {
     $("failures-none").hidden = failed.total !== 0;
     if (failed.total > failed.failures.length) setStatus(`The first ${failed.failures.length} of ${failed.total} failures are shown.`);
   } catch (error) {
-    if (request === state.request) showError(`Could not read the store's info: ${error.message}`);
+    if (!signal.aborted) showError(`Could not read the store's info: ${error.message}`);
   }
 }
 
@@ -280,7 +300,10 @@ async function showSummary() {
 function rerun() {
   const p = params();
   if (p.has("id")) go(searchQuery({ id: p.get("id") }), true);
-  else if (state.upload) searchUpload(state.upload, false);
+  else if (state.upload) {
+    navigation();
+    searchUpload(state.upload, false);
+  }
 }
 
 function wire() {
