@@ -70,8 +70,8 @@ def test_dupes_groups_the_near_duplicate(folder):
     copy.resize((copy.width * 3 // 4, copy.height * 3 // 4)).save(folder / "rocket-copy.jpg", quality=70)
     assert _cli("index", folder, "--device", "cpu", "--workers", "0").exit_code == 0
     result = _cli("dupes", "--threshold", "0.8", "--json", "--store", folder / ".lookalike")
-    groups = json.loads(result.stdout)
-    assert [sorted(Path(m["path"]).name for m in g) for g in groups] == [["rocket-copy.jpg", "rocket.png"]]
+    groups = json.loads(result.stdout)["groups"]
+    assert [sorted(Path(m["path"]).name for m in g["members"]) for g in groups] == [["rocket-copy.jpg", "rocket.png"]]
 
 
 def test_export_npy_holds_vectors_with_their_paths(folder, tmp_path):
@@ -221,8 +221,8 @@ def test_ctrl_c_exits_130_saying_what_was_kept(folder, monkeypatch):
     assert result.exit_code == 130 and "interrupted: nothing was saved" in result.stderr
     monkeypatch.undo()
     index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
-    from lookalike.store.store import Store
+    from lookalike.dupes import groups
 
-    monkeypatch.setattr(Store, "duplicate_groups", interrupted)
+    monkeypatch.setattr(groups, "_near_groups", interrupted)
     result = _cli("dupes", "--store", folder)
     assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "Error: interrupted"

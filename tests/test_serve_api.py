@@ -138,7 +138,9 @@ def test_dupes_group_the_near_duplicate_as_the_cli_does(client, ids):
     assert answer["total"] == 1
     members = answer["groups"][0]["members"]
     expected = _cli("dupes", "--threshold", 0.8, "--json")
-    assert [[(m["path"], m["score"]) for m in members]] == [[(e["path"], e["score"]) for e in g] for g in expected]
+    assert answer["groups"][0]["kind"] == "near" and members[0]["keep"] and not members[1]["keep"]
+    assert [[(m["path"], m["score"], m["keep"]) for m in members]] == [
+        [(e["path"], e["score_to_keeper"], e["keep"]) for e in g["members"]] for g in expected["groups"]]
     assert {m["path"] for m in members} == {"rocket.png", "rocket-copy.jpg"}
     assert all(ids[m["path"]] == m["id"] for m in members)
     assert client.get("/api/dupes", params={"threshold": 0.8, "limit": 1}).json()["groups"] == answer["groups"]
@@ -166,12 +168,12 @@ def test_thumbnail_is_a_small_jpeg_of_the_image_cached_by_etag(client, ids, fold
 
 
 def test_odd_thresholds_and_sizes_are_rounded_so_that_each_costs_little(folder, monkeypatch):
-    from lookalike.serve import thumbnails
+    from lookalike.serve import gallery, thumbnails
 
     store = open_store(folder, device="cpu")
     grouped, decoded = [], []
-    real = store.duplicate_groups
-    store.duplicate_groups = lambda threshold, k: grouped.append(threshold) or real(threshold=threshold, k=k)
+    real = gallery.find_groups
+    monkeypatch.setattr(gallery, "find_groups", lambda store, settings: grouped.append(settings.threshold) or real(store, settings))
     monkeypatch.setattr(thumbnails, "load_image", lambda path, **kw: decoded.append(kw["draft_size"]) or load_image(path, **kw))
     with TestClient(create_app(store, warm_up=False), base_url=LOCAL) as client:
         answers = [client.get("/api/dupes", params={"threshold": t}).json() for t in (0.951, 0.9512, 0.95104, 0.9508)]

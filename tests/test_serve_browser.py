@@ -142,6 +142,8 @@ def test_the_duplicates_view_shows_the_near_duplicate_pair(page, server):
     expect(group).to_have_count(1)
     paths = group.locator(".result").evaluate_all("(rs) => rs.map((r) => r.dataset.path)")
     assert sorted(paths) == ["rocket-copy.jpg", "rocket.png"]
+    expect(group.locator(".result").first).to_contain_text("keep")  # the keeper comes first, as `lookalike dupes` shows
+    expect(group.locator(".result").nth(1)).to_contain_text("to the keeper")
     expect(page.locator("#status")).to_contain_text("1 group of near-duplicates")
     _all_thumbnails_loaded(page, ".group img")
 

@@ -49,7 +49,7 @@ def test_serve_prints_its_url_opens_a_browser_and_stops_cleanly_on_ctrl_c(store,
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
+    assert process.returncode == 130, err  # Ctrl-C ends serve as it ends every command; only reads were cut short
     assert "stopped" in err and "Traceback" not in err + out
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "api/info", timeout=5)

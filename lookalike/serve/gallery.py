@@ -1,6 +1,6 @@
 """The gallery: what the web app reads from a store, as JSON-ready rows. It never writes.
 
-Every answer comes from the store's own answers (``similar``, ``duplicate_groups``, ``stored``,
+Every answer comes from the store's own answers (``similar``, ``dupes.groups.find_groups``, ``stored``,
 ``info``, ``failures``, and the catalog's lookup of one id), each of which reads one consistent
 catalog snapshot, so a ``lookalike index``
 committing meanwhile shows up in the next answer, never half of it.
@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from ..dupes.groups import Settings, find_groups
 from ..errors import UnknownImageError
 from ..store.neighbours import Hit
 from ..store.store import Store
@@ -171,10 +172,11 @@ class Gallery:
         with self._dupes_lock:  # one computation at a time; the next request finds it cached
             key = (generation, threshold, k)
             if key not in self._dupes:
-                with faiss_threads(os.cpu_count() or 1):
-                    groups = self.store.duplicate_groups(threshold=threshold, k=k)
-                self._dupes[key] = {"groups": [[{"id": m.id, "path": self.display_path(m.path), "score": round(m.score, 6)}
-                                                for m in g.members] for g in groups]}
+                with faiss_threads(os.cpu_count() or 1):  # the groups ``lookalike dupes`` shows, keeper first
+                    groups = find_groups(self.store, Settings(threshold=threshold, k=k))
+                self._dupes[key] = {"groups": [{"kind": g.kind, "members": [
+                    {"id": m.id, "path": self.display_path(m.path), "score": round(m.score, 6), "keep": m.keep,
+                     "reason": m.reason, "missing": m.missing} for m in g.members]} for g in groups]}
                 for stale in [old for old in self._dupes if old[0] != generation]:
                     del self._dupes[stale]
                 while len(self._dupes) > _DUPES_CACHED:
@@ -182,7 +184,7 @@ class Gallery:
             self._dupes.move_to_end(key)
             groups = self._dupes[key]["groups"]
         return {"threshold": threshold, "k": k, "generation": generation, "total": len(groups),
-                "groups": [{"size": len(g), "members": g} for g in groups[:limit]]}
+                "groups": [{"size": len(g["members"]), **g} for g in groups[:limit]]}
 
     def info(self) -> dict:
         """The store's info, paths as users see them, and the classifier's."""

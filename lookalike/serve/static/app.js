@@ -236,8 +236,9 @@ async function showDupes(p) {
   try {
     const answer = await api(`/api/dupes?${query}`, { signal });
     const groups = answer.groups.map((group, number) => {
-      const title = el("h2", {}, [`Group ${number + 1} · ${plural(group.size, "image")}`]);
-      const items = group.members.map((member) => result(member, `best link ${member.score.toFixed(3)}`));
+      const title = el("h2", {}, [`Group ${number + 1} · ${group.kind} · ${plural(group.size, "image")}`]);
+      const items = group.members.map((member) => result(member, member.keep
+        ? `keep · ${member.reason}` : `${member.missing ? "missing" : "duplicate"} · ${member.score.toFixed(3)} to the keeper`));
       return el("section", { className: "group", "aria-label": `Group ${number + 1}` }, [title, el("ol", { className: "grid" }, items)]);
     });
     $("groups").replaceChildren(...groups);
