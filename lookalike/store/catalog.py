@@ -9,14 +9,21 @@ Store format 2 added ``ctime_ns`` and ``mode`` (a failure is retried when they c
 chmod changes both) and ``recorded`` (when the row was written, in Unix seconds). Format 3
 added ``shard``: which vector file holds the row (0 is ``vectors.f32``, others are named in
 the ``shards`` table, written whole by the Ray engine's workers; see ``shards``). An older
-catalog gains the missing columns, empty (``shard`` 0), the first time it is opened.
+catalog gains the missing columns, empty (``shard`` 0), the first time a writer opens it.
+
+Readers open it read-only (``write=False``): they run no statement that writes, so they work
+on a store they may not write, and on a read-only filesystem. Why an open failed is told
+apart by ``access``: permission, a read-only filesystem, a lock, or damage.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import crashpoints
-from ..errors import StoreError
+from .access import explain, explained, read_only_filesystem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -56,6 +63,19 @@ _ADDED_COLUMNS = (("ctime_ns", "INTEGER"), ("mode", "INTEGER"), ("recorded", "RE
                   ("shard", "INTEGER NOT NULL DEFAULT 0"))  # format 3
 _COLUMNS = "id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded, shard"
 _IDS_PER_QUERY = 900  # under SQLite's oldest limit of 999 bound parameters
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on the catalog
+
+
+def _explained(method):
+    """A write whose ``sqlite3.Error`` (a lock held by another program, a full disk) becomes a typed error."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise explain(e, self.path, writing=True) from e
+    return wrapper
 
 
 class FileRecord(NamedTuple):
@@ -107,19 +127,62 @@ class Shard(NamedTuple):
 
 
 class Catalog:
-    """The SQLite catalog of a store. Use as a context manager, or call ``close``."""
+    """The SQLite catalog of a store. Use as a context manager, or call ``close``.
 
-    def __init__(self, path: str | Path):
+    ``write=False`` opens it read-only (what every reader should do); ``create`` makes it if missing.
+
+    Raises:
+        StorePermissionError, StoreReadOnlyError, StoreLockedError, StoreDamagedError: why it can't be opened.
+    """
+
+    def __init__(self, path: str | Path, write: bool = True, create: bool = False):
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.write = write
+        with explained(self.path, write):
+            self._db = self._open_for_writing(create) if write else self._open_for_reading()
+
+    def _open_for_writing(self, create: bool) -> sqlite3.Connection:
+        db = self._connect("rwc" if create else "rw")
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
-            self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+            db.executescript(_SCHEMA)  # it writes: a store that can't be written fails here, not mid-run
+            self._db = db
             self._add_missing_columns()
-        except sqlite3.DatabaseError as e:
-            self._db.close()
-            raise StoreError(f"{self.path} is damaged ({e}): index again with --reset") from e
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_for_reading(self) -> sqlite3.Connection:
+        try:
+            return self._connect("ro")
+        except sqlite3.OperationalError:
+            if not self._readable_as_immutable():
+                raise
+            # A WAL reader needs a shared-memory file beside the database, which it can't make on a
+            # read-only filesystem or in a folder this user may not write. With no write-ahead log
+            # left, no writer is at work and the database file holds every commit: read it as is.
+            return self._connect("ro", "&immutable=1")
+
+    def _connect(self, mode: str, extra: str = "") -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode={mode}{extra}"
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()  # opening is lazy: read now
+        except sqlite3.OperationalError as e:
+            if mode != "rwc" or "no such table" not in str(e):
+                db.close()
+                raise
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _readable_as_immutable(self) -> bool:
+        wal = self.path.with_name(self.path.name + "-wal")
+        unwritable = read_only_filesystem(self.path) or not os.access(self.path.parent, os.W_OK)
+        return unwritable and self.path.is_file() and (not wal.exists() or wal.stat().st_size == 0)
 
     def _add_missing_columns(self) -> None:
         """Bring an older catalog to this format, in one transaction (a second process finds it done)."""
@@ -144,13 +207,16 @@ class Catalog:
     def __enter__(self) -> "Catalog":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        if isinstance(exc, sqlite3.Error):  # met reading a catalog that opened (a page cut off, say)
+            raise explain(exc, self.path, self.write) from exc
 
     def meta(self, key: str, default=None):
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
+    @_explained
     def set_meta(self, **values) -> None:
         """Set meta values in one transaction (None deletes a key)."""
         own = not self._db.in_transaction
@@ -225,6 +291,7 @@ class Catalog:
         removed = [r[0] for r in self._db.execute("SELECT id FROM removed WHERE generation > ?", (generation,))]
         return changed, removed
 
+    @_explained
     def commit(self, entries: list[Entry], rows: int | None = None, removed_paths: Iterable[str] = (),
                shard: tuple[str, int] | None = None) -> int:
         """Write entries and removals, and the new committed row count of ``vectors.f32``, in one transaction.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..atomic import write_atomically
 from ..errors import StoreError
+from .access import damaged, explained
 
 # 2: the catalog records ctime, mode and when each row was written; 3: vectors may sit in shard files
 FORMAT_VERSION = 3
@@ -52,10 +53,12 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
+        with explained(path, writing=False):
+            text = path.read_text()
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise StoreError(f"cannot read {path}: {e}") from e
+            data = json.loads(text)
+        except ValueError as e:
+            raise damaged(path, f"not JSON: {e}") from e
         version = data.get("format_version")
         if version != FORMAT_VERSION and version not in MIGRATABLE_VERSIONS:
             raise StoreError(
