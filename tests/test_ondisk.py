@@ -120,6 +120,19 @@ def test_check_reports_orphans_and_damaged_shards_and_a_writer_removes_orphans(t
     assert not shard_path(store.directory, orphan).exists() and not (store.directory / SHARDS / ".x.tmp").exists()
 
 
+def test_check_reports_lists_shorter_than_the_index_says_instead_of_dying_on_them(tmp_path):
+    store, _ = _sharded_store(tmp_path, np.random.default_rng(6), shards=2, rows=300)
+    with store.writer(map_parts=map):
+        pass
+    (lists,) = store.directory.glob("index.*.ivfdata")
+    size = lists.stat().st_size
+    with open(lists, "r+b") as f:
+        f.truncate(size // 2)  # reading the mapped lists past their end would be a SIGBUS
+    (problem,) = store.check().problems
+    assert f"{lists.name} holds {size // 2} bytes" in problem and "damaged" in problem
+    assert store.check(repair=True).ok and store.check().ok
+
+
 def test_an_on_disk_index_stays_while_few_rows_change_and_searches_stay_exact(tmp_path):
     rng = np.random.default_rng(3)
     store, truth = _sharded_store(tmp_path, rng, shards=2, rows=800)
