@@ -1,4 +1,10 @@
-"""Files replaced whole or not at all: write a temporary sibling, fsync, rename, fsync the folder."""
+"""Files replaced whole or not at all: write a temporary sibling, fsync, rename, fsync the folder.
+
+A file's data is durable once it is fsynced; its name, once its folder is (a new folder's
+name, once the folder above it is). Until then a power cut may take either back, whatever
+order they were made in: ``tests/test_powercut.py`` checks every fsync here on a
+filesystem that forgets the rest.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +57,20 @@ def temporary_files(path: str | os.PathLike) -> list[Path]:
     """Temporary siblings that ``replace_atomically`` left for ``path`` when its process died."""
     path = Path(path)
     return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Make ``folder`` (and any missing folder above it) so that it survives a power cut.
+
+    The folder above is fsynced even when ``folder`` was there already: a process killed
+    between its ``mkdir`` and that fsync left a folder that a power cut would still take back.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        make_folder(folder.parent)
+        folder.mkdir(exist_ok=True)
+    fsync_folder(folder.parent)
+    return folder
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

@@ -9,9 +9,10 @@ lookup). Tests set it for a ``python -m lookalike`` subprocess:
     LOOKALIKE_CRASH="catalog.after_commit:*=pause"   every time: stop and wait (see ``pause``)
     LOOKALIKE_CRASH="index.written,catalog.after_commit:2=pause"   several, comma-separated
 
-``os._exit`` skips every ``finally``, ``atexit`` hook and buffer flush, as ``kill -9`` or a
-power cut would (the kernel keeps what was written, so this stands for a crash of the
-process; fsync is what stands between it and a power cut). A pause writes "point count"
+``os._exit`` skips every ``finally``, ``atexit`` hook and buffer flush, as ``kill -9`` would.
+The kernel keeps what was written, synced or not, so this proves the order of the steps, not
+their durability: ``tests/test_powercut.py`` runs the same points on a filesystem that drops
+at a simulated power cut whatever no fsync made durable. A pause writes "point count"
 to the file named by ``LOOKALIKE_CRASH_PAUSE_FILE`` and waits until a test deletes it, so a
 test can query or kill the process at an exact step.
 """
@@ -36,10 +37,13 @@ POINTS = frozenset({
     "vectors.after_fsync",  # fsynced, not yet committed by the catalog
     "catalog.before_commit",  # the batch's rows are in an open SQLite transaction
     "catalog.after_commit",  # committed
-    "shard.renamed",  # a Ray worker's shard file is complete under its final name, not committed
+    "shard.written",  # a Ray worker's shard file is written and fsynced under a temporary name
+    "shard.renamed",  # it is complete under its final name, not committed
     "shard.committed",  # the catalog committed a shard and the files whose rows it holds
+    "trained.written",  # a trained on-disk index, named by its factory, is fsynced under a temporary name
+    "trained.renamed",  # it is in place; the folder is not fsynced yet
     "ondisk.parts_written",  # every part of an on-disk index is written, not merged
-    "ondisk.ivfdata_written",  # the merged inverted lists are written and fsynced; index.faiss not yet
+    "ondisk.ivfdata_written",  # the merged inverted lists are durable, name and all; index.faiss not yet
     "index.written",  # a new index.faiss is written and fsynced under a temporary name
     "index.renamed",  # it replaced the old one; the catalog does not record its generation yet
     "index.recorded",  # the catalog records the generation it reflects
@@ -50,6 +54,10 @@ POINTS = frozenset({
     "dupes.stored",  # the catalog follows the batch; the journal doesn't say so yet
     "undo.moved",  # one more file moved back by an undo
     "undo.done",  # an undo's batch is back, the catalog following, and journalled
+    "upgrade.catalog",  # an older store's catalog is upgraded; its manifest still says the old format
+    "repair.marked",  # repair: the catalog records that no index is to be trusted; none is rebuilt yet
+    "reset.manifest_removed",  # --reset: the manifest is gone, durably; the store's other files not yet
+    "reset.files_removed",  # --reset: the store's files are gone; no new store is made yet
 })
 
 _counts: Counter[str] = Counter()

@@ -65,7 +65,19 @@ class StoreMismatchError(StoreError, SpecMismatchError):
 
 
 class StoreLockedError(StoreError):
-    """Another process is writing to the store."""
+    """Another process is writing to the store, or holds its catalog locked."""
+
+
+class StorePermissionError(StoreError, PermissionError):
+    """This user may not read (or write) a store's files; nothing is wrong with the store."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The store is on a read-only filesystem, and the command needs to write to it."""
+
+
+class StoreDamagedError(StoreError):
+    """A store's catalog or vector files are damaged: not what lookalike wrote."""
 
 
 # The FAISS edge (lookalike.ann.index) and near-duplicate grouping (lookalike.ann.dupes).

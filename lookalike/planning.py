@@ -32,6 +32,7 @@ from .store.layout import (
     remove_store_files,
     store_folder,
 )
+from .store.access import explained
 from .store.lock import lock_store
 from .store.store import Store
 
@@ -276,11 +277,15 @@ def _check_factory(factory: str, dim: int) -> None:
 
 
 def _remove_store(store_dir: Path) -> None:
-    """Delete a store's own files (never anything else that shares its folder), under its lock."""
+    """Delete a store's own files (never anything else that shares its folder), under its lock.
+
+    The manifest goes first, durably (``reset.manifest_removed``): a crash or a power cut part-way
+    leaves no store that a later command trusts, only files the next ``index`` deletes.
+    """
     if not (store_dir / MANIFEST).exists() and not (store_dir / CATALOG).exists():
         return  # not a store, nor the start of one: never touch files that only share a store's names
-    with lock_store(store_dir):  # works on a damaged store too: nothing is opened but the lock
-        remove_store_files(store_dir)
+    with explained(store_dir, writing=True), lock_store(store_dir):  # a damaged store too: only the lock is opened
+        remove_store_files(store_dir, crash_point="reset")
     with contextlib.suppress(OSError):
         (store_dir / LOCK).unlink()
         store_dir.rmdir()  # only if nothing else is in it

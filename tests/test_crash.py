@@ -14,6 +14,7 @@ Then, from what the killed run committed (read with plain sqlite3 and numpy):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from conftest import alive, photo
 
 from lookalike.cli import main
 from lookalike.crashpoints import CRASH_EXIT_CODE, PAUSE_FILE_ENV
-from lookalike.store.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
+from lookalike.store.store import CATALOG, INDEX, MANIFEST, SHARDS, VECTORS, Store
 
 BATCH = ["--batch-size", "2", "--workers", "0", "--device", "cpu"]
 DIM = 1280
@@ -75,15 +76,31 @@ def index_in_process(folder: Path, store: Path, *extra) -> tuple[int, str]:
     return int(embedded) + int(failed), result.stdout
 
 
-def committed(store: Path) -> dict[str, tuple]:
-    """What the catalog holds, read with plain sqlite3 and numpy: path -> (id, status, reason, vector bytes)."""
+def committed(store: Path, dim: int = DIM) -> dict[str, tuple]:
+    """What the catalog holds, read with plain sqlite3 (read-only) and numpy: path -> (id, status, reason, vector bytes).
+
+    A vector its file does not hold (shard 0 shorter than the committed rows, a shard file
+    missing or short) reads as "missing", so that a comparison names it.
+    """
     if not (store / CATALOG).exists():
         return {}
-    with sqlite3.connect(store / CATALOG) as db:
-        rows = db.execute("SELECT path, id, status, reason, row FROM files").fetchall()
+    with contextlib.closing(sqlite3.connect(f"file:{store / CATALOG}?mode=ro", uri=True)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        sharded = any(column[1] == "shard" for column in db.execute("PRAGMA table_info(files)"))  # not before format 3
+        rows = db.execute(f"SELECT path, id, status, reason, {'shard' if sharded else '0'}, row FROM files").fetchall()
         count = db.execute("SELECT value FROM meta WHERE key = 'rows'").fetchone()[0]
-    vectors = np.fromfile(store / VECTORS, dtype=np.float32)[: count * DIM].reshape(-1, DIM) if count else None
-    return {path: (id_, status, reason, None if row is None else vectors[row].tobytes()) for path, id_, status, reason, row in rows}
+        shards = dict(db.execute("SELECT id, name FROM shards")) if "shards" in tables else {}
+    files = {0: store / VECTORS, **{i: store / SHARDS / f"{name}.f32" for i, name in shards.items()}}
+    data = {i: np.fromfile(path, dtype=np.float32) if path.exists() else np.zeros(0, np.float32) for i, path in files.items()}
+    data[0] = data[0][: count * dim]
+
+    def vector(shard: int, row: int | None):
+        if row is None:
+            return None
+        found = data[shard][row * dim:(row + 1) * dim]
+        return found.tobytes() if len(found) == dim else "missing"
+
+    return {path: (id_, status, reason, vector(shard, row)) for path, id_, status, reason, shard, row in rows}
 
 
 def assert_same_store(got: Path, want: Path) -> None:
@@ -111,10 +128,11 @@ def crash_check_rerun(point: str, folder: Path, store: Path, reference: Path, re
         assert checked.exit_code == 1 and "not a lookalike store" in checked.output
     assert committed(store) == before, "check changed what was committed"
 
+    trusted = before if (store / MANIFEST).exists() else {}  # no manifest: nothing there is a store's
     embedded, _ = index_in_process(folder, store, *extra)
     # Exactly the files not yet committed in their final form (same id, status, reason, vector bytes)
     # run through the CNN again; the expected count says that is at most the batch in flight.
-    pending = {path for path, entry in committed(reference).items() if before.get(path) != entry}
+    pending = {path for path, entry in committed(reference).items() if trusted.get(path) != entry}
     assert embedded == len(pending) == rerun_embeds, f"{point}: the rerun embedded {embedded} files, " \
         f"{len(pending)} were not committed, {rerun_embeds} expected"
     assert_same_store(store, reference)
@@ -209,6 +227,21 @@ def test_a_kill_while_updating_an_indexed_store(scenario, point, rerun_embeds, i
     crash_check_rerun(point, folder, tmp_path / "copy" / "store", updated[scenario], rerun_embeds, *extra)
     if scenario == "refactor":
         assert Store.open(tmp_path / "copy" / "store").manifest.index_factory == "IVF2,Flat"
+
+
+@pytest.mark.parametrize("point", ["reset.manifest_removed", "reset.files_removed"])
+def test_a_kill_while_resetting_a_store_leaves_no_store_that_a_later_command_trusts(point, indexed, uninterrupted,
+                                                                                    tmp_path):
+    shutil.copytree(indexed, tmp_path / "copy")
+    folder, store = tmp_path / "copy" / "photos", tmp_path / "copy" / "store"
+    killed = crash_at(point, folder, store, "--reset")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    assert not (store / MANIFEST).exists()
+    for command in ("check", "info"):
+        refused = cli(command, "--store", store)
+        assert refused.exit_code == 1 and "not a lookalike store" in refused.output, refused.output
+    assert index_in_process(folder, store)[0] == 9  # a store made afresh: nothing left behind is trusted
+    assert_same_store(store, uninterrupted)
 
 
 def _children(pid: int) -> list[int]:

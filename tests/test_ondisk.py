@@ -8,6 +8,7 @@ import sys
 import faiss
 import numpy as np
 import pytest
+from test_crash import committed
 
 from lookalike.ann import build as ann_build
 from lookalike.ann import faiss_io
@@ -119,6 +120,19 @@ def test_check_reports_orphans_and_damaged_shards_and_a_writer_removes_orphans(t
     assert not shard_path(store.directory, orphan).exists() and not (store.directory / SHARDS / ".x.tmp").exists()
 
 
+def test_check_reports_lists_shorter_than_the_index_says_instead_of_dying_on_them(tmp_path):
+    store, _ = _sharded_store(tmp_path, np.random.default_rng(6), shards=2, rows=300)
+    with store.writer(map_parts=map):
+        pass
+    (lists,) = store.directory.glob("index.*.ivfdata")
+    size = lists.stat().st_size
+    with open(lists, "r+b") as f:
+        f.truncate(size // 2)  # reading the mapped lists past their end would be a SIGBUS
+    (problem,) = store.check().problems
+    assert f"{lists.name} holds {size // 2} bytes" in problem and "damaged" in problem
+    assert store.check(repair=True).ok and store.check().ok
+
+
 def test_an_on_disk_index_stays_while_few_rows_change_and_searches_stay_exact(tmp_path):
     rng = np.random.default_rng(3)
     store, truth = _sharded_store(tmp_path, rng, shards=2, rows=800)
@@ -151,22 +165,60 @@ store = Store.open(sys.argv[1])
 x = np.random.default_rng(9).standard_normal((50, {dim}), dtype=np.float32)
 x /= np.linalg.norm(x, axis=1, keepdims=True)
 with store.writer(map_parts=map) as writer:  # a Ray driver's run, without Ray: one shard, then the index
-    name = write_shard_file(store.directory, x)
-    writer.commit_shard(name, [(f"late/{{i}}.jpg", 1, 1, 1, 0o644, i) for i in range(50)])
+    if sys.argv[2:] == ["factory"]:
+        writer.use_factory("IVF16,Flat")
+    with store.catalog() as catalog:
+        done = bool(catalog.by_paths(["late/0.jpg"]))
+    if not done:  # as a rerun plans it: only what was not committed
+        name = write_shard_file(store.directory, x)
+        writer.commit_shard(name, [(f"late/{{i}}.jpg", 1, 1, 1, 0o644, i) for i in range(50)])
 """.format(dim=DIM)
 
 
-@pytest.mark.parametrize("point", ["shard.renamed", "shard.committed", "ondisk.parts_written", "ondisk.ivfdata_written",
+def _one_more_run(store: Store, *args, point: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOOKALIKE_CRASH": point} if point else None
+    return subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory), *args], env=env, timeout=120,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The sharded store of the kill test, and its run without a kill."""
+    base = tmp_path_factory.mktemp("ondisk-uninterrupted")
+    store, _ = _sharded_store(base, np.random.default_rng(4), shards=2, rows=400)
+    assert _one_more_run(store).returncode == 0
+    return store.directory
+
+
+@pytest.mark.parametrize("point", ["shard.written", "shard.renamed", "shard.committed", "trained.written",
+                                   "trained.renamed", "ondisk.parts_written", "ondisk.ivfdata_written",
                                    "index.written", "index.renamed", "index.recorded"])
-def test_a_kill_at_each_sharded_step_leaves_a_store_that_a_rerun_makes_whole(point, tmp_path):
+def test_a_kill_at_each_sharded_step_leaves_a_store_that_a_rerun_makes_whole(point, uninterrupted, tmp_path):
     store, truth = _sharded_store(tmp_path, np.random.default_rng(4), shards=2, rows=400)
-    env = {**os.environ, "LOOKALIKE_CRASH": point}
-    killed = subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory)], env=env, timeout=120,
-                            capture_output=True, text=True)
+    killed = _one_more_run(store, point=point)
     assert killed.returncode == 86, killed.stderr  # crashpoints.CRASH_EXIT_CODE: it died at the point
     assert not [p for p in store.check().problems if "no catalog row names" not in p]  # an orphan at most
-    subprocess.run([sys.executable, "-c", _ONE_MORE_RUN, str(store.directory)], timeout=120, check=True)
+    assert _one_more_run(store).returncode == 0
     assert store.check().ok and len(store) == 850
     assert not list(store.directory.glob(".build-*")) and len(list(store.directory.glob("index.*.ivfdata"))) <= 2
+    # the same paths, ids and vector bytes as the run that was never killed, and the same index
+    assert committed(store.directory, DIM) == committed(uninterrupted, DIM)
+    assert store.index_lag()[0] == store.index_lag()[1]
+    assert faiss_io.describe(faiss_io.read_index(store.directory / INDEX))["nlist"] == 32
     key = sorted(truth)[3]
     assert os.path.relpath(store.search(truth[key][None], k=1)[0][0].path, tmp_path) == key
+
+
+def test_a_trained_index_is_never_taken_for_another_factorys(tmp_path):
+    """A run switching to IVF16, killed once its trained index is in place; then an IVF32 rebuild must train 32 lists."""
+    store, _ = _sharded_store(tmp_path, np.random.default_rng(5), shards=2, rows=400)  # forced IVF32,Flat
+    with store.writer(map_parts=map):
+        pass
+    killed = _one_more_run(store, "factory", point="trained.renamed")
+    assert killed.returncode == 86, killed.stderr
+    with Store.open(store.directory).writer(map_parts=map) as writer:
+        writer.use_factory("IVF32,Flat")  # back, before anything was recorded of IVF16
+    Store.open(store.directory).repair()
+    index = faiss_io.read_index(store.directory / INDEX)
+    assert faiss_io.describe(index)["nlist"] == 32 and Store.open(store.directory).info()["index_factory"] == "IVF32,Flat"
+    assert Store.open(store.directory).check().ok

@@ -1,6 +1,8 @@
 """The store on synthetic vectors: search against brute force, crash leftovers, locking, repair."""
 
+import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -8,11 +10,13 @@ import time
 
 import numpy as np
 import pytest
+from test_crash import committed
 
 from lookalike.ann import build as ann_build
 from lookalike.ann import factory as ann_factory
 from lookalike.ann import faiss_io
 from lookalike.ann import index as faiss_index
+from lookalike.atomic import write_atomically
 from lookalike.errors import StoreError, StoreLockedError
 from lookalike.featurize.models.spec import spec_differences
 from lookalike.store.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
@@ -203,18 +207,27 @@ def test_check_accepts_an_index_behind_the_catalog_and_catches_one_that_is_wrong
     assert store.check().ok and store.index_lag()[0] == store.index_lag()[1]
 
 
-def test_a_store_of_format_1_is_upgraded_in_place(store):
+def format_1_store(directory, root, spec=SPEC, seed=10) -> Store:
+    """A store with an index, two embedded files and a failure, as lookalike 0.1 wrote it: no ctime, mode,
+    recorded or shard column, no shards table, format 1 in its manifest (written atomically)."""
+    store = Store.create(directory, root, spec)
     with store.writer() as writer:
-        _write(writer, ["a.jpg", "b.jpg"], _unit(np.random.default_rng(10), 2), failed=["bad.jpg"])
-    with sqlite3.connect(store.directory / CATALOG) as db:  # what lookalike 0.1 wrote
+        x = np.random.default_rng(seed).standard_normal((2, int(spec["dim"]))).astype(np.float32)  # as _unit makes them
+        _write(writer, ["a.jpg", "b.jpg"], x / np.linalg.norm(x, axis=1, keepdims=True), failed=["bad.jpg"])
+    with contextlib.closing(sqlite3.connect(store.directory / CATALOG, isolation_level=None)) as db:
         db.execute("DROP INDEX files_digest")
         for column in ("ctime_ns", "mode", "recorded", "shard", "digest", "width", "height", "taken_ns", "blank"):
             db.execute(f"ALTER TABLE files DROP COLUMN {column}")
         db.execute("DROP TABLE shards")
         db.execute("DROP TABLE verdicts")
     manifest = json.loads((store.directory / MANIFEST).read_text())
-    (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+    write_atomically(store.directory / MANIFEST, json.dumps({**manifest, "format_version": 1}).encode())
+    return store
 
+
+def test_a_store_of_format_1_is_upgraded_in_place(tmp_path):
+    store = format_1_store(tmp_path / ".lookalike", tmp_path)
+    manifest = json.loads((store.directory / MANIFEST).read_text())
     upgraded = Store.open(store.directory)
     assert upgraded.manifest.format_version == 4
     assert json.loads((store.directory / MANIFEST).read_text())["format_version"] == 4
@@ -226,6 +239,26 @@ def test_a_store_of_format_1_is_upgraded_in_place(store):
     (store.directory / MANIFEST).write_text(json.dumps({**manifest, "format_version": 5}))
     with pytest.raises(StoreError, match="store format 5.*--reset"):
         Store.open(store.directory)
+
+
+_UPGRADE_AND_REPAIR = "import sys; from lookalike.store.store import Store; Store.open(sys.argv[1]).repair()"
+
+
+@pytest.mark.parametrize("point", ["upgrade.catalog", "repair.marked"])
+def test_a_kill_while_upgrading_or_repairing_then_a_rerun_equals_a_run_never_killed(point, tmp_path):
+    reference = format_1_store(tmp_path / "reference", tmp_path).directory
+    Store.open(reference).repair()  # opening a format-1 store upgrades it
+    store = format_1_store(tmp_path / "store", tmp_path).directory
+    killed = subprocess.run([sys.executable, "-c", _UPGRADE_AND_REPAIR, str(store)], capture_output=True, text=True,
+                            env={**os.environ, "LOOKALIKE_CRASH": point}, timeout=120)
+    assert killed.returncode == 86, killed.stderr  # crashpoints.CRASH_EXIT_CODE
+    manifest_format = json.loads((store / MANIFEST).read_text())["format_version"]
+    assert manifest_format == (1 if point == "upgrade.catalog" else 3)  # the manifest is upgraded last
+    assert Store.open(store).check().ok  # upgraded, if need be, again
+    Store.open(store).repair()
+    assert committed(store, DIM) == committed(reference, DIM)
+    assert Store.open(store).check().ok and Store.open(store).index_lag() == Store.open(reference).index_lag()
+    assert sorted(faiss_io.ids(faiss_io.read_index(store / INDEX)).tolist()) == [1, 2]
 
 
 def test_search_shared_among_workers_matches_brute_force_with_uncommitted_index_changes(tmp_path):

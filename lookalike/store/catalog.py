@@ -13,14 +13,21 @@ added what acting on duplicates needs: ``digest`` (the file's content hash, BLAK
 bytes), ``width``, ``height``, ``taken_ns`` (EXIF DateTimeOriginal) and ``blank`` (1 for an
 image that shows next to nothing, never proposed for removal) of the image, and the
 ``verdicts`` table (pairs of contents a user said are not duplicates). An older catalog gains
-the missing columns, empty (``shard`` 0), the first time it is opened.
+the missing columns, empty (``shard`` 0), the first time a writer opens it.
+
+Readers open it read-only (``write=False``): they run no statement that writes, so they work
+on a store they may not write, and on a read-only filesystem. Why an open failed is told
+apart by ``access``: permission, a read-only filesystem, a lock, or damage.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import crashpoints
-from ..errors import StoreError
+from .access import explain, explained, read_only_filesystem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -70,6 +77,19 @@ _INDEXES = "CREATE INDEX IF NOT EXISTS files_digest ON files (digest)"  # after 
 _COLUMNS = ("id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded, shard, digest, width, "
             "height, taken_ns, blank")
 _IDS_PER_QUERY = 900  # under SQLite's oldest limit of 999 bound parameters
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on the catalog
+
+
+def _explained(method):
+    """A write whose ``sqlite3.Error`` (a lock held by another program, a full disk) becomes a typed error."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise explain(e, self.path, writing=True) from e
+    return wrapper
 
 
 class FileRecord(NamedTuple):
@@ -131,20 +151,63 @@ class Shard(NamedTuple):
 
 
 class Catalog:
-    """The SQLite catalog of a store. Use as a context manager, or call ``close``."""
+    """The SQLite catalog of a store. Use as a context manager, or call ``close``.
 
-    def __init__(self, path: str | Path):
+    ``write=False`` opens it read-only (what every reader should do); ``create`` makes it if missing.
+
+    Raises:
+        StorePermissionError, StoreReadOnlyError, StoreLockedError, StoreDamagedError: why it can't be opened.
+    """
+
+    def __init__(self, path: str | Path, write: bool = True, create: bool = False):
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.write = write
+        with explained(self.path, write):
+            self._db = self._open_for_writing(create) if write else self._open_for_reading()
+
+    def _open_for_writing(self, create: bool) -> sqlite3.Connection:
+        db = self._connect("rwc" if create else "rw")
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
-            self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+            db.executescript(_SCHEMA)  # it writes: a store that can't be written fails here, not mid-run
+            self._db = db
             self._add_missing_columns()
             self._db.execute(_INDEXES)
-        except sqlite3.DatabaseError as e:
-            self._db.close()
-            raise StoreError(f"{self.path} is damaged ({e}): index again with --reset") from e
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_for_reading(self) -> sqlite3.Connection:
+        try:
+            return self._connect("ro")
+        except sqlite3.OperationalError:
+            if not self._readable_as_immutable():
+                raise
+            # A WAL reader needs a shared-memory file beside the database, which it can't make on a
+            # read-only filesystem or in a folder this user may not write. With no write-ahead log
+            # left, no writer is at work and the database file holds every commit: read it as is.
+            return self._connect("ro", "&immutable=1")
+
+    def _connect(self, mode: str, extra: str = "") -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode={mode}{extra}"
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()  # opening is lazy: read now
+        except sqlite3.OperationalError as e:
+            if mode != "rwc" or "no such table" not in str(e):
+                db.close()
+                raise
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _readable_as_immutable(self) -> bool:
+        wal = self.path.with_name(self.path.name + "-wal")
+        unwritable = read_only_filesystem(self.path) or not os.access(self.path.parent, os.W_OK)
+        return unwritable and self.path.is_file() and (not wal.exists() or wal.stat().st_size == 0)
 
     def _add_missing_columns(self) -> None:
         """Bring an older catalog to this format, in one transaction (a second process finds it done)."""
@@ -169,13 +232,16 @@ class Catalog:
     def __enter__(self) -> "Catalog":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        if isinstance(exc, sqlite3.Error):  # met reading a catalog that opened (a page cut off, say)
+            raise explain(exc, self.path, self.write) from exc
 
     def meta(self, key: str, default=None):
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
+    @_explained
     def set_meta(self, **values) -> None:
         """Set meta values in one transaction (None deletes a key)."""
         own = not self._db.in_transaction
@@ -280,6 +346,7 @@ class Catalog:
         """Every (digest, digest, when) pair a user said are not duplicates, smaller digest first."""
         return list(self._db.execute("SELECT a, b, recorded FROM verdicts ORDER BY recorded, a, b"))
 
+    @_explained
     def record_verdicts(self, pairs: Iterable[tuple[str, str]], forget: bool = False) -> int:
         """Add (or with ``forget`` drop) "not duplicates" verdicts between contents, in one transaction; how many changed."""
         rows = {tuple(sorted(pair)) for pair in pairs if pair[0] != pair[1]}
@@ -299,6 +366,7 @@ class Catalog:
             raise
         return changed
 
+    @_explained
     def commit(self, entries: list[Entry], rows: int | None = None, removed_paths: Iterable[str] = (),
                shard: tuple[str, int] | None = None, moved: Iterable[tuple[str, Entry]] = ()) -> int:
         """Write entries and removals, and the new committed row count of ``vectors.f32``, in one transaction.
@@ -354,6 +422,7 @@ class Catalog:
         crashpoints.reached("catalog.after_commit")
         return generation
 
+    @_explained
     def restore(self, records: Iterable[FileRecord]) -> int:
         """Rows given back to files that left and came back, pointing at the vector rows they had (new ids)."""
         db = self._db
@@ -373,6 +442,7 @@ class Catalog:
             raise
         return generation
 
+    @_explained
     def set_facts(self, facts: Iterable[tuple]) -> None:
         """Fill ``(path, digest, width, height, taken_ns, blank)`` into rows that lack them (rows from before format 4)."""
         db = self._db

@@ -7,7 +7,9 @@ files themselves (a shard shorter than its rows) is reported, never papered over
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..ann import faiss_io
 from ..errors import IndexFileError
@@ -86,9 +88,13 @@ def _index_problems(store, embedded: set[int], changed: set[int]) -> list[str]:
     if not path.exists():
         return ["index.faiss is missing"]
     try:  # an on-disk index also needs the .ivfdata file it names
-        indexed = faiss_io.ids(faiss_io.read_index(path))
+        index = faiss_io.read_index(path)
     except IndexFileError as e:
         return [str(e)]
+    short = _short_lists(index, path.parent)
+    if short:  # reading them would kill this process (SIGBUS), not raise
+        return [short]
+    indexed = faiss_io.ids(index)
     unique = set(indexed.tolist())
     missing = (embedded - changed) - unique
     unknown = unique - embedded - changed
@@ -99,3 +105,16 @@ def _index_problems(store, embedded: set[int], changed: set[int]) -> list[str]:
     if len(unique) != len(indexed):
         found.append(f"index.faiss holds {len(indexed) - len(unique)} ids twice")
     return found
+
+
+def _short_lists(index, directory: Path) -> str | None:
+    """What is wrong when an on-disk index's lists file is shorter than the index says it is."""
+    lists = faiss_io.ondisk_lists(index)
+    if lists is None:
+        return None
+    file = directory / os.path.basename(lists.filename)
+    size = file.stat().st_size if file.exists() else -1
+    if size >= lists.totsize:
+        return None
+    return (f"{file.name} holds {max(size, 0)} bytes, the index's lists {lists.totsize}"
+            + ("" if size >= 0 else " (missing)") + ": the index is damaged; `lookalike check --repair` rebuilds it")

@@ -8,29 +8,48 @@
       index.faiss      the FAISS index over the catalog's ids (a cache: rebuilt from the vectors);
                        for an on-disk index, its small head, naming the inverted lists beside it
       index.<gen>.<token>.ivfdata   an on-disk index's inverted lists (written once, never changed)
-      index.trained.faiss  the trained, empty on-disk index, kept for rebuilds
+      index.trained.<factory>.faiss  the trained, empty on-disk index, kept for rebuilds; named by
+                       its factory (URL-quoted), so that no record can pair it with another
       .build-<token>/  index parts while an on-disk index is built
       lock             held by the one process writing
 
-The manifest is written last when a store is made and removed first when it is deleted,
-so a folder with a manifest is a whole store, and one without is not a store at all.
+The manifest is written last when a store is made and removed first when it is deleted
+(durably, before any other file goes), so a folder with a manifest is a whole store, and one
+without is not a store at all.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import urllib.parse
 from pathlib import Path
 
-from ..atomic import temporary_files
+from .. import crashpoints
+from ..atomic import fsync_folder, temporary_files
 from ..errors import StoreNotFoundError
 
 STORE_DIRNAME = ".lookalike"
 STORE_ENV = "LOOKALIKE_STORE"
 MANIFEST, CATALOG, VECTORS, INDEX, LOCK = "manifest.json", "catalog.sqlite", "vectors.f32", "index.faiss", "lock"
-SHARDS, TRAINED = "shards", "index.trained.faiss"
-IVFDATA_GLOB, BUILD_GLOB = "index.*.ivfdata", ".build-*"
+SHARDS, TRAINED = "shards", "index.trained.faiss"  # TRAINED: older stores' one, its factory recorded apart
+IVFDATA_GLOB, BUILD_GLOB, TRAINED_GLOB = "index.*.ivfdata", ".build-*", "index.trained.*.faiss"
 STORE_FILES = (MANIFEST, CATALOG, VECTORS, INDEX, TRAINED)
+
+
+def trained_path(directory: str | os.PathLike, factory: str) -> Path:
+    """Where the trained, empty on-disk index of ``factory`` is kept."""
+    return Path(directory) / f"index.trained.{urllib.parse.quote(factory, safe='')}.faiss"
+
+
+def trained_files(directory: str | os.PathLike) -> dict[Path, str | None]:
+    """The trained indexes kept in a store, with the factory each was trained for (None: an old unnamed one)."""
+    directory = Path(directory)
+    found: dict[Path, str | None] = {path: urllib.parse.unquote(path.name[len("index.trained."):-len(".faiss")])
+                                     for path in sorted(directory.glob(TRAINED_GLOB))}
+    if (directory / TRAINED).exists():
+        found[directory / TRAINED] = None
+    return found
 
 
 def find_store(start: str | os.PathLike = ".") -> Path:
@@ -65,7 +84,8 @@ def leftover_files(directory: str | os.PathLike) -> list[Path]:
     Only call this holding the store's lock: then no live process is writing them.
     """
     directory = Path(directory)
-    return temporary_files(directory / INDEX) + temporary_files(directory / MANIFEST) + temporary_files(directory / TRAINED)
+    return temporary_files(directory / INDEX) + temporary_files(directory / MANIFEST) + \
+        sorted(directory.glob(".index.trained.*.tmp"))
 
 
 def leftover_builds(directory: str | os.PathLike) -> list[Path]:
@@ -73,18 +93,27 @@ def leftover_builds(directory: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(directory).glob(BUILD_GLOB) if p.is_dir())
 
 
-def remove_store_files(directory: str | os.PathLike) -> None:
+def remove_store_files(directory: str | os.PathLike, crash_point: str | None = None) -> None:
     """Delete a store's own files, the manifest first (never anything else that shares its folder).
 
+    The manifest's removal is made durable before any other file goes: a crash or a power cut
+    leaves a whole store or no store, never a manifest over half a store. ``crash_point``
+    names the steps for ``lookalike.crashpoints`` (``NAME.manifest_removed``, ``NAME.files_removed``).
     Only call this holding the store's lock.
     """
     directory = Path(directory)
-    (directory / MANIFEST).unlink(missing_ok=True)  # from here on, not a store: a kill leaves no half of one
+    if (directory / MANIFEST).exists():
+        (directory / MANIFEST).unlink()  # from here on, not a store
+        fsync_folder(directory)
+    if crash_point:
+        crashpoints.reached(f"{crash_point}.manifest_removed")
     for name in STORE_FILES:
         for path in directory.glob(name + "*"):  # with SQLite's -wal/-shm files
             if path.name != LOCK:
                 path.unlink(missing_ok=True)
-    for path in leftover_files(directory) + sorted(directory.glob(IVFDATA_GLOB)):
+    for path in leftover_files(directory) + sorted(directory.glob(IVFDATA_GLOB)) + list(trained_files(directory)):
         path.unlink(missing_ok=True)
     for folder in [directory / SHARDS, *leftover_builds(directory)]:
         shutil.rmtree(folder, ignore_errors=True)
+    if crash_point:
+        crashpoints.reached(f"{crash_point}.files_removed")

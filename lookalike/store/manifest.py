@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..atomic import write_atomically
 from ..errors import StoreError
+from .access import damaged, explained
 
 # 2: the catalog records ctime, mode and when each row was written; 3: vectors may sit in shard files;
 # 4: each file's content hash, pixel size and EXIF time, and "not duplicates" verdicts
@@ -57,10 +58,12 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":
+        with explained(path, writing=False):
+            text = path.read_text()
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise StoreError(f"cannot read {path}: {e}") from e
+            data = json.loads(text)
+        except ValueError as e:
+            raise damaged(path, f"not JSON: {e}") from e
         version = data.get("format_version")
         if version != FORMAT_VERSION and version not in MIGRATABLE_VERSIONS:
             raise StoreError(

@@ -1,6 +1,6 @@
 """An IVF index whose inverted lists stay on disk: trained once, filled in parts, merged into one file.
 
-    trained  the empty index, trained on a sample (``index.trained.faiss``, kept for rebuilds)
+    trained  the empty index, trained on a sample (``index.trained.<factory>.faiss``, kept for rebuilds)
     parts    copies of it, each filled with a group of rows under their catalog ids, written
              to ``.build-<token>/part-<k>.faiss`` (``map_parts`` runs them: the built-in ``map``
              here, Ray tasks on a cluster; this module knows nothing of Ray)
@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import crashpoints
 from ..ann.build import add_in_chunks
+from ..atomic import fsync_folder
 from ..ann.faiss_io import ondisk_lists, quiet_stdout, read_index, write_index
 from ..ann.rows import RowView
 from .layout import BUILD_GLOB, INDEX, IVFDATA_GLOB
@@ -136,7 +137,7 @@ def build_ondisk(directory: str | os.PathLike, trained: str | os.PathLike, piece
 
 
 def merge_parts(trained: str, parts: list[str], ivfdata: Path) -> faiss.Index:
-    """The trained index with every part's lists, in order, in ``ivfdata`` (fsynced before this returns)."""
+    """The trained index with every part's lists, in order, in ``ivfdata`` (durable, name and all, on return)."""
     from faiss.contrib.ondisk import merge_ondisk
 
     index = read_index(trained, mmap=False)
@@ -152,6 +153,7 @@ def merge_parts(trained: str, parts: list[str], ivfdata: Path) -> faiss.Index:
         os.fsync(fd)  # on Linux this also flushes the pages merge_ondisk wrote through its shared map
     finally:
         os.close(fd)
+    fsync_folder(ivfdata.parent)  # its name is durable before an index.faiss that names it can be
     return index
 
 

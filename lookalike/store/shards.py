@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import crashpoints
 from ..ann.rows import MAPPED_ROWS, RowView, release_pages
-from ..atomic import TMP_SUFFIX, fsync_folder
+from ..atomic import TMP_SUFFIX, fsync_folder, make_folder
 from ..errors import StoreError
 from .catalog import Catalog, Shard
 from .layout import SHARDS, VECTORS
@@ -46,8 +46,7 @@ def write_shard_file(directory: str | os.PathLike, vectors: np.ndarray) -> str:
     A fresh name on every call, so a retried task never overwrites a file another attempt may
     have had committed. The file exists under its final name only once it is complete.
     """
-    folder = Path(directory) / SHARDS
-    folder.mkdir(exist_ok=True)
+    folder = make_folder(Path(directory) / SHARDS)
     name = uuid.uuid4().hex
     tmp = folder / f".{name}{TMP_SUFFIX}"
     try:
@@ -55,6 +54,7 @@ def write_shard_file(directory: str | os.PathLike, vectors: np.ndarray) -> str:
             handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
             handle.flush()
             os.fsync(handle.fileno())
+        crashpoints.reached("shard.written")
         os.replace(tmp, folder / f"{name}{SUFFIX}")
     except BaseException:
         tmp.unlink(missing_ok=True)

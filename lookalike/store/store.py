@@ -19,8 +19,10 @@ import numpy as np
 
 from .. import crashpoints
 from ..ann.rows import RowView
-from ..errors import StoreError, StoreNotFoundError
+from ..atomic import make_folder
+from ..errors import StoreDamagedError, StoreError, StoreNotFoundError
 from . import queries as queries_module
+from .access import explained
 from .catalog import Catalog, FileRecord
 from .consistency import CheckReport, check_store
 from .layout import (  # noqa: F401 - the names callers have always imported from here
@@ -37,6 +39,7 @@ from .layout import (  # noqa: F401 - the names callers have always imported fro
     VECTORS,
     find_store,
     remove_store_files,
+    trained_files,
 )
 from .lock import lock_store
 from .manifest import FORMAT_VERSION, Manifest
@@ -76,16 +79,18 @@ class Store:
             StoreError: another process made a store there meanwhile.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        root = os.path.relpath(Path(root).resolve(), directory.resolve())
-        manifest = Manifest(spec=spec, root=root, index_factory=index_factory, weights=weights, model_file=model_file)
-        with lock_store(directory):
-            if (directory / MANIFEST).exists():
-                raise StoreError(f"another process made a store in {directory} meanwhile: run the command again")
-            remove_store_files(directory)  # from a creation killed before its manifest: nothing in them is trusted
-            Catalog(directory / CATALOG).close()
-            crashpoints.reached("create.catalog")
-            manifest.write(directory / MANIFEST)
+        with explained(directory, writing=True):
+            make_folder(directory)  # durable: a power cut must not take back the folder of committed vectors
+            root = os.path.relpath(Path(root).resolve(), directory.resolve())
+            manifest = Manifest(spec=spec, root=root, index_factory=index_factory, weights=weights,
+                                model_file=model_file)
+            with lock_store(directory):
+                if (directory / MANIFEST).exists():
+                    raise StoreError(f"another process made a store in {directory} meanwhile: run the command again")
+                remove_store_files(directory)  # from a creation killed before its manifest: nothing in them is trusted
+                Catalog(directory / CATALOG, create=True).close()
+                crashpoints.reached("create.catalog")
+                manifest.write(directory / MANIFEST)
         return cls(directory, manifest)
 
     @classmethod
@@ -98,19 +103,27 @@ class Store:
             StoreLockedError: it must be upgraded while another process writes to it.
         """
         directory = Path(directory)
-        if not (directory / MANIFEST).is_file():
-            raise StoreNotFoundError(f"{directory} is not a lookalike store (no {MANIFEST}): run `lookalike index DIR` first")
-        if not (directory / CATALOG).is_file():
-            raise StoreError(f"{directory} has lost its {CATALOG}: the store is damaged; index again with --reset")
-        store = cls(directory, Manifest.read(directory / MANIFEST))
+        with explained(directory / MANIFEST, writing=False):
+            if not (directory / MANIFEST).is_file():
+                raise StoreNotFoundError(f"{directory} is not a lookalike store (no {MANIFEST}): "
+                                         f"run `lookalike index DIR` first")
+            if not (directory / CATALOG).is_file():
+                raise StoreDamagedError(f"{directory} has lost its {CATALOG}: the store is damaged; "
+                                        f"index again with --reset")
+            store = cls(directory, Manifest.read(directory / MANIFEST))
         if store.manifest.format_version != FORMAT_VERSION:
             store._upgrade()
         return store
 
     def _upgrade(self) -> None:
-        """Format 1 or 2 to 3: the catalog gains its columns and tables (in one transaction), then the manifest says so."""
-        with lock_store(self.directory):
+        """An older format to this one: the catalog gains its columns and tables (in one transaction), then the manifest.
+
+        A crash in between (``upgrade.catalog``) leaves an upgraded catalog under the old
+        manifest; the next open upgrades again, finding the catalog done.
+        """
+        with explained(self.directory / CATALOG, writing=True), lock_store(self.directory):
             Catalog(self.directory / CATALOG).close()
+            crashpoints.reached("upgrade.catalog")
             self.manifest.format_version = FORMAT_VERSION
             self.manifest.write(self.directory / MANIFEST)
         logger.info("upgraded %s to store format %d", self.directory, FORMAT_VERSION)
@@ -124,8 +137,9 @@ class Store:
     def dim(self) -> int:
         return self.manifest.dim
 
-    def catalog(self) -> Catalog:
-        return Catalog(self.directory / CATALOG)
+    def catalog(self, write: bool = False) -> Catalog:
+        """The catalog, read-only unless ``write`` (only the writer writes; see ``Catalog``)."""
+        return Catalog(self.directory / CATALOG, write=write)
 
     def relative(self, path: str | os.PathLike) -> str:
         """The catalog key of a path: relative to the root, with forward slashes."""
@@ -361,16 +375,22 @@ class Store:
         return lag
 
     def repair(self) -> None:
-        """Rebuild the index from the stored vectors (the catalog and vectors are the truth)."""
+        """Rebuild the index from the stored vectors (the catalog and vectors are the truth).
+
+        The catalog first records that there is no index to trust (``repair.marked``), so a
+        crash before the new one is recorded leaves searches exact, and the next writer builds it.
+        """
         with self.writer() as writer:
             writer.catalog.set_meta(index_generation=NO_INDEX)
+            crashpoints.reached("repair.marked")
 
     def info(self) -> dict:
         with self.catalog() as catalog:
             counts = {"embedded": catalog.count("ok"), "failed": catalog.count("failed")}
             generation = catalog.meta("generation")
             factory = catalog.meta("index_factory")
-        names = (CATALOG, VECTORS, INDEX, TRAINED, *(p.name for p in self.directory.glob(IVFDATA_GLOB)))
+        names = (CATALOG, VECTORS, INDEX, *(p.name for p in trained_files(self.directory)),
+                 *(p.name for p in self.directory.glob(IVFDATA_GLOB)))
         files = {name: (self.directory / name).stat().st_size for name in names if (self.directory / name).exists()}
         shard_files = list((self.directory / SHARDS).glob("*.f32"))
         if shard_files:
@@ -393,7 +413,7 @@ def _hold_files(directory: Path, resident: ResidentFiles, dim: int) -> None:
     Of ``vectors.f32`` only the committed rows: a writer cuts off a killed writer's tail.
     Shard files are written whole before they are committed, and never change.
     """
-    with Catalog(directory / CATALOG) as catalog:
+    with Catalog(directory / CATALOG, write=False) as catalog:
         rows, names = catalog.meta("rows"), [shard.name for shard in catalog.shards()]
     resident.hold([directory / CATALOG, directory / VECTORS, *(shard_path(directory, name) for name in names)],
                   lengths={directory / VECTORS: rows * 4 * dim})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import crashpoints
+from ..atomic import fsync_folder
 from ..errors import StoreError
 
 
@@ -40,6 +41,7 @@ class VectorFile:
     def open_for_append(self, committed_rows: int) -> None:
         """Start writing after the committed rows, dropping any half-written tail."""
         self._writer = open(self.path, "ab+")
+        fsync_folder(self.path.parent)  # its name survives a power cut before any row committed into it
         size = os.fstat(self._writer.fileno()).st_size
         if size < committed_rows * self._row_bytes:  # truncate() would pad with zero vectors
             self._writer.close()

@@ -29,8 +29,9 @@ from ..ann import index as faiss_index
 from ..ann.rows import RowView
 from ..errors import IndexFileError, InvalidFactoryError, StoreError
 from . import ondisk
+from .access import explained
 from .catalog import Catalog, Entry, FileRecord
-from .layout import INDEX, MANIFEST, TRAINED, VECTORS, leftover_builds, leftover_files
+from .layout import INDEX, MANIFEST, VECTORS, leftover_builds, leftover_files, trained_files, trained_path
 from .lock import lock_store
 from .manifest import Manifest
 from .shards import ShardSet, orphans, shard_path
@@ -59,21 +60,28 @@ class StoreWriter:
         self.vectors: VectorFile | None = None
 
     def __enter__(self) -> "StoreWriter":
-        self._lock = lock_store(self.store.directory)
-        self._lock.__enter__()
-        try:
-            for path in leftover_files(self.store.directory):  # a killed writer's; we hold the lock
-                logger.info("removing %s, left by a writer that was killed", path.name)
-                path.unlink(missing_ok=True)
-            self.catalog = self.store.catalog()
-            self.remove_orphans()
-            self.vectors = VectorFile(self.store.directory / VECTORS, self.store.dim)
-            self.vectors.open_for_append(self.catalog.meta("rows"))
-        except BaseException:
-            if self.catalog is not None:
-                self.catalog.close()
-            self._lock.__exit__(None, None, None)
-            raise
+        """Take the lock and open the files; a store this user may not write fails here, saying why.
+
+        Raises:
+            StoreLockedError, StorePermissionError, StoreReadOnlyError, StoreDamagedError: see ``store.access``.
+        """
+        directory = self.store.directory
+        with explained(directory, writing=True):
+            self._lock = lock_store(directory)
+            self._lock.__enter__()
+            try:
+                for path in leftover_files(directory):  # a killed writer's; we hold the lock
+                    logger.info("removing %s, left by a writer that was killed", path.name)
+                    path.unlink(missing_ok=True)
+                self.catalog = self.store.catalog(write=True)
+                self.remove_orphans()
+                self.vectors = VectorFile(directory / VECTORS, self.store.dim)
+                self.vectors.open_for_append(self.catalog.meta("rows"))
+            except BaseException:
+                if self.catalog is not None:
+                    self.catalog.close()
+                self._lock.__exit__(None, None, None)
+                raise
         return self
 
     def write(self, embedded: Sequence[tuple], vectors: np.ndarray, failed: Sequence[tuple],
@@ -237,7 +245,8 @@ def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: C
     index = None
     if not on_disk and index_generation >= 0 and path.exists() and catalog.meta("index_factory") == plan.factory:
         index = faiss_io.read_index(path, mmap=False)
-        if faiss_io.is_mapped(index):  # on disk after all (a build killed before it was recorded)
+        # on disk after all, or of another kind: a build killed before it was recorded
+        if faiss_io.is_mapped(index) or not _of_factory(index, plan.factory, dim):
             index = None
     if index is None:
         index, factory = _build(plan, stored.rows(shards, rows), ids, _earlier(path, catalog.meta("index_factory"), plan))
@@ -255,6 +264,12 @@ def sync_index(directory: Path, dim: int, forced_factory: str | None, catalog: C
     ondisk.remove_unused(directory, keep=(on_disk,))  # lists an index used before stay one more build
 
 
+def _of_factory(index: faiss.Index, factory: str, dim: int) -> bool:
+    """Whether ``index`` is what ``factory`` makes (compared as FAISS describes both: "PQ8" is "PQ8x8")."""
+    made = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    return faiss_io.describe(index)["factory"] == faiss_io.describe(made)["factory"]
+
+
 def _is_ivf(factory: str, dim: int) -> bool:
     return faiss.try_extract_index_ivf(faiss.index_factory(dim, factory)) is not None
 
@@ -269,18 +284,26 @@ def _behind_but_close(catalog: Catalog, path: Path, factory: str, total: int) ->
 
 
 def _build_on_disk(directory: Path, dim: int, plan, catalog: Catalog, stored: ShardSet, rows_of, map_parts) -> None:
-    """Train (or reuse the trained index of this factory), fill the parts, merge, install, record."""
+    """Train (or reuse the trained index of this factory), fill the parts, merge, install, record.
+
+    The trained index is named by its factory (``layout.trained_path``), and nothing else
+    records which it is: a crash between writing it and recording anything can't pair a
+    catalog with another factory's trained index.
+    """
     ids, shards, rows = rows_of
-    trained = directory / TRAINED
-    if catalog.meta("trained_factory") != plan.factory or not trained.exists():
+    trained = trained_path(directory, plan.factory)
+    if not trained.exists():
         index = ann_build.trained_index(stored.rows(shards, rows), plan.factory, train_size=plan.train_rows or None,
-                                          coarse=_earlier(trained, catalog.meta("trained_factory"), plan))
-        faiss_io.write_index(index, trained)
-        catalog.set_meta(trained_factory=plan.factory)
+                                          coarse=_earlier_trained(directory, plan))
+        faiss_io.write_index(index, trained, crash_point="trained")
+    for other in trained_files(directory):
+        if other != trained:
+            other.unlink(missing_ok=True)
     generation, previous = catalog.meta("generation"), catalog.meta("index_ivfdata")
     name, parts = ondisk.build_ondisk(directory, trained, _pieces(directory, stored, ids, shards, rows), dim,
                                       generation, map_parts)
-    catalog.set_meta(index_generation=generation, index_factory=plan.factory, index_ivfdata=name)
+    catalog.set_meta(index_generation=generation, index_factory=plan.factory, index_ivfdata=name,
+                     trained_factory=None)  # what older stores recorded of the trained index
     crashpoints.reached("index.recorded")
     ondisk.remove_unused(directory, keep=(name, previous))
     logger.info("built %s on disk over %d vectors in %d parts", plan.factory, len(ids), len(parts))
@@ -300,6 +323,15 @@ def _pieces(directory: Path, stored: ShardSet, ids, shards, rows) -> list[ondisk
             file, file_rows = shard_path(directory, stored.shards[shard].name), stored.shards[shard].rows
         pieces.append(ondisk.Piece(os.fspath(file), file_rows, rows[start:stop], ids[start:stop]))
     return pieces
+
+
+def _earlier_trained(directory: Path, plan):
+    """Another factory's trained index kept in ``directory``, for its trained lists where the plan only changes codes."""
+    for path, factory in trained_files(directory).items():
+        earlier = _earlier(path, factory, plan)
+        if earlier is not None:
+            return earlier
+    return None
 
 
 def _earlier(path: Path, factory: str | None, plan):
