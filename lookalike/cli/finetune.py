@@ -189,12 +189,15 @@ def _names(ctx, param, value):
 def advise(source, models, more_models, layers, classifiers, folds, seed, with_finetune, finetune_epochs, unfreeze,
            layer_decay, augment, image_size, no_flip, store_dir, output, as_json, batch_size, workers, device, runtime):
     """Measure which backbone, layer and recipe suit SOURCE's labels (one subfolder per
-    class, or a CSV of path,label), and print the command that trains the winner.
+    class, or a CSV of path,label), and print the command that trains the recommended one.
 
     Every (model, layer) is embedded once into a store of its own (a rerun embeds
     nothing), then linear SVM, logistic regression and kNN are cross-validated on
     the same stratified folds; --finetune adds a short fine-tune per fold of the
-    best frozen candidate. The ranking is also written as JSON and a PNG chart.
+    best frozen candidate. The best is recommended only if it beats every other
+    row by more than the folds' noise (a 95% interval of the paired fold
+    differences); otherwise it is tied, and the simplest tied recipe is
+    recommended. The ranking is also written as JSON and a PNG chart.
     """
     from ..featurize.options import EmbedOptions
     from ..finetune import FinetuneConfig
