@@ -146,6 +146,11 @@ def test_a_margin_beyond_the_fold_spread_names_the_winner_and_only_then_the_data
     verdict, reading = judge(rows, TAPS)
     assert verdict.tied == [0, 1] and verdict.recommended == 1 and "data unlike ImageNet" in reading
 
+    # A winner among embedding rows alone: no earlier layer was measured, so nothing is said of the data.
+    rows = [_row("flatten", "svm", [0.93, 0.90, 0.95, 0.92, 0.91]), _row("flatten", "knn", [0.83, 0.81, 0.84, 0.82, 0.80])]
+    verdict, reading = judge(rows, TAPS)
+    assert verdict.winner and reading == "svm on efficientnet_lite0 @ flatten wins by more than the folds' noise"
+
 
 @pytest.mark.parametrize("simpler, other", [
     (("flatten", "svm", "efficientnet_lite0"), ("flatten", "finetune", "efficientnet_lite0")),  # frozen before a fine-tune
