@@ -12,7 +12,7 @@ from lookalike.featurize import get_model_spec
 from lookalike.featurize.models.backbone import build_backbone
 from lookalike.finetune import FinetuneConfig, finetune
 from lookalike.finetune.checkpoint import checkpoint_path
-from lookalike.finetune.draws import SeededDrop, seed_draws
+from lookalike.finetune.draws import Draws, SeededDrop, seed_draws
 from lookalike.finetune.head import EmbeddingHead, FinetuneNet
 from lookalike.finetune.trainer import Progress
 
@@ -55,19 +55,19 @@ def test_dropout_and_timm_drop_path_are_seeded_too_with_their_formulas():
 
     model = nn.Sequential(nn.Identity(), nn.Dropout(0.5), StochasticDepth(0.5, "row"), DropPath(0.5),
                           DropPath(0.5, scale_by_keep=False))
-    generator = torch.Generator()
-    assert seed_draws(model, generator) == ["1", "2", "3", "4"]
+    draws = Draws()
+    assert seed_draws(model, draws) == ["1", "2", "3", "4"]
     assert [(m.p, m.mode, m.scale) for m in model[1:]] == [(0.5, "element", True), (0.5, "row", True),
                                                            (0.5, "row", True), (0.5, "row", False)]
     x = torch.ones(64, 4)
     model.train()
-    generator.manual_seed(1)
+    draws.reseed(1)
     dropped = model[1](x)
     assert set(dropped.unique().tolist()) == {0.0, 2.0} and 0 < (dropped == 0).sum() < x.numel()
     rows = model[2](x)
     assert all(len(set(r.tolist())) == 1 for r in rows) and set(rows.unique().tolist()) == {0.0, 2.0}
     assert set(model[4](x).unique().tolist()) == {0.0, 1.0}  # not scaled
-    generator.manual_seed(1)
+    draws.reseed(1)
     assert torch.equal(model[1](x), dropped)
     assert isinstance(model[1], SeededDrop) and model[1].eval()(x) is x
 
@@ -119,3 +119,22 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends_with_stochastic_dep
     assert all(torch.equal(whole[2][k], resumed[0][k]) for k in whole[2])
     a, b = load_file(out / "whole.lkft"), load_file(out / "resumed.lkft")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_masks_are_drawn_on_the_gpu_from_its_own_seeded_generator():
+    from torchvision.ops import StochasticDepth
+
+    model = nn.Sequential(StochasticDepth(0.5, "row"), nn.Dropout(0.5)).cuda().train()
+    draws = Draws()
+    seed_draws(model, draws)
+    x = torch.ones(256, 8, device="cuda", dtype=torch.float16)
+    outputs = []
+    for _ in range(2):
+        draws.reseed(7)
+        before = torch.cuda.get_rng_state()
+        outputs.append(model(x))
+        assert torch.equal(torch.cuda.get_rng_state(), before)  # the global CUDA generator was not drawn from
+    assert torch.equal(outputs[0], outputs[1]) and outputs[0].device.type == "cuda"
+    assert set(outputs[0].unique().tolist()) == {0.0, 4.0} and list(draws.generators) == [torch.device("cuda", 0)]
