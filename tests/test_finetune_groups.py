@@ -1,5 +1,6 @@
 """Blocks and discriminative learning rates: rates fall with depth by exactly layer_decay, the head's is
-the highest, frozen blocks get no gradient; the schedule keeps the ratios."""
+the highest, frozen blocks get no gradient (the rates the trainer applies, step by step, are
+test_finetune_trainer.py's)."""
 
 import pytest
 import torch
@@ -10,7 +11,6 @@ from lookalike.featurize.models.backbone import build_backbone
 from lookalike.finetune.blocks import body_blocks, find_blocks, original_name
 from lookalike.finetune.groups import parameter_groups, unfrozen_count
 from lookalike.finetune.head import EmbeddingHead, FinetuneNet
-from lookalike.finetune.trainer import lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +68,6 @@ def test_rates_fall_with_depth_by_exactly_layer_decay_and_frozen_blocks_get_no_g
             assert not p.requires_grad and p.grad is None, name
     assert sum(len(g["params"]) for g in groups) == len(trained) + 2
     net.zero_grad(set_to_none=True)
-
-
-def test_the_schedule_scales_every_group_alike_so_the_ratios_stay_exact():
-    factors = [lr_factor(step, 100, 0.1) for step in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and max(factors) == 1.0
-    assert factors[-1] < 0.001 and all(a >= b for a, b in zip(factors[9:], factors[10:]))  # cosine decay
-    initial = [1e-3 * 0.6**k for k in range(5)]
-    for f in factors[::7]:
-        scaled = [r * f for r in initial]
-        assert all(scaled[k + 1] / scaled[k] == pytest.approx(0.6, rel=1e-12) for k in range(4))
 
 
 def test_unfreeze_counts_are_checked():

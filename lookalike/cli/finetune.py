@@ -188,12 +188,15 @@ def _names(ctx, param, value):
 def advise(source, models, more_models, layers, classifiers, folds, seed, with_finetune, finetune_epochs, unfreeze,
            layer_decay, augment, image_size, no_flip, store_dir, output, as_json, batch_size, workers, device, runtime):
     """Measure which backbone, layer and recipe suit SOURCE's labels (one subfolder per
-    class, or a CSV of path,label), and print the command that trains the winner.
+    class, or a CSV of path,label), and print the command that trains the recommended one.
 
     Every (model, layer) is embedded once into a store of its own (a rerun embeds
     nothing), then linear SVM, logistic regression and kNN are cross-validated on
     the same stratified folds; --finetune adds a short fine-tune per fold of the
-    best frozen candidate. The ranking is also written as JSON and a PNG chart.
+    best frozen candidate. The best is recommended only if it beats every other
+    row by more than the folds' noise (a 95% interval of the paired fold
+    differences); otherwise it is tied, and the simplest tied recipe is
+    recommended. The ranking is also written as JSON and a PNG chart.
     """
     from ..featurize.options import EmbedOptions
     from ..finetune import FinetuneConfig
@@ -230,20 +233,30 @@ def advise(source, models, more_models, layers, classifiers, folds, seed, with_f
 def _show_advice(advice, json_path: Path, png_path: Path) -> None:
     for path, reason in advice.skipped:
         click.echo(f"skipped {shown(path)}: {reason}", err=True)
-    rows = [(str(i), r.model if not r.model.endswith(".lkft") else shown(r.model), r.layer, r.recipe,
-             f"{r.accuracy:.3f} ± {r.accuracy_std:.3f}", f"{r.macro_f1:.3f}", f"{r.seconds:.1f}s")
-            for i, r in enumerate(advice.rows, 1)]
-    header = ("rank", "model", "layer", "recipe", "accuracy", "macro-F1", "time")
+    rows = [(f"{i}*" if i - 1 == advice.recommended else str(i), r.model if not r.model.endswith(".lkft") else shown(r.model),
+             r.layer, r.recipe, f"{r.accuracy:.3f} ± {r.accuracy_std:.3f}", f"{r.macro_f1:.3f}", f"{r.seconds:.1f}s",
+             _versus_best(r, i == 1, advice.verdict)) for i, r in enumerate(advice.rows, 1)]
+    header = ("rank", "model", "layer", "recipe", "accuracy", "macro-F1", "time", "vs best")
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     for row in (header, *rows):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     taps = advice.embedding
     click.echo(f"\n{advice.folds}-fold cross-validation; accuracy is the mean ± std over folds; time is fitting and "
-               f"scoring. {len(taps)} (model, layer) taps, {advice.embedded} images embedded now "
+               f"scoring; vs best: 95% interval of the best's accuracy minus the row's, fold by fold (tied: it "
+               f"includes 0). {len(taps)} (model, layer) taps, {advice.embedded} images embedded now "
                f"({sum(t['seconds'] for t in taps.values()):.0f}s), the rest from their stores.")
     click.echo(f"reading: {advice.reading}")
-    click.echo(f"recommended:\n  {advice.command}")
+    click.echo(f"recommended (rank {advice.recommended + 1}*):\n  {advice.command}")
     click.echo(f"advice -> {json_path}, {png_path}")
+
+
+def _versus_best(row, best: bool, verdict: str) -> str:
+    if best:
+        return "winner" if verdict == "winner" else "best, tied"
+    if row.versus_best is None:
+        return "tied (other folds)"
+    low, high = row.versus_best
+    return f"{'tied' if row.tied else 'behind'} [{low:+.3f}, {high:+.3f}]"
 
 
 COMMANDS = (finetune, advise)

@@ -5,7 +5,10 @@ depth), the images are embedded once into a store of their own, and linear SVM, 
 regression and kNN are cross-validated on the same stratified folds. With ``finetune``,
 the best frozen candidate is also fine-tuned on each fold's training images and scored on
 its held-out ones, through the same files and code ``finetune`` and ``predict`` use. The
-rows come back ranked, with the command that reproduces the winner.
+rows come back ranked by mean accuracy. A winner is named only when it beats every other row
+by more than the folds' noise (``verdict``); otherwise the rows within that noise of the best
+are tied, and the simplest of them is recommended. The command reproduces the recommended
+row; the reading says which cell of the recipe table the folds point to, if they point to one.
 """
 
 from __future__ import annotations
@@ -48,11 +51,13 @@ class AdviceRow:
     seconds: float  # fitting and scoring over all folds (the embedding is shared, see Advice.embedding)
     folds: list[dict] = field(default_factory=list)  # per fold: accuracy, macro_f1
     store: str | None = None  # where its vectors are kept
+    versus_best: list[float] | None = None  # 95% interval of the best row's accuracy minus this one's, fold by fold
+    tied: bool = True  # within the folds' noise of the best (its interval includes 0); the best is tied with itself
 
 
 @dataclass
 class Advice:
-    """The ranked rows, the winner's command, and what it cost."""
+    """The ranked rows, the verdict, the recommended row's command, and what it cost."""
 
     source: str
     rows: list[AdviceRow]
@@ -62,6 +67,8 @@ class Advice:
     embedding: dict  # per "model @ layer": seconds, images embedded, store
     skipped: list[tuple[str, str]]
     folds: int
+    verdict: str  # "winner": rows[0] beats every other row beyond the folds' noise; "tied": it does not
+    recommended: int  # the index in rows of the recipe the command trains: the winner, or the simplest tied row
 
     def to_dict(self) -> dict:
         return {**asdict(self), "rows": [asdict(r) for r in self.rows]}
@@ -124,20 +131,22 @@ def advise(source: str | os.PathLike, *, models: Sequence[str] | None = None, la
     images = read_labelled(source, IMAGE_EXTENSIONS)
     store_dir = Path(store_dir) if store_dir else images.root / ADVISE_DIRNAME
     models = [os.path.abspath(m) if is_model_file(m) else m for m in (models or default_models())]
-    rows, embedding, skipped, embedded = [], {}, [], 0
+    rows, embedding, skipped, embedded, taps = [], {}, [], 0, {}
     for model in models:
         for layer in (auto_layers(model) if layers == "auto" else [None if x == "embedding" else x for x in layers]):
             tap = _Tap(model, layer, store_dir)
             X, y, spec, skipped = tap.vectors(source, options, on_embedding)
             embedded += tap.embedded
             embedding[tap.label(spec)] = {"seconds": round(tap.seconds, 2), "embedded": tap.embedded, "store": str(tap.store)}
+            taps.setdefault((model, spec["layer"]), len(taps))
             rows += [_cross_validate(name, X, y, folds, seed, model, spec["layer"], str(tap.store)) for name in classifiers]
     rows.sort(key=_rank)
     if finetune and rows:
         rows.append(_finetune_row(source, rows[0], folds, seed, finetune_config, options, finetune_progress))
         rows.sort(key=_rank)
-    return Advice(str(source), rows, command(str(source), rows[0], finetune_config), _reading(rows), embedded,
-                  embedding, skipped, folds)
+    verdict, reading = judge(rows, taps)
+    return Advice(str(source), rows, command(str(source), rows[verdict.recommended], finetune_config), reading,
+                  embedded, embedding, skipped, folds, "winner" if verdict.winner else "tied", verdict.recommended)
 
 
 class _Tap:
@@ -248,7 +257,7 @@ def _rank(row: AdviceRow):
 
 
 def command(source: str, row: AdviceRow, config: FinetuneConfig | None) -> str:
-    """The command that trains the winner on all the images, ready to paste."""
+    """The command that trains ``row`` (the recommended one) on all the images, ready to paste."""
     from ..featurize.models.resolve import resolve_model
 
     layer = [] if row.layer == resolve_model(row.model).default_layer else ["--layer", row.layer]
@@ -266,16 +275,65 @@ def command(source: str, row: AdviceRow, config: FinetuneConfig | None) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _reading(rows: list[AdviceRow]) -> str:
-    """Which cell of the recipe table the winner points to."""
+def judge(rows: list[AdviceRow], taps: dict[tuple[str, str], int] | None = None):
+    """Mark each row tied or not with the best (``verdict.decide``); returns (the ``Verdict``, the reading).
+
+    ``taps``: (model, layer) in the order advise embedded them, for ``verdict.simplicity``.
+    """
+    from ..featurize.models.registry import DEFAULT_MODEL
+    from .verdict import decide, simplicity
+
+    verdict = decide(rows, lambda row: simplicity(row, DEFAULT_MODEL, taps or {}))
+    for i, row in enumerate(rows):
+        interval = verdict.intervals[i]
+        row.versus_best = [round(interval[0], 6), round(interval[1], 6)] if interval else None
+        row.tied = i in verdict.tied
+    return verdict, _reading(rows, verdict)
+
+
+def _kind(row: AdviceRow) -> str:
     from ..featurize.models.resolve import resolve_model
 
-    best = rows[0]
-    if best.recipe == "finetune":
-        return "fine-tuning wins: the table's 'much data' row (fine-tune more layers, up to all)"
-    if best.layer != resolve_model(best.model).default_layer:
-        return "an earlier layer wins: data unlike ImageNet (the table's 'earlier layer and an SVM')"
-    return "the embedding wins: data like ImageNet (the table's 'a classifier on the penultimate layer')"
+    if row.recipe == "finetune":
+        return "finetune"
+    return "embedding" if row.layer == resolve_model(row.model).default_layer else "earlier"
+
+
+# What the folds show when every row tied with the best is of one kind and a row of the kind it
+# is compared with is beaten: which cell of the recipe table they point to.
+_DIAGNOSES = {
+    "finetune": ({"embedding", "earlier"}, "fine-tuning beats the frozen recipes: the table's 'much data' row "
+                                           "(fine-tune more layers, up to all)"),
+    "earlier": ({"embedding"}, "an earlier layer beats the embedding: data unlike ImageNet (the table's "
+                               "'earlier layer and an SVM')"),
+    "embedding": ({"earlier"}, "the embedding beats the earlier layers: data like ImageNet (the table's "
+                               "'a classifier on the penultimate layer')"),
+}
+
+
+def _reading(rows: list[AdviceRow], verdict) -> str:
+    """What the folds show: a winner or a tie, and the recipe table's cell only where the margin supports it."""
+    best, recommended = rows[0], rows[verdict.recommended]
+    if len(rows) == 1:
+        return f"one recipe measured, {_described(best)}: nothing to compare it with"
+    if verdict.winner:
+        said = f"{_described(best)} wins by more than the folds' noise"
+    else:
+        said = (f"tied: {len(verdict.tied)} recipes are within the folds' noise of the best ({best.accuracy:.3f}); "
+                f"recommended: the simplest of them, {_described(recommended)}")
+    kinds = {_kind(rows[i]) for i in verdict.tied}
+    beaten = {_kind(row) for row in rows if not row.tied}
+    if len(kinds) == 1:
+        against, diagnosis = _DIAGNOSES[kinds.pop()]
+        if against & beaten:
+            return f"{said}; {diagnosis}"
+    if len({_kind(row) for row in rows}) > 1 and not verdict.winner:
+        return f"{said}; the folds can't tell which cell of the recipe table the data belongs to"
+    return said
+
+
+def _described(row: AdviceRow) -> str:
+    return f"{row.recipe} on {Path(row.model).name if is_model_file(row.model) else row.model} @ {row.layer}"
 
 
 def write_advice(advice: Advice, folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -286,5 +344,6 @@ def write_advice(advice: Advice, folder: str | os.PathLike) -> tuple[Path, Path]
     folder.mkdir(parents=True, exist_ok=True)
     json_path, png_path = folder / "advice.json", folder / "advice.png"
     json_path.write_text(json.dumps(advice.to_dict(), indent=2) + "\n")
-    ranking_png([asdict(r) for r in advice.rows], png_path, title=f"advise {advice.source}: {advice.folds}-fold accuracy")
+    ranking_png([asdict(r) for r in advice.rows], png_path, title=f"advise {advice.source}: {advice.folds}-fold accuracy",
+                recommended=advice.recommended)
     return json_path, png_path

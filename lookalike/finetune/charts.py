@@ -24,8 +24,8 @@ def curves_png(history: list[dict], path: str | os.PathLike, title: str = "") ->
     save_png(curves_figure(history, title), path)
 
 
-def ranking_png(rows: list[dict], path: str | os.PathLike, title: str = "") -> None:
-    save_png(ranking_figure(rows, title), path)
+def ranking_png(rows: list[dict], path: str | os.PathLike, title: str = "", recommended: int = 0) -> None:
+    save_png(ranking_figure(rows, title, recommended), path)
 
 
 def curves_figure(history: list[dict], title: str = ""):
@@ -57,19 +57,27 @@ def curves_figure(history: list[dict], title: str = ""):
     return fig
 
 
-def ranking_figure(rows: list[dict], title: str = ""):
-    """Horizontal bars of mean accuracy (± std over folds), best on top, the winner in a darker colour."""
+def ranking_figure(rows: list[dict], title: str = "", recommended: int = 0):
+    """Horizontal bars of mean accuracy (± std over folds), best on top: the recommended row darkest,
+    the rows tied with the best (within the folds' noise, ``tied``) in a middle blue, the rest light."""
+    from matplotlib.patches import Patch
+
     plt = _pyplot()
     labels = [f"{_model_name(r['model'])} · {r['layer']} · {r['recipe']}" for r in rows]
-    height = 1.2 + 0.38 * len(rows)
+    height = 1.6 + 0.38 * len(rows)
     fig, ax = plt.subplots(figsize=(9, height), layout="constrained")
     y = list(range(len(rows)))[::-1]
-    colours = ["#1f5fa8" if i == 0 else "#9dbbe0" for i in range(len(rows))]
-    ax.barh(y, [r["accuracy"] for r in rows], xerr=[r["accuracy_std"] for r in rows], color=colours,
+    shades = {"recommended": "#1f5fa8", "tied with the best": "#5b8fcf", "behind the best": "#b9cfea"}
+    kinds = ["recommended" if i == recommended else "tied with the best" if r.get("tied", i == 0) else "behind the best"
+             for i, r in enumerate(rows)]
+    ax.barh(y, [r["accuracy"] for r in rows], xerr=[r["accuracy_std"] for r in rows], color=[shades[k] for k in kinds],
             error_kw={"elinewidth": 1, "capsize": 3})
-    for yi, r in zip(y, rows):
-        if r["accuracy"] >= 0.15:  # inside the bar, in white
-            ax.text(0.01, yi, f"{r['accuracy']:.3f}", va="center", ha="left", fontsize=8, color="white")
+    fig.legend(handles=[Patch(color=shades[k], label=k) for k in shades if k in kinds], loc="outside lower center",
+               ncols=3, fontsize=8)  # below the axes: inside, it would cover the bars
+    for yi, r, kind in zip(y, rows, kinds):
+        if r["accuracy"] >= 0.15:  # inside the bar, white on the darker blues
+            ax.text(0.01, yi, f"{r['accuracy']:.3f}", va="center", ha="left", fontsize=8,
+                    color="black" if kind == "behind the best" else "white")
         else:  # a short bar has no room: after its error bar, in black
             ax.text(r["accuracy"] + r["accuracy_std"] + 0.01, yi, f"{r['accuracy']:.3f}", va="center", ha="left",
                     fontsize=8, color="black")

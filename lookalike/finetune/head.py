@@ -1,5 +1,8 @@
 """The network being fine-tuned: the tapped body (as featurize builds it) and a new head.
 
+The body's random layers (stochastic depth, dropout) are replaced by ones that draw from
+the net's own generators (``draws``), which the trainer reseeds every epoch.
+
 The head classifies the L2-normalised embedding, ``scale * (x W^T + b)``: the vector
 every other command stores and searches, so ``predict`` runs it on ``Extractor`` output
 (``FinetunedModel.logits``) and the classical classifiers see the same geometry.
@@ -13,6 +16,7 @@ from torch import nn
 
 from ..featurize.images.preprocess import Preprocessing
 from .blocks import Block, original_name
+from .draws import Draws, epoch_seed, seed_draws
 
 HEAD_SCALE = 16.0  # logits of unit vectors need a temperature; 16 is the usual cosine-classifier value
 
@@ -32,7 +36,8 @@ class EmbeddingHead(nn.Module):
 
 
 class FinetuneNet(nn.Module):
-    """Body + head. ``train()`` keeps BatchNorm statistics frozen except where ``bn_trainable`` allows."""
+    """Body + head. ``train()`` keeps BatchNorm statistics frozen except where ``bn_trainable`` allows;
+    the body's stochastic depth and dropout draw from ``draws`` (see ``seed_epoch``)."""
 
     def __init__(self, body: nn.Module, head: EmbeddingHead, preprocessing: Preprocessing):
         super().__init__()
@@ -40,6 +45,12 @@ class FinetuneNet(nn.Module):
         self.head = head
         self.preprocessing = preprocessing  # normalises uint8 batches as the base model expects
         self.bn_trainable: set[str] = set()  # body module names whose running statistics may update
+        self.draws = Draws()
+        self.random_layers = seed_draws(body, self.draws)  # names of the layers that draw from it
+
+    def seed_epoch(self, seed: int, stage: int, epoch: int) -> None:
+        """Reseed the body's random layers for an epoch: the same draws for the same (seed, stage, epoch)."""
+        self.draws.reseed(epoch_seed(seed, stage, epoch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

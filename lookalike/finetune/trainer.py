@@ -3,8 +3,9 @@ early stopping on the validation loss, and a checkpoint after every epoch.
 
 On CUDA it runs in fp16 autocast with a gradient scaler and channels_last; on the CPU in
 fp32 (channels_last too, as the extractor runs). Nothing here draws from global random
-state (see ``dataset``), so a run resumed from a checkpoint continues exactly as the
-interrupted one would have.
+state: the data's draws are seeded by (seed, stage, epoch, image) (see ``dataset``), the
+network's stochastic depth and dropout by (seed, stage, epoch) (see ``draws``), so a run
+resumed from a checkpoint continues exactly as the interrupted one would have.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def _epoch(training: Training, stage: Stage, index: int, epoch: int, optimizer, 
     net, config, device = training.net, training.config, training.device
     data = training.train_set
     data.epoch = (index, epoch)
+    net.seed_epoch(config.seed, index, epoch)
     order = epoch_order(len(data), config.seed, index, epoch)
     steps = math.ceil(len(data) / config.batch_size)
     if training.progress.epoch_started:
