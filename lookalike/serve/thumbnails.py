@@ -3,7 +3,10 @@
 Re-encoding means the browser only ever receives a JPEG we made, whatever the original
 file holds, and a page of 50 results costs 50 small files rather than 50 photos. The
 cache is keyed by the file's size and modification time as well, so a file changed on
-disk gets a new thumbnail (and a new ETag) even before it is indexed again.
+disk gets a new thumbnail (and a new ETag) even before it is indexed again. A transparent
+image is shown as a person sees it, flattened as new stores embed it (on white, or on black
+where that shows its picture: ``featurize.images.transparency``), so an overlay whose picture
+lives in its alpha channel is no blank square, whatever the store's own spec says.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Thumbnails:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        image = load_image(path, max_pixels=self.max_pixels, draft_size=size)
+        image = load_image(path, max_pixels=self.max_pixels, draft_size=size, alpha="composite")
         image.thumbnail((size, size))
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=self.quality)
