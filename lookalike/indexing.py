@@ -4,10 +4,11 @@ embed new query images with its own spec."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ import numpy as np
 from .errors import StoreError, StoreMismatchError, TransientError
 from .featurize.base import Extractor
 from .featurize.extractor import create_extractor, extractor_for_spec
-from .featurize.images.decode import IMAGE_EXTENSIONS
-from .featurize.images.discover import FoundFile, discover
+from .featurize.images.discover import FoundFile, Scan, jpeg_sidecar, scan, skipped_by_type
+from .featurize.images.preprocess import Preprocessing
 from .featurize.models.registry import DEFAULT_MODEL, is_model_file
 from .featurize.models.resolve import model_identity, resolve_model
 from .featurize.models.spec import comparable, describe_spec, spec_differences
@@ -31,7 +32,7 @@ from .store.layout import (
     store_folder,
 )
 from .store.lock import lock_store
-from .store.store import Store
+from .store.store import LAST_SCAN, Store
 from .store.writer import StoreWriter
 
 
@@ -49,6 +50,9 @@ class IndexSummary:
     embedded: int = 0  # images the CNN ran on
     seconds: float = 0.0  # the whole run
     embed_seconds: float = 0.0  # embedding and writing, without the one-time set-up (a first ONNX export)
+    skipped: dict[str, int] = field(default_factory=dict)  # image files of types not read, by extension
+    sidecars: int = 0  # RAW files read through the JPEG beside them
+
 
 
 def index_folder(
@@ -100,10 +104,22 @@ def index_folder(
         writer.use_factory(index_factory)
         writer.use_model_file(run.model_file)
         writer.remove(run.removed)
+        record_scan(writer, summary)
         if run.todo:
             _embed(run.extractor, run.todo, writer, summary, on_batch)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def record_scan(writer: StoreWriter, summary: IndexSummary) -> None:
+    """Remember what this run skipped (``last_scan`` reads it back, for ``lookalike info``)."""
+    writer.catalog.set_meta(**{LAST_SCAN: json.dumps({"skipped": summary.skipped, "sidecars": summary.sidecars})})
+
+
+def last_scan(store: Store) -> dict:
+    """What the last indexing run skipped: ``{"skipped": {extension: files}, "sidecars": files}``, or ``{}``
+    for a store last indexed before lookalike remembered it (or by the Ray engine). ``Store.info`` has it too."""
+    return store.info()["last_index"]
 
 
 @dataclass
@@ -134,7 +150,9 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
         layer = _same_model(existing, model, layer)
         if index_factory:
             _check_factory(index_factory, existing.dim)
-    todo, removed, summary = _plan(existing, _files(root, store_dir, only), store_dir, retry_failed)
+    found = _files(root, store_dir, only)
+    todo, removed, summary = _plan(existing, found, store_dir, retry_failed)
+    summary.skipped, summary.sidecars = skipped_by_type(found.skipped), len(found.sidecars)
     if only is not None:
         removed, summary.removed = [], 0
     model_file = os.path.abspath(model) if is_model_file(model) else None
@@ -151,12 +169,14 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
     return IndexRun(existing, todo, removed, summary, extractor, model_file)
 
 
-def _files(root: Path, store_dir: Path, only: list[str] | None) -> list[FoundFile]:
-    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir)
+def _files(root: Path, store_dir: Path, only: list[str] | None) -> Scan:
+    found = scan(root, skip=store_dir)
     if only is not None:
         wanted = {os.path.abspath(p) for p in only}
-        files = [f for f in files if os.path.abspath(f.path) in wanted]
-    return files
+        keys = {Path(p).relative_to(root).as_posix() for p in wanted if Path(p).is_relative_to(root)}
+        found = Scan([f for f in found.found if os.path.abspath(f.path) in wanted],
+                     [k for k in found.skipped if k in keys], {k: v for k, v in found.sidecars.items() if k in keys})
+    return found
 
 
 def _open_existing(store_dir: Path, root: Path) -> Store | None:
@@ -197,14 +217,17 @@ def _stat(f: FoundFile) -> tuple[str, int, int, int, int]:
     return f.key, f.size, f.mtime_ns, f.ctime_ns, f.mode
 
 
-def _plan(store: Store | None, files: list[FoundFile], store_dir: Path,
+def _plan(store: Store | None, found: Scan, store_dir: Path,
           retry_failed: bool = False) -> tuple[list[FoundFile], list[str], IndexSummary]:
     """Which files to embed and which keys to remove.
 
     New files; embedded files whose size or mtime changed; failed files whose size, mtime,
     ctime or mode changed (a chmod that fixed "permission denied" changes the last two), or
-    all of them with ``retry_failed``.
+    all of them with ``retry_failed``. A file skipped for want of its decoder keeps what the
+    store holds of it (a RAW file embedded before the ``raw`` extra was uninstalled); a RAW
+    file now read through its JPEG sidecar is removed, so the shot is stored once.
     """
+    files = found.found
     summary = IndexSummary(store=store_dir)
     if store is None:
         summary.added = len(files)
@@ -225,7 +248,7 @@ def _plan(store: Store | None, files: list[FoundFile], store_dir: Path,
             summary.unchanged += 1
             continue
         todo.append(f)
-    present = {f.key for f in files}
+    present = {f.key for f in files} | set(found.skipped)
     removed = [key for key in known if key not in present]
     summary.removed = len(removed)
     return todo, removed, summary
@@ -249,11 +272,13 @@ def _same_model(store: Store, model, layer) -> str | None:
 
 
 def _extractor(existing: Store | None, model, layer, weights, options: EmbedOptions | None) -> Extractor:
-    """The store's own featurizer when no model is named (from the ONNX export cache where it can), else the one named."""
+    """The store's own featurizer when no model is named (from the ONNX export cache where it can), else the one
+    named, flattening transparency as the store's vectors were (an older store's on white)."""
     if existing is not None and model is None:
         return extractor_for_spec(existing.manifest.spec, weights=weights or existing.manifest.weights,
                                   model_file=existing.manifest.model_file, options=options)
-    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, options=options)
+    alpha = Preprocessing.from_dict(existing.manifest.spec["preprocessing"]).alpha if existing is not None else None
+    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, options=options, alpha=alpha)
 
 
 def _check_spec(store: Store, spec: dict) -> None:
@@ -319,7 +344,33 @@ class QueryEmbedder:
         self._extractor: Extractor | None = None
 
     def __call__(self, paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
-        """(paths that worked, their vectors row-aligned, {path: failure reason})."""
+        """(paths that worked, their vectors row-aligned, {path: failure reason}).
+
+        A RAW file whose JPEG sidecar is stored has that JPEG's vector: indexing read it through the JPEG.
+        """
+        keys, vectors = self._sidecars(paths)
+        aliased = set(keys)
+        paths = [p for p in paths if p not in aliased]
+        failed = {}
+        if paths:
+            new_keys, new_vectors, failed = self._embed(paths)
+            keys, vectors = keys + new_keys, [*vectors, new_vectors]
+        return keys, np.concatenate(vectors) if vectors else np.zeros((0, self.store.dim), np.float32), failed
+
+    def _sidecars(self, paths: list[str]) -> tuple[list[str], list[np.ndarray]]:
+        """The RAW files among ``paths`` whose JPEG sidecar is in the store, and the sidecars' vectors."""
+        keys, vectors = [], []
+        for path in paths:
+            jpeg = jpeg_sidecar(path)
+            if jpeg is not None:
+                try:
+                    vectors.append(self.store.get_vectors([jpeg]))
+                    keys.append(path)
+                except StoreError:  # not stored (yet): the RAW file is read itself
+                    continue
+        return keys, vectors
+
+    def _embed(self, paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
         if self._extractor is None:
             manifest = self.store.manifest
             self._extractor = extractor_for_spec(manifest.spec, weights=manifest.weights, model_file=manifest.model_file,
