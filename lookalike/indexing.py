@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import TransientError
+from .errors import StoreError, TransientError
 from .featurize.base import Extractor
 from .featurize.extractor import extractor_for_spec
-from .featurize.images.discover import FoundFile
+from .featurize.images.discover import FoundFile, jpeg_sidecar
 from .featurize.images.facts import read_facts
 from .featurize.options import EmbedOptions
 from .planning import (
@@ -20,6 +20,7 @@ from .planning import (
     IndexSummary,
     prepare_run,
     record_facts,
+    record_scan,
     record_unreadable,
     stat_row,
 )
@@ -87,6 +88,7 @@ def index_folder(
         writer.remove(run.removed)
         record_unreadable(writer, run)
         record_facts(writer, run)
+        record_scan(writer, summary)
         if run.todo:
             _embed(run.extractor, run.todo, writer, summary, on_batch, should_stop)
     summary.seconds = time.perf_counter() - started
@@ -168,7 +170,33 @@ class QueryEmbedder:
         self._extractor: Extractor | None = None
 
     def __call__(self, paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
-        """(paths that worked, their vectors row-aligned, {path: failure reason})."""
+        """(paths that worked, their vectors row-aligned, {path: failure reason}).
+
+        A RAW file whose JPEG sidecar is stored has that JPEG's vector: indexing read it through the JPEG.
+        """
+        keys, vectors = self._sidecars(paths)
+        aliased = set(keys)
+        paths = [p for p in paths if p not in aliased]
+        failed = {}
+        if paths:
+            new_keys, new_vectors, failed = self._embed(paths)
+            keys, vectors = keys + new_keys, [*vectors, new_vectors]
+        return keys, np.concatenate(vectors) if vectors else np.zeros((0, self.store.dim), np.float32), failed
+
+    def _sidecars(self, paths: list[str]) -> tuple[list[str], list[np.ndarray]]:
+        """The RAW files among ``paths`` whose JPEG sidecar is in the store, and the sidecars' vectors."""
+        keys, vectors = [], []
+        for path in paths:
+            jpeg = jpeg_sidecar(path)
+            if jpeg is not None:
+                try:
+                    vectors.append(self.store.get_vectors([jpeg]))
+                    keys.append(path)
+                except StoreError:  # not stored (yet): the RAW file is read itself
+                    continue
+        return keys, vectors
+
+    def _embed(self, paths: list[str]) -> tuple[list[str], np.ndarray, dict[str, str]]:
         if self._extractor is None:
             manifest = self.store.manifest
             self._extractor = extractor_for_spec(manifest.spec, weights=manifest.weights, model_file=manifest.model_file,

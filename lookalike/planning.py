@@ -9,6 +9,7 @@ vectors has been built: a typo in a model, layer or weights name loses nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,13 +18,14 @@ from pathlib import Path
 from .errors import LookalikeError, StoreError, StoreMismatchError
 from .featurize.base import Extractor
 from .featurize.extractor import create_extractor, extractor_for_spec
-from .featurize.images.decode import IMAGE_EXTENSIONS
-from .featurize.images.discover import FoundFile, UnreadableFolder, discover
+from .featurize.images.discover import FoundFile, Scan, UnreadableFolder, scan, skipped_by_type
 from .featurize.images.facts import file_digest, read_facts
+from .featurize.images.preprocess import Preprocessing
 from .featurize.models.registry import DEFAULT_MODEL, is_model_file
 from .featurize.models.resolve import model_identity, resolve_model
 from .featurize.models.spec import comparable, describe_spec, spec_differences
 from .featurize.options import EmbedOptions
+from .store.access import explained
 from .store.layout import (
     CATALOG,
     LOCK,
@@ -32,9 +34,8 @@ from .store.layout import (
     remove_store_files,
     store_folder,
 )
-from .store.access import explained
 from .store.lock import lock_store
-from .store.store import Store
+from .store.store import LAST_SCAN, Store
 
 
 @dataclass
@@ -54,6 +55,8 @@ class IndexSummary:
     embed_seconds: float = 0.0  # embedding and writing, without the one-time set-up (a first ONNX export)
     unsettled: int = 0  # files changed too recently to read (``settled_for``): the next run takes them
     stopped: bool = False  # asked to stop between batches (``should_stop``): the next run takes the rest
+    skipped: dict[str, int] = field(default_factory=dict)  # image files of types not read, by extension
+    sidecars: int = 0  # RAW files read through the JPEG beside them
 
 
 
@@ -95,10 +98,11 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
         if index_factory:
             _check_factory(index_factory, existing.dim)
     unreadable: list[UnreadableFolder] = []
-    files = _files(root, store_dir, only, unreadable)
+    found = _files(root, store_dir, only, unreadable)
     # a file still being written is read once it has rested (``settled_for``), never half-copied
     recent = time.time_ns() - int(settled_for * 1e9) if settled_for is not None else None
-    todo, removed, summary, unhashed = _plan(existing, files, unreadable, store_dir, retry_failed, recent)
+    todo, removed, summary, unhashed = _plan(existing, found, unreadable, store_dir, retry_failed, recent)
+    summary.skipped, summary.sidecars = skipped_by_type(found.skipped), len(found.sidecars)
     if only is not None:
         removed, summary.removed = [], 0
     moved = _moves(existing, todo, removed, summary) if existing is not None else []
@@ -114,6 +118,11 @@ def prepare_run(root: str | os.PathLike, *, store=None, model=None, layer=None, 
                                     model_file)
         _check_spec(existing, spec)
     return IndexRun(existing, todo, removed, summary, extractor, model_file, unreadable, moved, unhashed)
+
+
+def record_scan(writer, summary: IndexSummary) -> None:
+    """Remember what this run skipped (``Store.info()["last_index"]`` reads it back, for ``lookalike info``)."""
+    writer.catalog.set_meta(**{LAST_SCAN: json.dumps({"skipped": summary.skipped, "sidecars": summary.sidecars})})
 
 
 def record_facts(writer, run: IndexRun) -> None:
@@ -135,15 +144,17 @@ def record_unreadable(writer, run: IndexRun) -> None:
         run.summary.failed += len(new)
 
 
-def _files(root: Path, store_dir: Path, only: list[str] | None, unreadable: list[UnreadableFolder]) -> list[FoundFile]:
-    files = discover(root, IMAGE_EXTENSIONS, skip=store_dir, unreadable=unreadable)
+def _files(root: Path, store_dir: Path, only: list[str] | None, unreadable: list[UnreadableFolder]) -> Scan:
+    found = scan(root, skip=store_dir, unreadable=unreadable)
     for folder in unreadable:
         if folder.key == "./":
             raise LookalikeError(f"cannot read the folder {root}: {folder.reason}")
     if only is not None:
         wanted = {os.path.abspath(p) for p in only}
-        files = [f for f in files if os.path.abspath(f.path) in wanted]
-    return files
+        keys = {Path(p).relative_to(root).as_posix() for p in wanted if Path(p).is_relative_to(root)}
+        found = Scan([f for f in found.found if os.path.abspath(f.path) in wanted],
+                     [k for k in found.skipped if k in keys], {k: v for k, v in found.sidecars.items() if k in keys})
+    return found
 
 
 
@@ -162,7 +173,7 @@ def stat_row(f: FoundFile) -> tuple[str, int, int, int, int]:
     return f.key, f.size, f.mtime_ns, f.ctime_ns, f.mode
 
 
-def _plan(store: Store | None, files: list[FoundFile], unreadable: list[UnreadableFolder], store_dir: Path,
+def _plan(store: Store | None, found: Scan, unreadable: list[UnreadableFolder], store_dir: Path,
           retry_failed: bool = False, recent_ns: int | None = None) -> tuple[list[FoundFile], list[str], IndexSummary]:
     """Which files to embed and which keys to remove.
 
@@ -171,7 +182,11 @@ def _plan(store: Store | None, files: list[FoundFile], unreadable: list[Unreadab
     all of them with ``retry_failed``. A folder recorded as unreadable and read now is removed
     from the catalog, uncounted: its files are counted instead. A file to embed that was modified
     after ``recent_ns`` is left for a later run (counted ``unsettled``), and stays in the store.
+    A file skipped for want of its decoder keeps what the store holds of it (a RAW file
+    embedded before the ``raw`` extra was uninstalled); a RAW file now read through its JPEG
+    sidecar is removed, so the shot is stored once.
     """
+    files = found.found
     summary = IndexSummary(store=store_dir)
     if store is None:
         settled = [f for f in files if recent_ns is None or f.mtime_ns <= recent_ns]
@@ -199,7 +214,7 @@ def _plan(store: Store | None, files: list[FoundFile], unreadable: list[Unreadab
                 unhashed.append(f)
             continue
         todo.append(f)
-    present = {f.key for f in files} | {f.key for f in unreadable}
+    present = {f.key for f in files} | {f.key for f in unreadable} | set(found.skipped)
     removed = [key for key in known if key not in present]
     summary.removed = sum(not key.endswith("/") for key in removed)
     return todo, removed, summary, unhashed
@@ -254,11 +269,13 @@ def _same_model(store: Store, model, layer) -> str | None:
 
 
 def _extractor(existing: Store | None, model, layer, weights, options: EmbedOptions | None) -> Extractor:
-    """The store's own featurizer when no model is named (from the ONNX export cache where it can), else the one named."""
+    """The store's own featurizer when no model is named (from the ONNX export cache where it can), else the one
+    named, flattening transparency as the store's vectors were (an older store's on white)."""
     if existing is not None and model is None:
         return extractor_for_spec(existing.manifest.spec, weights=weights or existing.manifest.weights,
                                   model_file=existing.manifest.model_file, options=options)
-    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, options=options)
+    alpha = Preprocessing.from_dict(existing.manifest.spec["preprocessing"]).alpha if existing is not None else None
+    return create_extractor(model or DEFAULT_MODEL, layer=layer, weights=weights, options=options, alpha=alpha)
 
 
 def _check_spec(store: Store, spec: dict) -> None:

@@ -133,7 +133,7 @@ CRASH_POINTS = ["dupes.journal", "dupes.intents", "dupes.moved:1", "dupes.moved:
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_a_kill_at_any_step_loses_no_file_and_the_same_command_finishes_it(tmp_path, point):
     """Killed at each step, then run again: every file in exactly one place, the store consistent."""
-    store = library(tmp_path / "photos")
+    library(tmp_path / "photos")
     before = digests(tmp_path / "photos")
     command = [sys.executable, "-m", "lookalike", "dupes", "--store", str(tmp_path / "photos"), "--move-to",
                str(tmp_path / "q"), "--yes"]

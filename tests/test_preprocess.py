@@ -101,3 +101,17 @@ def test_the_torch_free_pixels_equal_torchvisions_resize_and_crop_exactly(name):
         ours = pre.pixels(image)
         assert ours.dtype == np.uint8 and ours.flags.c_contiguous
         np.testing.assert_array_equal(ours, expected)
+
+
+def test_the_alpha_field_reads_old_records_as_white_and_leaves_them_as_they_were():
+    """Specs written before ``alpha`` existed (stores, classifier and .lkft files) flattened transparency
+    on white: read back so, and written back byte for byte as they were (so their ONNX export key too)."""
+    new = get_model_spec("efficientnet_lite0").preprocessing
+    assert new.alpha == "composite" and new.to_dict()["alpha"] == "composite"
+    old_record = {k: v for k, v in new.to_dict().items() if k != "alpha"}
+    old = Preprocessing.from_dict(old_record)
+    assert old.alpha == "white"
+    assert old.to_dict() == old_record
+    assert Preprocessing.from_dict(new.to_dict()) == new != old
+    with pytest.raises(ValueError, match="alpha"):
+        Preprocessing(256, 224, alpha="grey")

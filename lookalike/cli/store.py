@@ -44,7 +44,9 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     (size, modification time, or its permissions: ctime and mode), or with
     --retry-failed. Interrupt it at any moment, or kill it: what was done is kept,
     and running it again resumes. A transient error (out of memory, an I/O error)
-    stops it with exit code 75, recording nothing against any file.
+    stops it with exit code 75, recording nothing against any file. It ends by
+    saying which image files it did not read, by type (RAW files need the `raw`
+    extra); a RAW file beside a JPEG of the same name is read through the JPEG.
     """
     from ..errors import TransientError
     from ..indexing import index_folder
@@ -90,6 +92,28 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
     )
     if summary.failed:
         click.echo(f"{summary.failed} files could not be read: `lookalike failures` lists them with reasons", err=True)
+    for line in _scan_lines(summary.skipped, summary.sidecars):
+        click.echo(line, err=True)
+
+
+def _files(count: int, noun: str = "file") -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _scan_lines(skipped: dict[str, int], sidecars: int) -> list[str]:
+    """What an indexing run left, in words: files of types not read (with what to install), RAW files read as JPEGs."""
+    from ..featurize.images.formats import missing_install
+
+    lines = []
+    if skipped:
+        counts = ", ".join(f"{extension} {count}" for extension, count in skipped.items())
+        hints = dict.fromkeys(f"{install} for {kind}" for kind, install in filter(None, map(missing_install, skipped)))
+        lines.append(f"skipped {_files(sum(skipped.values()))} of types not read: {counts}"
+                     + "".join(f": {hint}" for hint in hints))
+    if sidecars:
+        lines.append(f"{_files(sidecars, 'RAW file')} read through the JPEG of the same name beside "
+                     f"{'it' if sidecars == 1 else 'them'} (a query of the RAW file answers for its JPEG)")
+    return lines
 
 
 def _kept(store) -> str:
@@ -163,7 +187,10 @@ def query(images, k, threshold, as_json, as_csv, html, store):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_option
 def info(as_json, store):
-    """Describe the store: model, counts, index type and sizes on disk."""
+    """Describe the store: model, counts, index, sizes on disk, files skipped.
+
+    "last index" says which image files the last `lookalike index` did not read, by type.
+    """
     details = open_store_for(store).info()
     if as_json:
         click.echo(json.dumps(details, indent=2))
@@ -174,6 +201,10 @@ def info(as_json, store):
     click.echo(f"images:    {details['embedded']} embedded, {details['failed']} failed")
     click.echo(f"index:     {details['index_factory'] or 'not built yet'}")
     click.echo("on disk:   " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in details["bytes"].items()))
+    scanned = details["last_index"]
+    lines = _scan_lines(scanned.get("skipped", {}), scanned.get("sidecars", 0)) if scanned else []
+    click.echo("last index: " + ("; ".join(lines) if lines else "read every image file it found" if scanned else
+                                 "nothing recorded of what it skipped (indexed before lookalike kept it, or with Ray)"))
 
 
 @click.command()

@@ -88,7 +88,7 @@ class Extractor:
             ValueError: an image is thinner than 1:100.
         """
         preprocess = self.model_spec.preprocessing
-        pixels = [preprocess.pixels(upright_rgb(image)) for image in images]
+        pixels = [preprocess.pixels(upright_rgb(image, preprocess.alpha)) for image in images]
         if not pixels:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate([self._embed_pixels(np.stack(pixels[i : i + self.batch_size]))

@@ -11,6 +11,7 @@ runtime without comparing it. The interface they share is ``base.Extractor``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def create_extractor(name: str | os.PathLike = DEFAULT_MODEL, layer: str | None = None, *,
                      weights: str | os.PathLike | None = None, options: EmbedOptions | None = None,
-                     **changes) -> Extractor:
+                     alpha: str | None = None, **changes) -> Extractor:
     """Build an extractor for a model.
 
     Args:
@@ -35,6 +36,9 @@ def create_extractor(name: str | os.PathLike = DEFAULT_MODEL, layer: str | None 
             default is the model's penultimate embedding.
         weights: a state dict file instead of the pretrained weights.
         options: how to run it (``EmbedOptions``: device, batch size, workers, runtime...).
+        alpha: how transparent images are flattened (``Preprocessing.alpha``); default the model's own,
+            ``"composite"`` (a ``.lkft`` file's recorded one). ``"white"`` makes vectors comparable with
+            stores and classifier files made before that field existed.
         changes: ``EmbedOptions`` fields to change, e.g. ``device="cpu", batch_size=8``.
 
     Raises:
@@ -44,7 +48,7 @@ def create_extractor(name: str | os.PathLike = DEFAULT_MODEL, layer: str | None 
         TypeError: a name in ``changes`` that is no ``EmbedOptions`` field.
     """
     options = EmbedOptions.of(options, **changes)
-    spec = resolve_model(name)
+    spec = _with_alpha(resolve_model(name), alpha)
     use_onnx = options.wants_onnx()
     if not use_onnx:
         from .runtimes.devices import resolve_device
@@ -85,13 +89,14 @@ def extractor_for_spec(spec: dict, *, weights: str | os.PathLike | None = None, 
     options = EmbedOptions.of(options, **changes)
     stored = EmbeddingSpec.from_dict(spec)
     name = _model_name(stored, model_file)
-    model_spec = resolve_model(name)
+    alpha = stored.preprocessing.alpha  # a spec written before the field existed reads as "white"
+    model_spec = _with_alpha(resolve_model(name), alpha)
     if options.wants_onnx() and model_spec.preprocessing == stored.preprocessing:
         cached = _cached_onnx(model_spec, stored, options)
         if cached is not None:
             return cached
     layer = None if stored.layer == model_spec.default_layer else stored.layer
-    extractor = create_extractor(name, layer=layer, weights=weights, options=options)
+    extractor = create_extractor(name, layer=layer, weights=weights, options=options, alpha=alpha)
     differences = spec_differences(extractor.spec.to_dict(), stored.to_dict())
     if differences:
         raise SpecMismatchError(
@@ -99,6 +104,13 @@ def extractor_for_spec(spec: dict, *, weights: str | os.PathLike | None = None, 
             f"install the same weights, or re-embed with --reset / retrain"
         )
     return extractor
+
+
+def _with_alpha(spec: ModelSpec, alpha: str | None) -> ModelSpec:
+    """``spec`` flattening transparency as ``alpha`` says (None: as it does)."""
+    if alpha is None or alpha == spec.preprocessing.alpha:
+        return spec
+    return dataclasses.replace(spec, preprocessing=dataclasses.replace(spec.preprocessing, alpha=alpha))
 
 
 def _model_name(stored: EmbeddingSpec, model_file) -> str:

@@ -6,6 +6,9 @@ are made from a file opened and checked as it was indexed (``files.open_indexed`
 cache is keyed by its real path, size and modification time. Sizes are rounded up to a
 fixed ladder (``SIZES``), so that no run of requests for odd sizes can fill the cache with
 copies or keep the decoder busy.
+A transparent image is shown as a person sees it, flattened as new stores embed it (on
+white, or on black where that shows its picture: ``featurize.images.transparency``), so an
+overlay whose picture lives in its alpha channel is no blank square, whatever the store's spec says.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class Thumbnails:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        image = load_image(opened.path, max_pixels=self.max_pixels, draft_size=size)
+        image = load_image(opened.path, max_pixels=self.max_pixels, draft_size=size, alpha="composite")
         image.thumbnail((size, size))
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=self.quality)

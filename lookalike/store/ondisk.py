@@ -31,9 +31,9 @@ import numpy as np
 
 from .. import crashpoints
 from ..ann.build import add_in_chunks
-from ..atomic import fsync_folder
 from ..ann.faiss_io import ondisk_lists, quiet_stdout, read_index, write_index
 from ..ann.rows import RowView
+from ..atomic import fsync_folder
 from .layout import BUILD_GLOB, INDEX, IVFDATA_GLOB
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ most one batch: ``tests/test_crash.py`` kills the indexer at every durable step 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +52,9 @@ from .shards import ShardSet, shard_path
 from .writer import NO_INDEX, StoreWriter
 
 logger = logging.getLogger(__name__)
+
+# The catalog's meta key under which indexing keeps what its last run skipped (JSON); ``info`` shows it.
+LAST_SCAN = "last_scan"
 
 # Paths -> (vectors row-aligned with the paths that worked, {path: failure reason}).
 Embedder = Callable[[list[str]], tuple[list[str], np.ndarray, dict[str, str]]]
@@ -389,6 +393,7 @@ class Store:
             counts = {"embedded": catalog.count("ok"), "failed": catalog.count("failed")}
             generation = catalog.meta("generation")
             factory = catalog.meta("index_factory")
+            last_scan = catalog.meta(LAST_SCAN)
         names = (CATALOG, VECTORS, INDEX, *(p.name for p in trained_files(self.directory)),
                  *(p.name for p in self.directory.glob(IVFDATA_GLOB)))
         files = {name: (self.directory / name).stat().st_size for name in names if (self.directory / name).exists()}
@@ -397,7 +402,8 @@ class Store:
             files[SHARDS] = sum(p.stat().st_size for p in shard_files)
         return {"store": str(self.directory), "root": str(self.root), "spec": self.manifest.spec,
                 "weights": self.manifest.weights, "created": self.manifest.created, **counts,
-                "generation": generation, "index_factory": factory, "bytes": files}
+                "generation": generation, "index_factory": factory, "bytes": files,
+                "last_index": json.loads(last_scan) if last_scan else {}}
 
     def writer(self, sync: bool = True, map_parts=None) -> "StoreWriter":
         """The one writer: a context manager holding the store's lock (``sync``: update the index on exit).

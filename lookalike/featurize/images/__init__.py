@@ -1,2 +1,3 @@
-"""Image files: found under a folder (``discover``), decoded (``decode``, ``jpeg``), preprocessed
-into uint8 pixels (``preprocess``), batched (``batches``, ``reader``), and why one failed (``failures``)."""
+"""Image files: found under a folder (``discover``), read in the formats ``formats`` lists (``decode``, ``jpeg``,
+``jxl``, ``raw``), transparency flattened (``transparency``), preprocessed into uint8 pixels (``preprocess``),
+batched (``batches``, ``reader``), and why one failed (``failures``)."""

@@ -34,7 +34,8 @@ def file_pixels(path: str, preprocessing: Preprocessing, max_pixels: int = DEFAU
         TransientError: the failure is not the file's (out of memory, I/O error).
     """
     try:
-        image = load_image(path, max_pixels=max_pixels, draft_size=preprocessing.resize_size)
+        image = load_image(path, max_pixels=max_pixels, draft_size=preprocessing.resize_size,
+                           alpha=preprocessing.alpha)
         return preprocessing.pixels(image), None
     except ImageLoadError as e:
         return None, e.reason

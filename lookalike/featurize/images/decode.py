@@ -8,43 +8,45 @@ interrupted read) raises ``TransientError`` instead, and is never recorded.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ...errors import ImageLoadError
+from ...errors import ImageLoadError, first_line
 from ..options import DEFAULT_MAX_PIXELS
 from .failures import raise_if_transient
+from .formats import FORMATS, IMAGE_EXTENSIONS, RAW_EXTENSIONS, missing_decoder, readable_formats
+from .jxl import is_jxl, jxl_size
+from .raw import read_raw
+from .transparency import flatten, has_alpha
 
-# Only formats people keep photos in: no EPS (Ghostscript) or other exotic parsers.
-# JPEG covers MPO (multi-picture camera JPEGs); AVIF is used where this Pillow reads it.
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "AVIF")
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".avif"}
-)
+__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "load_image", "to_rgb", "upright_rgb"]
 
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _ORIENTATION = 0x0112
 _BITS_PER_SAMPLE = 258
-_BACKGROUND = (255, 255, 255)
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+               alpha: str = "composite") -> Image.Image:
     """Decode an image file to RGB with its EXIF orientation applied.
+
+    Reads what ``formats`` lists: Pillow's formats (AVIF included), HEIF and JPEG XL through
+    their plugins, RAW camera files through rawpy (``raw.py``).
 
     Args:
         path: the file.
         max_pixels: images with more pixels are refused before decoding. Pillow's own
             decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) still applies above it.
         draft_size: if set, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
-            that keeps both sides at least this large, which is several times faster.
+            that keeps both sides at least this large, which is several times faster; a RAW
+            file's embedded preview is used if it is at least this large.
+        alpha: how transparency is flattened (``transparency.flatten``): ``"composite"`` or ``"white"``.
 
     Returns:
-        An RGB image; animated files give their first frame, transparency is composited on white.
+        An RGB image; animated files give their first frame, a multi-image HEIF its primary image.
 
     Raises:
         ImageLoadError: with a short ``reason``, for any file that cannot be used.
@@ -54,18 +56,18 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     try:
         if os.path.getsize(path) == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
+        extension = os.path.splitext(path)[1].lower()
+        if extension in RAW_EXTENSIONS:
+            return to_rgb(read_raw(path, max_pixels=max_pixels, draft_size=draft_size), alpha)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(path, formats=_readable_formats()) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageLoadError(
-                        path, f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}"
-                    )
+            _check_jxl_size(path, max_pixels)  # its plugin decodes the whole file as Pillow opens it
+            with Image.open(path, formats=readable_formats()) as image:
+                _check_size(path, *image.size, max_pixels)
                 if draft_size and image.format in ("JPEG", "MPO"):
                     image.draft("RGB", (draft_size, draft_size))
                 image.load()
-                return upright_rgb(image)
+                return upright_rgb(image, alpha)
     except ImageLoadError:
         raise
     except PermissionError:
@@ -75,36 +77,61 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except IsADirectoryError:
         raise ImageLoadError(path, "is a directory") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, f"not an image in a supported format ({', '.join(_readable_formats())})") from None
+        missing = missing_decoder(os.path.splitext(path)[1].lower())
+        raise ImageLoadError(path, missing or f"not an image in a supported format ({', '.join(readable_formats())}), "
+                                              f"or a damaged one") from None
     except Image.DecompressionBombError as e:
         raise ImageLoadError(path, f"refused as a decompression bomb: {e}") from None
     except Exception as e:  # noqa: BLE001 - a bad file must cost one line, never the run
         raise_if_transient(e, f"reading {path}")
-        raise ImageLoadError(path, f"cannot decode: {e}" if str(e) else f"cannot decode: {type(e).__name__}") from None
+        raise ImageLoadError(path, f"cannot decode: {_said(e)}") from None
 
 
-@functools.cache
-def _readable_formats() -> tuple[str, ...]:
-    Image.init()
-    return tuple(f for f in FORMATS if f in Image.OPEN)
+def _said(error: Exception) -> str:
+    """A decoder's message in one line, without pillow-jxl-plugin's advice on building libjxl."""
+    return first_line(error).split(". Please build")[0]
 
 
-def upright_rgb(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation (as a camera meant the photo to be seen), then ``to_rgb``."""
-    if image.getexif().get(_ORIENTATION, 1) != 1:
+def _check_size(path: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageLoadError(path, f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}")
+
+
+def _check_jxl_size(path: str, max_pixels: int) -> None:
+    """Refuse a JPEG XL file (known by its first bytes, whatever its name) over the limit, from its header."""
+    if "JXL" not in readable_formats():
+        return
+    with open(path, "rb") as fp:
+        if not is_jxl(fp.read(12)):
+            return
+        size = jxl_size(fp)
+    if size is None:
+        raise ImageLoadError(path, "a damaged JPEG XL file (its header cannot be read)")
+    _check_size(path, *size, max_pixels)
+
+
+def upright_rgb(image: Image.Image, alpha: str = "composite") -> Image.Image:
+    """Apply EXIF orientation (as a camera meant the photo to be seen), then ``to_rgb``.
+
+    HEIF and JPEG XL decoders turn the picture upright themselves (and pillow-heif resets the
+    EXIF tag); a JPEG XL's EXIF orientation is never applied again (the codestream's rules,
+    ISO/IEC 18181-2), unless the file holds a JPEG, which is decoded as a JPEG.
+    """
+    if not _decoder_oriented(image) and image.getexif().get(_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+    return to_rgb(image, alpha)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: alpha over white, high bit depths scaled, not clipped."""
+def _decoder_oriented(image: Image.Image) -> bool:
+    return getattr(image, "format", None) == "JXL" and not getattr(image, "jpeg", False)
+
+
+def to_rgb(image: Image.Image, alpha: str = "composite") -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: transparency flattened as ``alpha`` says, high bit depths scaled, not clipped."""
     if image.mode in _HIGH_BIT_DEPTH_MODES or image.mode == "F":
         return _gray_to_rgb(image)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, _BACKGROUND)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+    if has_alpha(image):
+        return flatten(image, alpha)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

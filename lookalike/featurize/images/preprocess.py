@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from .transparency import ALPHA_MODES, LEGACY_ALPHA
+
 if TYPE_CHECKING:
     import torch
 
@@ -53,6 +55,11 @@ class Preprocessing:
         antialias: antialias when downscaling (PIL always does).
         crop_mode: ``"center"`` (resize the shorter side, keeping the aspect ratio) or
             ``"squash"`` (resize both sides to ``resize_size``); a centre crop follows either.
+        alpha: how a transparent image is flattened before all that (``transparency.flatten``):
+            ``"composite"`` (on white, or on black where that shows the picture) or ``"white"``,
+            which specs written before this field existed did: ``from_dict`` reads a record
+            without it as ``"white"``, and ``to_dict`` writes it only when it is not ``"white"``,
+            so such a record stays byte for byte what it was (and so does its ONNX export's key).
     """
 
     resize_size: int
@@ -62,12 +69,15 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     antialias: bool = True
     crop_mode: str = "center"
+    alpha: str = "composite"
 
     def __post_init__(self):
         if self.interpolation not in PIL_FILTERS:
             raise ValueError(f"interpolation must be one of {', '.join(PIL_FILTERS)}, not {self.interpolation!r}")
         if self.crop_mode not in ("center", "squash"):
             raise ValueError(f"crop_mode must be 'center' or 'squash', not {self.crop_mode!r}")
+        if self.alpha not in ALPHA_MODES:
+            raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """Resize and crop an RGB image with PIL; returns uint8 pixels of shape (3, crop, crop).
@@ -142,11 +152,14 @@ class Preprocessing:
         return x.sub_(mean).div_(std)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["alpha"] == LEGACY_ALPHA:
+            del d["alpha"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+        return cls(**{"alpha": LEGACY_ALPHA, **d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
 
 
 def _centre_crop_box(crop: int, height: int, width: int) -> tuple[int, int, int, int]:
