@@ -19,6 +19,7 @@ from lookalike.ann import index as faiss_index
 from lookalike.atomic import write_atomically
 from lookalike.errors import StoreError, StoreLockedError
 from lookalike.featurize.models.spec import spec_differences
+from lookalike.store.manifest import FORMAT_VERSION
 from lookalike.store.store import CATALOG, INDEX, MANIFEST, VECTORS, Store
 from lookalike.store.vectors import VectorFile
 
@@ -253,7 +254,7 @@ def test_a_kill_while_upgrading_or_repairing_then_a_rerun_equals_a_run_never_kil
                             env={**os.environ, "LOOKALIKE_CRASH": point}, timeout=120)
     assert killed.returncode == 86, killed.stderr  # crashpoints.CRASH_EXIT_CODE
     manifest_format = json.loads((store / MANIFEST).read_text())["format_version"]
-    assert manifest_format == (1 if point == "upgrade.catalog" else 3)  # the manifest is upgraded last
+    assert manifest_format == (1 if point == "upgrade.catalog" else FORMAT_VERSION)  # the manifest is upgraded last
     assert Store.open(store).check().ok  # upgraded, if need be, again
     Store.open(store).repair()
     assert committed(store, DIM) == committed(reference, DIM)

@@ -9,6 +9,7 @@ transparent logos and cut-outs check that everything else still looks like itsel
 from __future__ import annotations
 
 import io
+import os
 import json
 
 import numpy as np
@@ -143,9 +144,14 @@ def test_near_blank_tells_blank_pictures_from_pictures():
 
 
 def test_thumbnails_show_an_overlays_picture(overlay_folder):
+    from lookalike.serve.files import open_indexed
     from lookalike.serve.thumbnails import Thumbnails
+    from lookalike.store.catalog import FileRecord
 
-    thumbnail = Thumbnails().get(str(overlay_folder / "chelsea-overlay.png"), 128)
+    info = os.stat(overlay_folder / "chelsea-overlay.png")
+    record = FileRecord(1, "chelsea-overlay.png", info.st_size, info.st_mtime_ns, "ok", None, 0, 1)
+    with open_indexed(str(overlay_folder.resolve()), record) as opened:  # as the server opens a stored file
+        thumbnail = Thumbnails().get(opened, 128)
     shown = Image.open(io.BytesIO(thumbnail.jpeg))
     assert not is_near_blank(shown)
     expected = overlay("chelsea").getchannel("A").resize(shown.size, Image.Resampling.BOX)
