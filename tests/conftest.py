@@ -178,22 +178,27 @@ def unreadable_as_root(monkeypatch):
     refuse_as_root(monkeypatch, lambda path: path.endswith("unreadable.jpg"))
 
 
-# The files holding the longest tests (`pytest --durations=30`: Ray start-ups, fine-tuning runs,
-# kills at every crash point), started first so that neither xdist worker ends alone on one.
-LONGEST_FIRST = ("test_scale_faults", "test_finetune_cli", "test_scale_pipeline", "test_scale_cluster",
-                 "test_finetune_run", "test_lkft", "test_crash", "test_training")
+# Seconds each file's tests took on 2 cores (`pytest --durations=0`, summed by file), for the
+# files over 15 s: Ray start-ups, fine-tuning runs, kills at every crash point, fresh processes.
+LONGEST_FIRST = {"test_scale_pipeline": 97, "test_scale_cluster": 74, "test_finetune_run": 68, "test_onnx_runtime": 65,
+                 "test_crash": 62, "test_docs": 59, "test_lkft": 55, "test_finetune_cli": 51, "test_registry": 49,
+                 "test_scale_faults": 43, "test_training": 36, "test_formats": 35, "test_powercut": 34,
+                 "test_ondisk": 30, "test_serve_api": 28, "test_advise": 27, "test_faiss_index": 25,
+                 "test_embed_pool": 24, "test_transparency": 23, "test_cli_store": 20, "test_jpeg": 19,
+                 "test_indexing": 17, "test_watch": 16}
 
 
 def pytest_collection_modifyitems(items):
-    """The longest files first, then the files with the most slow tests (each file's own order kept).
+    """The longest files first, then the rest with the most slow tests first (each file's own order kept).
 
-    scripts/test hands whole files to two pytest-xdist workers; started last, the long files
-    (Ray, fine-tuning, crash points) ran alone at the end while the other worker sat idle.
+    scripts/test hands whole files to two pytest-xdist workers in this order
+    (``--no-loadscope-reorder``): the longest first, so that neither worker ends alone on one;
+    xdist's own order, by the number of tests in a file, started the one-test Ray and
+    fine-tuning files last, while the other worker sat idle.
     """
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
 
     def rank(item):
-        stem = item.path.stem
-        return (LONGEST_FIRST.index(stem) if stem in LONGEST_FIRST else len(LONGEST_FIRST), -slow[item.path])
+        return (-LONGEST_FIRST.get(item.path.stem, 0), -slow[item.path], str(item.path))
 
     items.sort(key=rank)
