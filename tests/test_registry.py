@@ -49,13 +49,13 @@ def test_timm_names_resolve_through_timm():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [DEFAULT_MODEL, *REQUIRED])
 def test_feature_node_is_the_input_of_the_last_linear_layer(name):
-    """The registered node and dim are what the classifier reads (random weights: only the graph matters)."""
+    """The registered node and dim are what the classifier reads (random weights and a small input: only the graph matters)."""
     spec = get_model_spec(name)
     model = _classifier(spec).eval()
     last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     seen = {}
     last_linear.register_forward_hook(lambda m, args, out: seen.setdefault("input", args[0]))
-    x = torch.randn(2, 3, spec.preprocessing.crop_size, spec.preprocessing.crop_size)
+    x = torch.randn(2, 3, 64, 64)  # each network pools adaptively: a small input walks the same graph, 12x faster
     with torch.inference_mode():
         model(x)
         tapped = _tap(spec, model, spec.feature_node)(x)["features"]
