@@ -9,8 +9,8 @@ transparent logos and cut-outs check that everything else still looks like itsel
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 
 import numpy as np
 import pytest

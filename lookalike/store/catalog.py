@@ -22,7 +22,6 @@ apart by ``access``: permission, a read-only filesystem, a lock, or damage.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
 import sqlite3
@@ -30,52 +29,13 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from .. import crashpoints
 from .access import explain, explained, read_only_filesystem
+from .schema import ADDED_COLUMNS, COLUMNS, INDEXES, SCHEMA, Entry, FileRecord, Shard
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    reason TEXT,
-    row INTEGER,
-    generation INTEGER NOT NULL,
-    ctime_ns INTEGER,
-    mode INTEGER,
-    recorded REAL,
-    shard INTEGER NOT NULL DEFAULT 0,
-    digest TEXT,
-    width INTEGER,
-    height INTEGER,
-    taken_ns INTEGER,
-    blank INTEGER
-);
-CREATE INDEX IF NOT EXISTS files_generation ON files (generation);
-CREATE TABLE IF NOT EXISTS verdicts (a TEXT NOT NULL, b TEXT NOT NULL, recorded REAL, PRIMARY KEY (a, b));
-CREATE TABLE IF NOT EXISTS shards (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    rows INTEGER NOT NULL,
-    generation INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('rows', 0), ('index_generation', -1);
-"""
-_ADDED_COLUMNS = (("ctime_ns", "INTEGER"), ("mode", "INTEGER"), ("recorded", "REAL"),  # format 2
-                  ("shard", "INTEGER NOT NULL DEFAULT 0"),  # format 3
-                  ("digest", "TEXT"), ("width", "INTEGER"), ("height", "INTEGER"), ("taken_ns", "INTEGER"),
-                  ("blank", "INTEGER"))  # format 4
-_INDEXES = "CREATE INDEX IF NOT EXISTS files_digest ON files (digest)"  # after the columns an old catalog gains
-_COLUMNS = ("id, path, size, mtime_ns, status, reason, row, generation, ctime_ns, mode, recorded, shard, digest, width, "
-            "height, taken_ns, blank")
 _IDS_PER_QUERY = 900  # under SQLite's oldest limit of 999 bound parameters
 BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on the catalog
 
@@ -90,64 +50,6 @@ def _explained(method):
         except sqlite3.Error as e:
             raise explain(e, self.path, writing=True) from e
     return wrapper
-
-
-class FileRecord(NamedTuple):
-    """A catalog row. ``row`` is the file's row in its ``shard``'s vector file (None when it failed).
-
-    ``ctime_ns``, ``mode`` and ``recorded`` are None in rows written before store format 2.
-    """
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    status: str
-    reason: str | None
-    row: int | None
-    generation: int
-    ctime_ns: int | None = None
-    mode: int | None = None
-    recorded: float | None = None  # Unix seconds
-    shard: int = 0  # 0: vectors.f32; else an id in the shards table
-    digest: str | None = None  # the content hash (None in rows written before format 4)
-    width: int | None = None
-    height: int | None = None
-    taken_ns: int | None = None  # EXIF DateTimeOriginal, as Unix nanoseconds (None where the file has none)
-    blank: int | None = None  # 1: the image shows next to nothing (never proposed for removal)
-
-    @property
-    def recorded_utc(self) -> str | None:
-        """When the row was written, ISO 8601 in UTC; None for rows of a format-1 store, which kept no time."""
-        if self.recorded is None:
-            return None
-        return datetime.datetime.fromtimestamp(self.recorded, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class Entry(NamedTuple):
-    """What the indexer writes for one file: a vector row, or a failure reason; and what it learnt of the file."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    ctime_ns: int | None = None
-    mode: int | None = None
-    row: int | None = None
-    reason: str | None = None
-    digest: str | None = None
-    width: int | None = None
-    height: int | None = None
-    taken_ns: int | None = None
-    blank: int | None = None
-
-
-class Shard(NamedTuple):
-    """A vector file written whole: ``shards/<name>.f32`` holding ``rows`` rows, committed at ``generation``."""
-
-    id: int
-    name: str
-    rows: int
-    generation: int
 
 
 class Catalog:
@@ -170,10 +72,10 @@ class Catalog:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
-            db.executescript(_SCHEMA)  # it writes: a store that can't be written fails here, not mid-run
+            db.executescript(SCHEMA)  # it writes: a store that can't be written fails here, not mid-run
             self._db = db
             self._add_missing_columns()
-            self._db.execute(_INDEXES)
+            self._db.execute(INDEXES)
         except BaseException:
             db.close()
             raise
@@ -224,7 +126,7 @@ class Catalog:
 
     def _missing_columns(self) -> list[tuple[str, str]]:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
-        return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in present]
+        return [(name, kind) for name, kind in ADDED_COLUMNS if name not in present]
 
     def close(self) -> None:
         self._db.close()
@@ -269,14 +171,14 @@ class Catalog:
         self._db.execute("COMMIT")
 
     def records(self, status: str | None = None) -> Iterator[FileRecord]:
-        query = f"SELECT {_COLUMNS} FROM files" + (" WHERE status = ?" if status else "") + " ORDER BY path"
+        query = f"SELECT {COLUMNS} FROM files" + (" WHERE status = ?" if status else "") + " ORDER BY path"
         for row in self._db.execute(query, (status,) if status else ()):
             yield FileRecord(*row)
 
     def by_paths(self, paths: Iterable[str]) -> dict[str, FileRecord]:
         found = {}
         for path in paths:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+            row = self._db.execute(f"SELECT {COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
             if row:
                 found[path] = FileRecord(*row)
         return found
@@ -286,7 +188,7 @@ class Catalog:
         found = {}
         for start in range(0, len(ids), _IDS_PER_QUERY):  # one query a chunk: 10k hits cost 10k queries before
             chunk = ids[start:start + _IDS_PER_QUERY]
-            query = f"SELECT {_COLUMNS} FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            query = f"SELECT {COLUMNS} FROM files WHERE id IN ({','.join('?' * len(chunk))})"
             found.update((row[0], FileRecord(*row)) for row in self._db.execute(query, chunk))
         return found
 
@@ -312,7 +214,7 @@ class Catalog:
 
     def changed_since(self, generation: int) -> tuple[list[FileRecord], list[int]]:
         """Files written after ``generation``, and ids removed after it."""
-        changed = [FileRecord(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE generation > ?", (generation,))]
+        changed = [FileRecord(*r) for r in self._db.execute(f"SELECT {COLUMNS} FROM files WHERE generation > ?", (generation,))]
         removed = [r[0] for r in self._db.execute("SELECT id FROM removed WHERE generation > ?", (generation,))]
         return changed, removed
 
@@ -322,7 +224,7 @@ class Catalog:
         found: dict[str, list[FileRecord]] = {}
         for start in range(0, len(digests), _IDS_PER_QUERY):
             chunk = digests[start:start + _IDS_PER_QUERY]
-            query = (f"SELECT {_COLUMNS} FROM files WHERE status = 'ok' AND digest IN ({','.join('?' * len(chunk))}) "
+            query = (f"SELECT {COLUMNS} FROM files WHERE status = 'ok' AND digest IN ({','.join('?' * len(chunk))}) "
                      f"ORDER BY path")
             for row in self._db.execute(query, chunk):
                 found.setdefault(row[12], []).append(FileRecord(*row))
@@ -330,7 +232,7 @@ class Catalog:
 
     def same_content(self) -> Iterator[list[FileRecord]]:
         """Groups of embedded files with the same content hash (two or more), each by path."""
-        query = (f"SELECT {_COLUMNS} FROM files WHERE status = 'ok' AND digest IN (SELECT digest FROM files "
+        query = (f"SELECT {COLUMNS} FROM files WHERE status = 'ok' AND digest IN (SELECT digest FROM files "
                  f"WHERE status = 'ok' AND digest IS NOT NULL GROUP BY digest HAVING COUNT(*) > 1) ORDER BY digest, path")
         group: list[FileRecord] = []
         for row in self._db.execute(query):

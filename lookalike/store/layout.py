@@ -117,3 +117,14 @@ def remove_store_files(directory: str | os.PathLike, crash_point: str | None = N
         shutil.rmtree(folder, ignore_errors=True)
     if crash_point:
         crashpoints.reached(f"{crash_point}.files_removed")
+
+
+def sizes_on_disk(directory: Path) -> dict[str, int]:
+    """Bytes of each of a store's files that exist (its shards summed under ``shards``)."""
+    names = (CATALOG, VECTORS, INDEX, *(p.name for p in trained_files(directory)),
+             *(p.name for p in directory.glob(IVFDATA_GLOB)))
+    files = {name: (directory / name).stat().st_size for name in names if (directory / name).exists()}
+    shard_files = list((directory / SHARDS).glob("*.f32"))
+    if shard_files:
+        files[SHARDS] = sum(p.stat().st_size for p in shard_files)
+    return files

@@ -40,6 +40,7 @@ from .layout import (  # noqa: F401 - the names callers have always imported fro
     VECTORS,
     find_store,
     remove_store_files,
+    sizes_on_disk,
     trained_files,
 )
 from .lock import lock_store
@@ -389,20 +390,15 @@ class Store:
             crashpoints.reached("repair.marked")
 
     def info(self) -> dict:
+        """The store's spec, counts, generation, index type, bytes on disk by file, and what the last index skipped."""
         with self.catalog() as catalog:
             counts = {"embedded": catalog.count("ok"), "failed": catalog.count("failed")}
             generation = catalog.meta("generation")
             factory = catalog.meta("index_factory")
             last_scan = catalog.meta(LAST_SCAN)
-        names = (CATALOG, VECTORS, INDEX, *(p.name for p in trained_files(self.directory)),
-                 *(p.name for p in self.directory.glob(IVFDATA_GLOB)))
-        files = {name: (self.directory / name).stat().st_size for name in names if (self.directory / name).exists()}
-        shard_files = list((self.directory / SHARDS).glob("*.f32"))
-        if shard_files:
-            files[SHARDS] = sum(p.stat().st_size for p in shard_files)
         return {"store": str(self.directory), "root": str(self.root), "spec": self.manifest.spec,
                 "weights": self.manifest.weights, "created": self.manifest.created, **counts,
-                "generation": generation, "index_factory": factory, "bytes": files,
+                "generation": generation, "index_factory": factory, "bytes": sizes_on_disk(self.directory),
                 "last_index": json.loads(last_scan) if last_scan else {}}
 
     def writer(self, sync: bool = True, map_parts=None) -> "StoreWriter":
