@@ -24,7 +24,7 @@ from lookalike.scale.session import reap
 REPO = str(Path(__file__).resolve().parent.parent)
 # Workers are separate processes: what tests patch in them (conftest's unreadable_as_root, the pause gate) is installed in each.
 RUNTIME_ENV = {"worker_process_setup_hook": "tests.ray_helpers.worker_setup", "env_vars": {"PYTHONPATH": REPO}}
-NO_PROGRESS_S = 60
+NO_PROGRESS_S = 180  # generous: on 2 busy cores a second node's actors take a minute to import torch
 PAUSE_GATE = "pause-embedder"  # in $RAY_TMPDIR: holds N; each actor's Nth batch then waits there
 _real_open = builtins.open
 
