@@ -79,3 +79,15 @@ def test_querying_a_new_image_runs_the_cached_export_without_torch(indexed, tmp_
     loaded, done = _loaded("query", str(query), "--store", str(indexed / ".lookalike"), "-k", "1")
     assert "chelsea.jpg" in done.stdout.splitlines()[1]  # the cat finds the cat
     assert "onnxruntime" in loaded and "torch" not in loaded
+
+
+def test_a_new_folders_first_index_runs_the_cached_export_without_torch(indexed, tmp_path):
+    """The export of the bundled model made once (by ``indexed``), a new store needs no torch: the spec is remembered."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    photo("coffee").save(folder / "coffee.jpg")
+    loaded, done = _loaded("index", str(folder), "--device", "cpu", "--workers", "0")
+    assert "1 added" in done.stdout
+    assert "onnxruntime" in loaded and "torch" not in loaded
+    spec = json.loads((folder / ".lookalike" / "manifest.json").read_text())["spec"]
+    assert spec == json.loads((indexed / ".lookalike" / "manifest.json").read_text())["spec"]  # the same network, exactly

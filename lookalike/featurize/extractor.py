@@ -50,6 +50,11 @@ def create_extractor(name: str | os.PathLike = DEFAULT_MODEL, layer: str | None 
     options = EmbedOptions.of(options, **changes)
     spec = _with_alpha(resolve_model(name), alpha)
     use_onnx = options.wants_onnx()
+    remembers = use_onnx and layer is None and weights is None and spec.source == "bundled"
+    if remembers:  # the bundled model's export, found without torch: its spec was remembered when it was made
+        cached = _remembered_onnx(spec, options)
+        if cached is not None:
+            return cached
     if not use_onnx:
         from .runtimes.devices import resolve_device
         from .runtimes.torch_extractor import autocast_dtype
@@ -61,7 +66,13 @@ def create_extractor(name: str | os.PathLike = DEFAULT_MODEL, layer: str | None 
     embedding = EmbeddingSpec(spec.name, backbone.weights_sha256, backbone.layer, backbone.dim, spec.preprocessing)
     if use_onnx:
         try:
-            return _onnx_from_backbone(spec, backbone, embedding, options)
+            extractor = _onnx_from_backbone(spec, backbone, embedding, options)
+            if remembers:
+                from .models.bundled import bundled_weights_file
+                from .runtimes.onnx_cache import remember_spec
+
+                remember_spec(spec.name, spec.preprocessing.to_dict(), bundled_weights_file(), embedding)
+            return extractor
         except OnnxExportError as e:
             if options.runtime == "onnx":
                 raise OnnxExportError(f"{spec.name} cannot run on ONNX Runtime: {e}. Use --runtime torch (or auto)") from e
@@ -156,6 +167,15 @@ def _cached_onnx(model_spec: ModelSpec, stored: EmbeddingSpec, options: EmbedOpt
     if network is None:
         return None
     return OnnxExtractor(model_spec, stored, sessions(network, threads), options)
+
+
+def _remembered_onnx(model_spec: ModelSpec, options: EmbedOptions) -> Extractor | None:
+    """The bundled model's default network from the export cache, without torch; None if it was never exported here."""
+    from .models.bundled import bundled_weights_file
+    from .runtimes.onnx_cache import remembered_spec
+
+    stored = remembered_spec(model_spec.name, model_spec.preprocessing.to_dict(), bundled_weights_file())
+    return _cached_onnx(model_spec, stored, options) if stored is not None else None
 
 
 def _torch(model_spec: ModelSpec, backbone, options: EmbedOptions) -> Extractor:

