@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -57,12 +57,13 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
 
         local = server.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
         threading.Thread(target=webbrowser.open, args=(local,), daemon=True).start()  # a terminal browser may block
-    # It returns, or raises KeyboardInterrupt, only once Ctrl-C or SIGTERM stopped it: uvicorn re-raises
-    # the signal, unless the process was started with SIGINT ignored (as some test runners start them).
-    with contextlib.suppress(KeyboardInterrupt):
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with Ctrl-C ignored (some launchers do):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # uvicorn re-raises it on the way out, as it should
+    try:
         server.run()
-    click.echo("stopped", err=True)
-    sys.exit(EXIT_INTERRUPTED)  # Ctrl-C, as every command reports it; the store was only read
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+        sys.exit(EXIT_INTERRUPTED)  # Ctrl-C, as every command reports it; the store was only read
 
 
 COMMANDS = (serve,)
