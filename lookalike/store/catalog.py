@@ -9,7 +9,7 @@ Store format 2 added ``ctime_ns`` and ``mode`` (a failure is retried when they c
 chmod changes both) and ``recorded`` (when the row was written, in Unix seconds). Format 3
 added ``shard``: which vector file holds the row (0 is ``vectors.f32``, others are named in
 the ``shards`` table, written whole by the Ray engine's workers; see ``shards``). Format 4
-added what acting on duplicates needs: ``digest`` (the file's content hash, BLAKE2b of its
+added what acting on duplicates needs: ``digest`` (the file's content hash, SHA-256 of its
 bytes), ``width``, ``height``, ``taken_ns`` (EXIF DateTimeOriginal) and ``blank`` (1 for an
 image that shows next to nothing, never proposed for removal) of the image, and the
 ``verdicts`` table (pairs of contents a user said are not duplicates). An older catalog gains

@@ -1,9 +1,12 @@
 """What indexing learns of a file besides its vector: its content hash, its size in pixels and when it was taken.
 
 The hash is SHA-256 of the file's bytes (OpenSSL's, fast where the CPU has SHA instructions,
-faster than BLAKE2b on this project's machine), taken from the very
-bytes the decoder reads. The store keeps these facts so that duplicates can be told exact
-from near, keepers chosen by pixels or date, and moved files recognised by their bytes.
+faster than BLAKE2b on this project's machine). ``Batch.facts`` lets a runtime report them
+from the bytes its decoder read; none does yet, so indexing reads each embedded file once
+more (``read_facts``, mostly from the page cache); rows the Ray engine writes get theirs at
+the next run, which fills in what a store lacks. The store keeps these facts so that duplicates
+can be told exact from near, keepers chosen by pixels or date, and moved files recognised by
+their bytes.
 """
 
 from __future__ import annotations
