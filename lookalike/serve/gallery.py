@@ -1,9 +1,11 @@
 """The gallery: what the web app reads from a store, as JSON-ready rows. It never writes.
 
-Every answer comes from the store's own answers (``similar``, ``dupes.groups.find_groups``, ``stored``,
+Every answer but the duplicates comes from the store's own answers (``similar``, ``stored``,
 ``info``, ``failures``, and the catalog's lookup of one id), each of which reads one consistent
-catalog snapshot, so a ``lookalike index``
-committing meanwhile shows up in the next answer, never half of it.
+catalog snapshot, so a ``lookalike index`` committing meanwhile shows up in the next answer,
+never half of it. The duplicates are ``dupes.groups.find_groups``'s, the groups ``lookalike
+dupes`` shows, kept per store generation: they read the catalog more than once, so a commit
+during the computation may show in part, and the next generation computes them again.
 """
 
 from __future__ import annotations
