@@ -138,15 +138,21 @@ def test_the_pixel_limit_refuses_heif_and_jpeg_xl_before_decoding(tmp_path, monk
             load_image(path, max_pixels=135_299)
 
 
-def test_the_pixel_limit_refuses_a_raw_file_before_unpacking_it(tmp_path, monkeypatch):
-    unpacked = []
+@pytest.fixture
+def unpacked(monkeypatch) -> list:
+    """Grows by one each time rawpy unpacks a RAW file's sensor data."""
+    calls = []
 
     class Spy(rawpy.RawPy):
         def unpack(self):
-            unpacked.append(True)
+            calls.append(True)
             return super().unpack()
 
     monkeypatch.setattr(rawpy, "RawPy", Spy)
+    return calls
+
+
+def test_the_pixel_limit_refuses_a_raw_file_before_unpacking_it(tmp_path, unpacked):
     path = write_dng(tmp_path / "a.dng", photo("chelsea"))
     with pytest.raises(ImageLoadError, match=r"902x600 is 541,200 pixels, over the limit"):
         load_image(path, max_pixels=541_199)
@@ -155,15 +161,7 @@ def test_the_pixel_limit_refuses_a_raw_file_before_unpacking_it(tmp_path, monkey
     assert unpacked
 
 
-def test_a_raw_files_preview_is_used_only_when_large_enough(tmp_path, monkeypatch):
-    unpacked = []
-
-    class Spy(rawpy.RawPy):
-        def unpack(self):
-            unpacked.append(True)
-            return super().unpack()
-
-    monkeypatch.setattr(rawpy, "RawPy", Spy)
+def test_a_raw_files_preview_is_used_only_when_large_enough(tmp_path, unpacked):
     path = write_dng(tmp_path / "a.dng", photo("chelsea"), preview="jpeg")  # a 451x300 preview
     load_image(path, draft_size=300)
     assert not unpacked  # 300 a side is there: the camera's own rendering

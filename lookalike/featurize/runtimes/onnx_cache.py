@@ -64,8 +64,12 @@ def export_key(spec: EmbeddingSpec) -> str:
 
 def model_path(spec: EmbeddingSpec, key: str | None = None) -> Path:
     """Where the export of ``spec`` lives (whether or not it exists yet)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model)[-80:]  # a .lkft's model is its absolute path: keep names short
-    return onnx_folder() / f"{name}-{key or export_key(spec)}.onnx"
+    return onnx_folder() / f"{_file_name(spec.model)}-{key or export_key(spec)}.onnx"
+
+
+def _file_name(model: str) -> str:
+    """A model's name as a file name: a .lkft's model is its absolute path, so keep it short."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model)[-80:]
 
 
 def _spec_note(model: str, preprocessing: dict, weights_file: Path) -> Path:
@@ -74,7 +78,7 @@ def _spec_note(model: str, preprocessing: dict, weights_file: Path) -> Path:
     record = {"format": EXPORT_FORMAT, "model": model, "preprocessing": preprocessing, "file": str(weights_file.resolve()),
               "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "versions": installed_versions(model)}
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
-    return onnx_folder() / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)[-80:]}-{key}.spec.json"
+    return onnx_folder() / f"{_file_name(model)}-{key}.spec.json"
 
 
 def remembered_spec(model: str, preprocessing: dict, weights_file: Path) -> EmbeddingSpec | None:
