@@ -11,6 +11,7 @@ import click
 
 from .options import (
     chosen_format,
+    counted,
     echo_csv,
     format_options,
     open_store_for,
@@ -145,7 +146,8 @@ def _show_groups(groups, fmt) -> None:
                 click.echo(f"  {action:<7} {m.score:.4f}  {shown(m.path)}  {m.reason}")
     exact = sum(g.kind == "exact" for g in groups)
     proposed = sum(len(g.proposed) for g in groups)
-    click.echo(f"{len(groups)} groups ({exact} exact, {len(groups) - exact} near): {proposed} files proposed", err=True)
+    click.echo(f"{counted(len(groups), 'group')} ({exact} exact, {len(groups) - exact} near): "
+               f"{counted(proposed, 'file')} proposed", err=True)
 
 
 def _member_json(m) -> dict:

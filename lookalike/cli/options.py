@@ -253,3 +253,8 @@ def engine_options(command):
         "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
         help="local: this machine. ray: a Ray cluster (pip install 'lookalike[ray]'); FOLDER and the store "
              "must be on storage every node sees at the same path.")(command)
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless one: "1 group", "3 files"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

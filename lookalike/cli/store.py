@@ -12,6 +12,7 @@ from ..store.layout import STORE_DIRNAME
 from .options import (
     Interrupted,
     chosen_format,
+    counted,
     echo_csv,
     embed_options,
     engine_options,
@@ -96,10 +97,6 @@ def index(folder, store, model, layer, weights, reset, index_factory, retry_fail
         click.echo(line, err=True)
 
 
-def _files(count: int, noun: str = "file") -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _scan_lines(skipped: dict[str, int], sidecars: int) -> list[str]:
     """What an indexing run left, in words: files of types not read (with what to install), RAW files read as JPEGs."""
     from ..featurize.images.formats import missing_install
@@ -108,10 +105,10 @@ def _scan_lines(skipped: dict[str, int], sidecars: int) -> list[str]:
     if skipped:
         counts = ", ".join(f"{extension} {count}" for extension, count in skipped.items())
         hints = dict.fromkeys(f"{install} for {kind}" for kind, install in filter(None, map(missing_install, skipped)))
-        lines.append(f"skipped {_files(sum(skipped.values()))} of types not read: {counts}"
+        lines.append(f"skipped {counted(sum(skipped.values()), 'file')} of types not read: {counts}"
                      + "".join(f": {hint}" for hint in hints))
     if sidecars:
-        lines.append(f"{_files(sidecars, 'RAW file')} read through the JPEG of the same name beside "
+        lines.append(f"{counted(sidecars, 'RAW file')} read through the JPEG of the same name beside "
                      f"{'it' if sidecars == 1 else 'them'} (a query of the RAW file answers for its JPEG)")
     return lines
 
