@@ -135,6 +135,25 @@ def test_a_folder_swapped_for_a_symlink_after_the_path_was_resolved_is_not_follo
     assert b"secret" not in response.content and (photos / "sub").is_symlink()
 
 
+def test_a_file_swapped_for_a_symlink_after_its_path_was_resolved_is_not_followed(photos, client, tmp_path, monkeypatch):
+    astronaut = _record(photos, "sub/astronaut.jpg")
+    _forged(tmp_path / "secret.jpg", astronaut)  # the row's size and time: only O_NOFOLLOW stands in the way
+    resolve = os.path.realpath
+
+    def resolve_then_swap(path, *args, **kwargs):  # the race: resolved while it was the file, opened after the swap
+        real = resolve(path, *args, **kwargs)
+        leaf = photos / "sub" / "astronaut.jpg"
+        if str(path).endswith("sub/astronaut.jpg") and not leaf.is_symlink():
+            leaf.unlink()
+            leaf.symlink_to(tmp_path / "secret.jpg")
+        return real
+
+    monkeypatch.setattr(files.os.path, "realpath", resolve_then_swap)
+    response = client.get(f"/api/images/{astronaut.id}")
+    assert response.status_code == 409 and "a symlink appeared on its path" in response.json()["error"]
+    assert b"secret" not in response.content
+
+
 def test_the_bytes_served_are_read_from_the_file_that_was_checked(photos, client, tmp_path, monkeypatch):
     rocket = _record(photos, "rocket.png")
     original = (photos / "rocket.png").read_bytes()
