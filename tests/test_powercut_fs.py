@@ -207,3 +207,18 @@ def test_a_removed_store_never_comes_back_as_a_manifest_over_half_a_store(fs, fo
     remove_store_files(folder)
     fs.power_cut(keep=[f"{folder.name}/{CATALOG}"])  # the catalog's removal reached the disk early
     assert not (folder / MANIFEST).exists()
+
+
+def test_a_file_moved_here_from_another_filesystem_is_whole_after_the_cut(fs, folder, tmp_path):
+    """``dupes --move-to`` across filesystems copies, then unlinks the original: the copy must be durable first."""
+    from lookalike.dupes import moves
+
+    source = tmp_path / "photo.jpg"  # on the real filesystem: a cut here leaves it as it is
+    data = os.urandom(300_000)
+    source.write_bytes(data)
+    folders: set[str] = set()
+    moves.move(str(source), str(folder / "quarantine" / "photo.jpg"), folders)
+    assert not source.exists()
+    fs.power_cut()  # before the batch's sync: the original is gone, so the copy must already be durable
+    assert (folder / "quarantine" / "photo.jpg").read_bytes() == data  # the only copy left
+

@@ -4,7 +4,9 @@ On one filesystem a move is a hard link at the destination, then the source unli
 between leaves one file under two names (the same bytes, nothing half-written), and linking
 never replaces a file that is already there, as ``rename`` would. Across filesystems the bytes
 are copied to a temporary name beside the destination, fsynced, linked to the real name, and
-only then is the source unlinked. ``settle`` finishes or rolls back a move a crash interrupted.
+only then is the source unlinked. Where a filesystem has no hard links (FAT, exFAT, some
+shares), a rename takes the link's place, after checking that nothing is at the destination.
+``settle`` finishes or rolls back a move a crash interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..atomic import fsync_folder
+from ..atomic import fsync_folder, make_folder
 from ..featurize.images.facts import file_digest
 
 TMP_SUFFIX = ".lookalike-part"
@@ -27,21 +29,16 @@ def move(source: str, dest: str, folders: set[str]) -> None:
         FileExistsError: something is at ``dest`` (nothing was moved).
         OSError: the move failed (the file is still at ``source``).
     """
-    _make_parents(dest, folders)
+    _make_parents(dest)
     try:
-        os.link(source, dest)
+        linked = _link_or_rename(source, dest)
     except OSError as e:
-        if e.errno == errno.EXDEV:
-            _copy(source, dest)
-        elif e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):  # no hard links here: rename, checked first
-            if os.path.lexists(dest):
-                raise FileExistsError(errno.EEXIST, "exists", dest) from None
-            os.rename(source, dest)
-            folders.update((os.path.dirname(source), os.path.dirname(dest)))
-            return
-        else:
+        if e.errno != errno.EXDEV:
             raise
-    os.unlink(source)
+        _copy(source, dest)
+        linked = True
+    if linked:
+        os.unlink(source)
     folders.update((os.path.dirname(source), os.path.dirname(dest)))
 
 
@@ -82,24 +79,41 @@ def _copy(source: str, dest: str) -> None:
             out.flush()
             os.fsync(out.fileno())
         shutil.copystat(source, part)
-        os.link(part, dest)  # never over a file that is there
+        _link_or_rename(part, dest)
     finally:
         if os.path.lexists(part):
             os.unlink(part)
     fsync_folder(os.path.dirname(dest))
 
 
+def _link_or_rename(source: str, dest: str) -> bool:
+    """Give ``source`` the name ``dest`` too (True), or, where the filesystem has no hard links, rename it (False).
+
+    A link never replaces a file that is there; the rename is checked first (FAT, exFAT and
+    some network shares have no links).
+    """
+    try:
+        os.link(source, dest)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, "exists", dest)
+    os.rename(source, dest)
+    return False
+
+
 def _part(dest: str) -> str:
     return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}{TMP_SUFFIX}")
 
 
-def _make_parents(dest: str, folders: set[str]) -> None:
-    """Create the destination's missing folders, each named durably in its parent."""
-    missing = []
+def _make_parents(dest: str) -> None:
+    """Create the destination's missing folders, each named durably in its parent before a file goes in.
+
+    Durable now, not at the batch's ``sync``: a move across filesystems unlinks the original
+    as soon as its copy is, and a copy in a folder a power cut takes back is no copy.
+    """
     parent = Path(dest).parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        folders.add(str(folder.parent))
+    if not parent.is_dir():
+        make_folder(parent)
