@@ -6,7 +6,7 @@ Builds (or reuses, under --folder) a real store of --n synthetic L2-normalised v
 mixture of --clusters gaussian clusters of varied spread, written in chunks through
 ``StoreWriter.write`` as the indexer writes, then indexed by the store's own
 ``sync_index`` (the factory it plans for that size, e.g. ``IVF4096,SQ8`` at 1M on a machine
-with 12 GiB of RAM or more, trained on min(n, 256 * nlist) vectors, i.e. all of them at 1M).
+with 12 GiB of RAM or more, trained on min(n, 100 * nlist) vectors).
 Then, on one batch of --queries fresh query vectors, lookalike and its baseline side by side
 in each of --repeats repeats (the order alternating), each ratio the median of the
 per-repeat ratios with its bootstrap 95% interval (benchmarks/stats.py); a target is met

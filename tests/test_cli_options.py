@@ -50,7 +50,9 @@ def test_a_library_warning_is_one_line_on_stderr(capsys):
         logging.getLogger("lookalike.featurize.extractor").warning("first\n  second")
         logging.getLogger("lookalike.featurize.extractor").info("not shown")
         logging.getLogger("lookalike.featurize.runtimes.onnx_export").info("exporting tiny to ONNX (once)")  # why it pauses
+        logging.getLogger("lookalike.ann.progress").info("adding: 3/10 rows in 6 s, about 14 s left")  # a long build
     assert capsys.readouterr().err.splitlines() == [
-        "warning: tiny runs on torch", "warning: first second", "exporting tiny to ONNX (once)"]
+        "warning: tiny runs on torch", "warning: first second", "exporting tiny to ONNX (once)",
+        "adding: 3/10 rows in 6 s, about 14 s left"]
     logging.getLogger("lookalike.featurize.runtimes.onnx_export").info("outside a command: not shown")
     assert capsys.readouterr().err == ""

@@ -138,7 +138,8 @@ def test_approximate_index_recall_at_10_against_exact_flat(large, budget):
     info = faiss_io.describe(index)
     assert info["factory"] == factory and info["ntotal"] == len(ids)
     if budget is not None:  # the sample shrank to fit, keeping at least 39 rows a list
-        assert 39 * info["nlist"] <= plan.train_rows < 256 * info["nlist"] and plan.peak_bytes <= budget
+        assert 39 * info["nlist"] <= plan.train_rows < factories.TRAIN_POINTS_PER_CENTROID * info["nlist"]
+        assert plan.peak_bytes <= budget
     assert info["type"] == "IndexIVFScalarQuantizer" and factory.endswith(",SQ8")
     recall = recall_at(fi.search(index, queries, 10)[1], truth)
     # the store asks for more candidates and re-ranks them by the exact vectors (neighbours.py)
@@ -194,21 +195,27 @@ def test_codes_shrink_to_fit_the_memory_budget():
     n, dim = 1_000_000, 128  # SQ8 codes: 128 MB; PQ64: 64 MB (+ 8 MB of ids each)
     assert factories.choose_factory(n, dim, 600 * 10**6) == "IVF4096,SQ8"
     sq8 = factories.plan_build(n, dim, memory_budget_bytes=300 * 10**6)
-    assert sq8.factory == "IVF4096,SQ8" and 39 * 4096 <= sq8.train_rows < 256 * 4096  # a smaller sample fits
+    assert sq8.factory == "IVF4096,SQ8" and 39 * 4096 <= sq8.train_rows < factories.TRAIN_POINTS_PER_CENTROID * 4096
     assert sq8.peak_bytes <= 300 * 10**6
     # The floor under every IVF4096 build is training: k-means on 39 rows a list (82 MB of floats)
-    # and PQ's encoder sample with its residuals; PQ64's lists (72 MB) fit under it.
+    # and the codes' 65,536-row sample with its residuals; SQ8's lists (163 MB) fit under it.
     floor = factories.estimate_build_bytes(n, dim, "IVF4096,PQ16", 39 * 4096)
     assert floor > 39 * 4096 * 4 * dim + 16 * n
-    assert factories.choose_factory(n, dim, floor) == "IVF4096,PQ64"
+    assert factories.choose_factory(n, dim, floor) == "IVF4096,SQ8"
     with pytest.raises(InvalidFactoryError, match="memory_budget_bytes"):
         factories.choose_factory(n, dim, floor - 1)
+    # at 3M, SQ8's lists outgrow the floor and PQ64's still fit under a budget SQ8 misses
+    n = 3_000_000
+    pq64 = factories.plan_build(n, dim, "IVF8192,PQ64", memory_budget_bytes=0)
+    sq8 = factories.plan_build(n, dim, "IVF8192,SQ8", memory_budget_bytes=0)
+    assert pq64.peak_bytes < sq8.peak_bytes
+    assert factories.choose_factory(n, dim, pq64.peak_bytes) == "IVF8192,PQ64"
 
 
 def test_the_training_sample_is_counted_in_the_plan():
     n, dim = 1_000_000, 1280
     plan = factories.plan_build(n, dim, "IVF4096,Flat", memory_budget_bytes=2**50)
-    assert plan.train_rows == n  # 256 a list would be 1,048,576 rows: every row, 4.9 GiB copied
+    assert plan.train_rows == 100 * 4096  # 100 a list, 1.95 GiB copied
     index_bytes = n * (4 * dim + 8)
     assert plan.peak_bytes >= index_bytes + n * 16
     smaller = factories.plan_build(n, dim, "IVF4096,SQ8", memory_budget_bytes=3 * 2**30)

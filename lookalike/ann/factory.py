@@ -19,12 +19,16 @@ from typing import NamedTuple
 import faiss
 
 from ..errors import InvalidFactoryError, first_line
+from . import kmeans
 from .rows import MAPPED_ROWS, READ_CHUNK_ROWS
 
 EXACT_FACTORY = "IDMap2,Flat"
 EXACT_THRESHOLD = 100_000  # below this many vectors, exact search is fast enough and costs no training
 MIN_POINTS_PER_LIST = 39  # FAISS warns below 39 training points per centroid
-TRAIN_POINTS_PER_CENTROID = 256  # FAISS k-means subsamples to this anyway
+# Training rows a list. At 1M x 1280-d (IVF4096,SQ8) 64, 100 and 256 gave the same recall@10
+# after re-rank (benchmarks/bench_build.py); 100 leaves each list 2.5x FAISS's minimum of 39.
+TRAIN_POINTS_PER_CENTROID = 100
+ENCODER_SAMPLE_ROWS = 65_536  # rows that train the codes alone (FAISS's PQ k-means subsamples to 256 x 256)
 DEFAULT_BUDGET_BYTES = 4 * 2**30  # when physical RAM can't be read
 BUDGET_FRACTION_OF_RAM = 0.5
 ID_BYTES = 8
@@ -80,7 +84,7 @@ def choose_factory(n_vectors: int, dim: int, memory_budget_bytes: int | None = N
 def plan_build(n_vectors: int, dim: int, factory: str | None = None, memory_budget_bytes: int | None = None) -> BuildPlan:
     """The factory (chosen as ``choose_factory`` does, unless given), training rows and peak memory of a build.
 
-    The training sample is at most 256 rows a list (FAISS's own cap), fewer where that is what
+    The training sample is at most ``TRAIN_POINTS_PER_CENTROID`` rows a list, fewer where that is what
     fits the budget, never fewer than 39 a list for a chosen factory. A forced ``factory``
     is planned as well as it fits and kept even over budget (its ``peak_bytes`` says by how much).
 
@@ -124,15 +128,19 @@ def estimate_build_bytes(n_vectors: int, dim: int, factory: str, train_rows: int
     row = 4 * dim
     centroids = ivf.nlist * row
     encoder_rows = ivf.train_encoder_num_vectors() or train_rows
+    groups = 0
+    if kmeans.two_level_applies(index):  # codes train on a subsample; k-means copies a group at a time
+        encoder_rows = ENCODER_SAMPLE_ROWS
+        groups = kmeans.LARGEST_GROUP_SHARE * train_rows * row // max(1, round(math.sqrt(ivf.nlist)))
     encoder_rows = min(train_rows, encoder_rows)
     copies = (encoder_rows < train_rows) + bool(ivf.by_residual)  # a subsample, residuals
-    training = train_rows * (row + 12) + encoder_rows * row * copies + TRAIN_WORK_BYTES
+    training = train_rows * (row + 12) + max(encoder_rows * row * copies, groups) + TRAIN_WORK_BYTES
     adding = int(n_vectors * (ivf.code_size + ID_BYTES) * LIST_SLACK) + chunk
     return held + centroids + max(training, adding)
 
 
 def default_train_rows(n_vectors: int, nlist: int) -> int:
-    """256 rows a list, as FAISS's k-means would subsample to, or every row when there are fewer."""
+    """``TRAIN_POINTS_PER_CENTROID`` rows a list, or every row when there are fewer."""
     return min(n_vectors, TRAIN_POINTS_PER_CENTROID * max(nlist, 1))
 
 

@@ -128,19 +128,20 @@ def _is_terminal(stream) -> bool:
 
 class _WarningLine(logging.Handler):
     """The library's warnings as one line each on stderr (``warning: ...``), and its notes about a
-    slow first time (exporting a network, compiling one) as plain lines."""
+    pause (exporting a network the first time, compiling one, a long index build's progress) as plain lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         text = " ".join(record.getMessage().split())
         if record.levelno >= logging.WARNING:
             text = click.style("warning: ", fg="yellow") + text
-        elif record.name not in FIRST_TIME_NOTES:
+        elif record.name not in PAUSE_NOTES:
             return
         click.echo(text, err=True)
 
 
 # Loggers whose INFO records explain a pause the user would otherwise wonder about.
-FIRST_TIME_NOTES = ("lookalike.featurize.runtimes.onnx_export", "lookalike.featurize.runtimes.torch_extractor")
+PAUSE_NOTES = ("lookalike.featurize.runtimes.onnx_export", "lookalike.featurize.runtimes.torch_extractor",
+               "lookalike.ann.progress")
 
 
 @contextlib.contextmanager
@@ -149,7 +150,7 @@ def warning_lines():
     logger = logging.getLogger("lookalike")
     handler = _WarningLine(logging.INFO)
     propagate = logger.propagate
-    notes = [logging.getLogger(name) for name in FIRST_TIME_NOTES]
+    notes = [logging.getLogger(name) for name in PAUSE_NOTES]
     levels = [note.level for note in notes]
     logger.addHandler(handler)
     logger.propagate = False
