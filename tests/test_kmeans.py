@@ -11,13 +11,13 @@ from lookalike.ann import build as ann_build
 from lookalike.ann import index as fi
 from lookalike.ann import kmeans
 
-DIM, NLIST = 48, 256
+DIM, NLIST, N = 32, 256, 20_000
 
 
 @pytest.fixture(scope="module")
 def data():
-    x = clustered(40_000 + 200, DIM, n_clusters=600, noise=1.2, seed=3)
-    return x[:40_000], np.arange(40_000, dtype=np.int64), x[40_000:]
+    x = clustered(N + 200, DIM, n_clusters=600, noise=1.2, seed=3)
+    return x[:N], np.arange(N, dtype=np.int64), x[N:]
 
 
 def objective(vectors: np.ndarray, centroids: np.ndarray) -> float:
@@ -52,9 +52,10 @@ def test_two_level_lists_cluster_as_well_as_faiss_one_level(data, monkeypatch):
     assert centroids.shape == (NLIST, DIM)
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)  # spherical, as FAISS trains IP
     # a little below FAISS's one-level k-means (0.569 against 0.585 here), which costs nlist distances a row
+    # a little below FAISS's one-level k-means (0.591 against 0.606 here), which costs nlist distances a row
     assert objective(vectors, centroids) >= objective(vectors, centroids_of(one)) - 0.03
     # and far better than lists that were never trained: as many sample rows taken as centroids
-    assert objective(vectors, centroids) > objective(vectors, vectors[:: len(vectors) // NLIST][:NLIST]) + 0.08  # 0.446 here
+    assert objective(vectors, centroids) > objective(vectors, vectors[:: len(vectors) // NLIST][:NLIST]) + 0.05  # 0.517 here
 
     _, truth = brute_force(vectors, ids, queries, 10)
     found = {}
@@ -63,17 +64,17 @@ def test_two_level_lists_cluster_as_well_as_faiss_one_level(data, monkeypatch):
         _, candidates = fi.search(index, queries, 20)
         rows = [row[row >= 0] for row in candidates]
         found[name] = [row[np.argsort(-(vectors[row] @ q))[:10]] for row, q in zip(rows, queries)]
-    assert recall_at(found["two"], truth) >= recall_at(found["one"], truth) - 0.03  # 0.890 against 0.906 here
+    assert recall_at(found["two"], truth) >= recall_at(found["one"], truth) - 0.03
 
 
 def test_the_same_sample_gives_the_same_lists(data):
-    vectors = data[0][:20_000]
+    vectors = data[0][:8_000]
     first = kmeans.two_level_centroids(vectors, NLIST, spherical=True, seed=0)
     np.testing.assert_array_equal(first, kmeans.two_level_centroids(vectors, NLIST, spherical=True, seed=0))
 
 
 def test_l2_lists_are_not_normalised(data):
-    vectors = data[0][:20_000] * 3.0
+    vectors = data[0][:8_000] * 3.0
     centroids = kmeans.two_level_centroids(vectors, NLIST, spherical=False)
     assert np.linalg.norm(centroids, axis=1).mean() > 1.3  # means of rows of length 3: about 1.65, not 1
 
@@ -91,7 +92,7 @@ def test_small_ivf_and_transformed_indexes_keep_faiss_s_training(monkeypatch, da
     monkeypatch.setattr(kmeans, "two_level_centroids", lambda *a, **kw: pytest.fail("two-level k-means was used"))
     vectors, ids, _ = data
     ann_build.build_index(vectors[:4000], ids[:4000], "IVF64,Flat")
-    ann_build.build_index(vectors[:20_000], ids[:20_000], f"PCA32,IVF{NLIST},SQ8")
+    ann_build.build_index(vectors, ids, f"PCA16,IVF{NLIST},SQ8")
 
 
 def test_codes_train_on_a_bounded_subsample_once_the_lists_are_set(data, monkeypatch):

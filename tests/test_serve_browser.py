@@ -14,12 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from conftest import photo
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 from serve_helpers import Counted, edited_chelsea, photo_folder, watched_app, working_directory
 
 from lookalike.cli.options import shown
-from lookalike.indexing import open_store
+from lookalike.featurize.options import EmbedOptions
+from lookalike.indexing import index_folder, open_store
 from lookalike.serve import BackgroundServer, create_app
 
 BROWSER = "/usr/lib/chromium/chromium-headless-shell"
@@ -144,7 +146,7 @@ def test_the_duplicates_view_shows_the_near_duplicate_pair(page, server):
     assert sorted(paths) == ["rocket-copy.jpg", "rocket.png"]
     expect(group.locator(".result").first).to_contain_text("keep")  # the keeper comes first, as `lookalike dupes` shows
     expect(group.locator(".result").nth(1)).to_contain_text("to the keeper")
-    expect(page.locator("#status")).to_contain_text("1 group of near-duplicates")
+    expect(page.locator("#status")).to_contain_text("1 group of duplicates")
     _all_thumbnails_loaded(page, ".group img")
 
 
@@ -258,3 +260,58 @@ def test_a_page_on_another_site_can_start_no_search_nor_change_anything(page, tm
         assert "similar" in searches
         assert page.evaluate("act('POST', '/api/test/action', { from: 'the page' })") == {"done": 1}
         assert done == [{"from": "the page"}]
+
+
+@pytest.fixture
+def library(tmp_path, onnx_cache_dir, monkeypatch):
+    """A writable store: three photos, an exact copy of coffee, and a smaller re-save of rocket."""
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(onnx_cache_dir))
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        image = photo(name)
+        image.thumbnail((400, 400))
+        image.save(folder / f"{name}.jpg", quality=92)
+    (folder / "coffee-copy.jpg").write_bytes((folder / "coffee.jpg").read_bytes())
+    copy = photo("rocket")
+    copy.thumbnail((300, 300))
+    copy.save(folder / "rocket-small.jpg", quality=70)
+    index_folder(folder, options=EmbedOptions(device="cpu", workers=0))
+    return folder
+
+
+def test_a_picked_keeper_is_kept_its_duplicate_moves_to_the_quarantine_and_undo_brings_it_back(page, library, tmp_path):
+    quarantine = tmp_path / "quarantine"
+    app = create_app(open_store(library, device="cpu"), display_path=shown, quarantine=quarantine, warm_up=False)
+    with working_directory(library), BackgroundServer(app) as server:
+        page.goto(server.url + "?view=dupes&threshold=0.8")
+        groups = page.locator(".group")
+        expect(groups).to_have_count(2)
+        rocket = groups.filter(has=page.locator('[data-path="rocket-small.jpg"]'))
+        expect(rocket.locator("li.keeper .result")).to_have_attribute("data-path", "rocket.jpg")  # most pixels
+        _all_thumbnails_loaded(page, ".group img")
+        rocket.locator("li", has=page.locator('[data-path="rocket-small.jpg"]')).get_by_role(
+            "button", name="Keep this one").click()
+        expect(rocket.locator("li.keeper .result")).to_have_attribute("data-path", "rocket-small.jpg")
+        expect(rocket.locator("li.keeper")).to_contain_text("chosen by you")
+        page.screenshot(path=tmp_path / "picked.png", full_page=True)
+
+        rocket.get_by_role("button", name=re.compile(r"Resolve group")).click()
+        expect(page.locator("#status")).to_contain_text("Moved 1 file to")
+        assert (quarantine / "rocket.jpg").exists() and not (library / "rocket.jpg").exists()
+        assert (library / "rocket-small.jpg").exists() and (library / "coffee-copy.jpg").exists()
+        expect(page.locator(".group")).to_have_count(1)  # only the exact pair is left
+        page.screenshot(path=tmp_path / "resolved.png", full_page=True)
+
+        page.get_by_role("button", name="Undo the last action").click()
+        expect(page.locator("#status")).to_contain_text("Put back 1 file")
+        assert (library / "rocket.jpg").exists() and not (quarantine / "rocket.jpg").exists()
+        expect(page.locator(".group")).to_have_count(2)
+        page.screenshot(path=tmp_path / "undone.png", full_page=True)
+
+        rocket.locator("li", has=page.locator('[data-path="rocket-small.jpg"]')).get_by_role(
+            "button", name="Not a duplicate").click()  # a verdict: the pair is never grouped again
+        expect(page.locator("#status")).to_contain_text("not a duplicate of the keeper")
+        expect(page.locator(".group")).to_have_count(1)
+        with open_store(library).catalog() as catalog:
+            assert len(catalog.verdicts()) == 1

@@ -105,6 +105,22 @@ def test_a_request_that_changes_something_needs_the_token_and_a_same_origin_orig
     assert ok.status_code == 200  # a search by upload changes nothing: no token needed
 
 
+def test_the_review_s_actions_are_refused_without_the_token_and_the_page_s_origin(folder, tmp_path):
+    guard, _, _ = watched_app(folder, quarantine=tmp_path / "q")
+    actions = [("/api/dupes/resolve", {"threshold": 0.9, "generation": -1, "groups": [{"keeper": 1, "remove": [2]}]}),
+               ("/api/distinct", {"ids": [10**12, 10**12 + 1]}), ("/api/undo", None)]  # no such images: nothing to change
+    with TestClient(guard, base_url=LOCAL) as client:
+        token = {"x-lookalike-token": client.get("/api/session").json()["token"]}
+        for path, body in actions:
+            for headers in ({"origin": LOCAL}, token, {**token, "origin": "http://evil.example"}):
+                assert client.post(path, headers=headers, json=body).status_code == 403, (path, headers)
+        assert not any(p in guard.app.paths for p, _ in actions)  # refused before the app
+        answers = [client.post(path, headers={**token, "origin": LOCAL}, json=body) for path, body in actions]
+    assert [a.status_code for a in answers] == [409, 404, 409]  # reached the review, which said no
+    assert "store changed" in answers[0].json()["error"] and "nothing to undo" in answers[2].json()["error"]
+    assert not (tmp_path / "q").exists()
+
+
 def _raw(url: str, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, bytes]:
     host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
     connection = http.client.HTTPConnection("127.0.0.1" if host in ("0.0.0.0", "[::]") else host.strip("[]"), int(port), timeout=30)

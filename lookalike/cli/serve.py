@@ -28,12 +28,19 @@ from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, shown, store_op
               help="Allow requests that change something (with the session token) on an address beyond loopback.")
 @click.option("--api-docs", is_flag=True,
               help="Serve Swagger UI at /docs and ReDoc at /redoc; their pages load script from a CDN.")
-def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device, allow_actions, api_docs):
+@click.option("--quarantine", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Let the page resolve duplicate groups: the files it removes move here, their paths under the "
+                   "indexed folder kept (as `lookalike dupes --move-to`).")
+@click.option("--trash", is_flag=True, help="Let the page resolve duplicate groups, sending the files it removes to the OS trash.")
+def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device, allow_actions, api_docs,
+          quarantine, trash):
     """Browse the store in a web page: search by dropping an image, click through
     neighbours, review near-duplicates; and a JSON API (described at /openapi.json).
 
-    The page and API only read the store: `lookalike index` may add images meanwhile,
-    and they show up without a restart. Stop with Ctrl-C.
+    The page reads the store: `lookalike index` may add images meanwhile, and they
+    show up without a restart. With --quarantine DIR or --trash, the Duplicates view
+    can also resolve groups (pick the keeper, move the rest, journal first) and undo
+    the last action; "not duplicates" and undo work without them. Stop with Ctrl-C.
     """
     from ..featurize.options import EmbedOptions
     from ..serve import require_extra
@@ -44,7 +51,7 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
 
     opened = open_store_for(store, options=EmbedOptions(device=device, max_pixels=max_pixels))
     app = create_app(opened, display_path=shown, classifier=classifier, max_upload_bytes=int(max_upload_mb * 1e6),
-                     allow_actions=allow_actions, api_docs=api_docs)
+                     allow_actions=allow_actions, api_docs=api_docs, quarantine=quarantine, trash=trash)
     server = Server(app, host, port)  # tells the app the address it is bound to
     if not is_loopback(server.address):
         click.secho(f"warning: listening on {host}: anyone who can reach this machine on the network can see "

@@ -1,9 +1,11 @@
-"""The JSON API: info, failures, search by upload, similar, dupes, thumbnails, originals, predict, session.
+"""The JSON API: info, failures, search by upload, similar, dupes, thumbnails, originals, predict, session;
+and the review's actions: resolve duplicate groups, say images are distinct, undo.
 
 Files are only ever named by catalog id, a non-negative integer: a request can't name a
 path, so it can't reach outside the store, and a file is served only while it is the file
-that was indexed (``files``). Nothing here writes to the store. Who may call what is the
-guard's business (``guard``, ``session``), decided before a request gets here.
+that was indexed (``files``). Only the review's three POSTs change anything (``review``).
+Who may call what is the guard's business (``guard``, ``session``), decided before a
+request gets here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 
 from ..errors import UploadError
 from .embed_queue import EmbedQueue
 from .files import FileBody
 from .gallery import Gallery
 from .guard import LOOPBACK_FLAG
+from .review import Decision, Review
 from .session import TOKEN_HEADER, Session
 from .thumbnails import Thumbnails, thumbnail_size
 from .uploads import UploadSpool
@@ -48,6 +52,30 @@ class Services:
     thumbnails: Thumbnails
     max_pixels: int
     session: Session
+    review: Review
+
+
+class GroupDecision(BaseModel):
+    """A group as the user left it."""
+
+    keeper: int = Field(ge=0, description="The id of the image to keep: the rules' keeper or another member.")
+    remove: list[int] = Field(default_factory=list, max_length=100_000,
+                              description="Ids of members to move away; only duplicates of the keeper itself go.")
+
+
+class Resolution(BaseModel):
+    """Groups to resolve, as ``/api/dupes`` showed them."""
+
+    threshold: float = Field(gt=-1, le=1)
+    k: int = Field(10, ge=2, le=100)
+    generation: int = Field(description="The store generation /api/dupes answered with: a newer store is refused.")
+    groups: list[GroupDecision] = Field(min_length=1, max_length=100_000)
+
+
+class Distinct(BaseModel):
+    """Images the user says are not duplicates of one another."""
+
+    ids: list[int] = Field(min_length=2, max_length=1_000)
 
 
 def api_router(services: Services) -> APIRouter:
@@ -81,7 +109,20 @@ def api_router(services: Services) -> APIRouter:
     @router.get("/dupes", summary="Groups of near-duplicate images")
     def dupes(threshold: Annotated[float, Query(gt=-1, le=1)] = 0.95, k: Annotated[int, Query(ge=2, le=100)] = 10,
               limit: Annotated[int, Query(ge=1, le=100_000)] = 100) -> dict:
-        return gallery.dupes(threshold, k, limit)
+        return {**gallery.dupes(threshold, k, limit), "resolve_to": services.review.where()}
+
+    @router.post("/dupes/resolve", summary="Move (or trash) the members of groups that duplicate their keeper, journal first")
+    def resolve(resolution: Resolution) -> dict:
+        decisions = [Decision(g.keeper, g.remove) for g in resolution.groups]
+        return services.review.resolve(resolution.threshold, resolution.k, resolution.generation, decisions)
+
+    @router.post("/distinct", summary="Say these images are not duplicates of one another (as `lookalike distinct`)")
+    def distinct(body: Distinct) -> dict:
+        return services.review.distinct(body.ids)
+
+    @router.post("/undo", summary="Undo the last action (as `lookalike undo`)")
+    def undo() -> dict:
+        return services.review.undo()
 
     @router.get("/thumbs/{image_id}", summary="A JPEG thumbnail, re-encoded and cached (size rounded up to 32, 64, 128, 256, 384, 512, 768 or 1024)",
                 response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})

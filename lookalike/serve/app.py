@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from ..errors import (
+    DuplicatesError,
     ImageLoadError,
     LookalikeError,
     StoreError,
@@ -24,6 +25,7 @@ from .embed_queue import EmbedQueue
 from .files import StoredFileError
 from .gallery import Gallery
 from .guard import Guard
+from .review import Review
 from .session import Session
 from .thumbnails import Thumbnails
 from .uploads import UploadSpool
@@ -43,6 +45,8 @@ def create_app(
     warm_up: bool = True,
     allow_actions: bool = False,
     api_docs: bool = False,
+    quarantine: str | os.PathLike | None = None,
+    trash: bool = False,
 ):
     """The web app over a store: the page at ``/``, the JSON API under ``/api``, its OpenAPI at ``/openapi.json``.
 
@@ -60,6 +64,9 @@ def create_app(
             when the server listens beyond loopback (see ``session``).
         api_docs: serve Swagger UI at ``/docs`` and ReDoc at ``/redoc``. Their pages load
             script from a CDN, on the origin that serves the images: off unless asked for.
+        quarantine: the folder the review moves resolved duplicates to (``review``); without
+            it (or ``trash``) the page can't resolve, only say images are distinct and undo.
+        trash: the review sends resolved duplicates to the OS trash instead.
 
     Whether the server is on loopback (which decides the ``Host`` check and whether anything
     may change) is read from the socket ``Server`` binds, never from a host name.
@@ -70,6 +77,7 @@ def create_app(
     Raises:
         StoreError: the store was not opened with ``lookalike.open_store``.
         ModelFileError, ModelMismatchError: the classifier can't be read, or fits another embedding.
+        DuplicatesError: both ``quarantine`` and ``trash``, or a quarantine folder the store can't use.
     """
     from fastapi import FastAPI
 
@@ -78,13 +86,16 @@ def create_app(
     labeller = Labeller(classifier, store.info()["spec"]) if classifier is not None else None
     max_pixels = getattr(getattr(store.embedder, "options", None), "max_pixels", DEFAULT_MAX_PIXELS)
     session = Session(allow_actions=allow_actions)  # a new token for each app, so each server start
+    gallery = Gallery(store, display_path, labeller)
+    review = Review(store, gallery, quarantine, trash, display_path)
     services = Services(
-        gallery=Gallery(store, display_path, labeller),
+        gallery=gallery,
         queue=EmbedQueue(store.embedder),
         spool=UploadSpool(max_upload_bytes, frozenset(IMAGE_EXTENSIONS)),
         thumbnails=Thumbnails(thumbnail_cache_bytes, max_pixels),
         max_pixels=max_pixels,
         session=session,
+        review=review,
     )
 
     @asynccontextmanager
@@ -158,6 +169,10 @@ def _add_error_answers(app) -> None:
     @app.exception_handler(ImageLoadError)
     async def unreadable(request, error: ImageLoadError):
         return answer(404, f"the stored file can't be shown: {error.reason}")
+
+    @app.exception_handler(DuplicatesError)
+    async def undecided(request, error: DuplicatesError):
+        return answer(409, str(error))
 
     @app.exception_handler(LookalikeError)
     async def library(request, error):

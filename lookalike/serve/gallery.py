@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..dupes.groups import Settings, find_groups
+from ..dupes.groups import Group, Settings, find_groups
 from ..errors import UnknownImageError
 from ..store.neighbours import Hit
 from ..store.store import Store
@@ -85,7 +85,7 @@ class Gallery:
         self.display_path = display_path
         self.labeller = labeller
         self.root = str(store.root)  # resolved once: the root does not move while serving
-        self._dupes: OrderedDict[tuple, dict] = OrderedDict()
+        self._dupes: OrderedDict[tuple, list[Group]] = OrderedDict()
         self._dupes_lock = threading.Lock()
         self.warmed = threading.Event()  # set once ``warm`` is done
         self._searching = 0  # searches in flight
@@ -111,6 +111,16 @@ class Gallery:
             record = catalog.by_ids([image_id]).get(image_id)
         self._on_disk(image_id, record.path if record is not None and record.row is not None else None)
         return open_indexed(self.root, record)
+
+    def path_of(self, image_id: int) -> str:
+        """Where the embedded image ``image_id`` is on disk.
+
+        Raises:
+            UnknownImageError: no embedded image has this id.
+        """
+        with self.store.catalog() as catalog:
+            record = catalog.by_ids([image_id]).get(image_id)
+        return self._on_disk(image_id, record.path if record is not None and record.row is not None else None)
 
     def _on_disk(self, image_id: int, key: str | None) -> str:
         # Catalog keys are relative to the root; refuse anything else rather than serve it.
@@ -170,23 +180,32 @@ class Gallery:
         every stored image, so only so many different ones can be asked for.
         """
         threshold = dupes_threshold(threshold)
+        generation, groups = self.groups(threshold, k)
+        return {"threshold": threshold, "k": k, "generation": generation, "total": len(groups),
+                "groups": [{"size": len(g.members), "kind": g.kind, "members": [
+                    {"id": m.id, "path": self.display_path(m.path), "score": round(m.score, 6), "keep": m.keep,
+                     "reason": m.reason, "missing": m.missing} for m in g.members]} for g in groups[:limit]]}
+
+    def groups(self, threshold: float, k: int) -> tuple[int, list[Group]]:
+        """The store's generation and the groups ``lookalike dupes`` finds at ``threshold`` (rounded), keeper first; cached."""
+        threshold = dupes_threshold(threshold)
         generation = self.store.info()["generation"]
         with self._dupes_lock:  # one computation at a time; the next request finds it cached
             key = (generation, threshold, k)
             if key not in self._dupes:
-                with faiss_threads(os.cpu_count() or 1):  # the groups ``lookalike dupes`` shows, keeper first
-                    groups = find_groups(self.store, Settings(threshold=threshold, k=k))
-                self._dupes[key] = {"groups": [{"kind": g.kind, "members": [
-                    {"id": m.id, "path": self.display_path(m.path), "score": round(m.score, 6), "keep": m.keep,
-                     "reason": m.reason, "missing": m.missing} for m in g.members]} for g in groups]}
+                with faiss_threads(os.cpu_count() or 1):
+                    self._dupes[key] = find_groups(self.store, Settings(threshold=threshold, k=k))
                 for stale in [old for old in self._dupes if old[0] != generation]:
                     del self._dupes[stale]
                 while len(self._dupes) > _DUPES_CACHED:
                     self._dupes.popitem(last=False)
             self._dupes.move_to_end(key)
-            groups = self._dupes[key]["groups"]
-        return {"threshold": threshold, "k": k, "generation": generation, "total": len(groups),
-                "groups": [{"size": len(g["members"]), **g} for g in groups[:limit]]}
+            return generation, self._dupes[key]
+
+    def forget_groups(self) -> None:
+        """Drop the cached groups: a verdict changed them without a new store generation."""
+        with self._dupes_lock:
+            self._dupes.clear()
 
     def info(self) -> dict:
         """The store's info, paths as users see them, and the classifier's."""

@@ -225,7 +225,11 @@ function takeFile(files) {
   if (file) searchUpload(file);
 }
 
-// ---- near-duplicates ----
+// ---- near-duplicates, and resolving them ----
+// The page only says what the user decided (a keeper, the members to remove); the server checks each
+// decision against its own groups and moves only the duplicates of the keeper itself (serve/review.py).
+
+const review = { answer: null, keepers: new Map() };
 
 async function showDupes(p) {
   if (p.has("threshold")) $("dupes-threshold").value = p.get("threshold");
@@ -234,20 +238,126 @@ async function showDupes(p) {
   const signal = state.navigation.signal;
   setStatus("Comparing every stored image with its neighbours…");
   try {
-    const answer = await api(`/api/dupes?${query}`, { signal });
-    const groups = answer.groups.map((group, number) => {
-      const title = el("h2", {}, [`Group ${number + 1} · ${group.kind} · ${plural(group.size, "image")}`]);
-      const items = group.members.map((member) => result(member, member.keep
-        ? `keep · ${member.reason}` : `${member.missing ? "missing" : "duplicate"} · ${member.score.toFixed(3)} to the keeper`));
-      return el("section", { className: "group", "aria-label": `Group ${number + 1}` }, [title, el("ol", { className: "grid" }, items)]);
-    });
-    $("groups").replaceChildren(...groups);
-    const shown = answer.total > groups.length ? ` (the first ${groups.length} shown)` : "";
-    setStatus(answer.total ? `${plural(answer.total, "group")} of near-duplicates at similarity ${answer.threshold} or more${shown}`
-      : `No near-duplicates at similarity ${answer.threshold} or more.`);
+    review.answer = await api(`/api/dupes?${query}`, { signal });
+    review.keepers = new Map(review.answer.groups.map((group, number) => [number, group.members[0].id]));
+    renderGroups();
+    const answer = review.answer;
+    const shown = answer.total > answer.groups.length ? ` (the first ${answer.groups.length} shown)` : "";
+    setStatus(answer.total ? `${plural(answer.total, "group")} of duplicates at similarity ${answer.threshold} or more${shown}`
+      : `No duplicates at similarity ${answer.threshold} or more.`);
   } catch (error) {
     if (!signal.aborted) showError(`Could not find duplicates: ${error.message}`);
   }
+}
+
+function renderGroups() {
+  const answer = review.answer;
+  const resolvable = Boolean(answer.resolve_to);
+  const groups = answer.groups.map((group, number) => {
+    const keeper = review.keepers.get(number);
+    const title = el("h2", {}, [`Group ${number + 1} · ${group.kind} · ${plural(group.size, "image")}`]);
+    const items = group.members.map((member) => reviewed(group, number, member, keeper));
+    const resolve = el("button", { type: "button", className: "resolve", disabled: !resolvable,
+      title: resolvable ? `Move the duplicates of the keeper to ${answer.resolve_to}` : "Start the server with --quarantine DIR or --trash" },
+      [`Resolve group ${number + 1}`]);
+    resolve.addEventListener("click", () => resolveGroups([number]));
+    return el("section", { className: "group", "aria-label": `Group ${number + 1}` },
+      [title, el("ol", { className: "grid" }, items), el("p", { className: "group-actions" }, [resolve])]);
+  });
+  const bar = [];
+  if (answer.groups.length) {
+    const all = el("button", { type: "button", id: "resolve-all", disabled: !resolvable }, ["Resolve all shown groups"]);
+    all.addEventListener("click", () => resolveGroups(answer.groups.map((_, number) => number)));
+    bar.push(all);
+  }
+  const undo = el("button", { type: "button", id: "undo", className: "secondary" }, ["Undo the last action"]);
+  undo.addEventListener("click", undoLast);
+  bar.push(undo);
+  if (answer.groups.length) {
+    bar.push(el("span", { className: "where" }, [resolvable
+      ? `Resolving moves each keeper's duplicates to ${answer.resolve_to}, journal first; Undo puts them back.`
+      : "To resolve groups here, start the server with --quarantine DIR or --trash."]));
+  }
+  $("groups").replaceChildren(el("div", { className: "review-bar" }, bar), ...groups);
+}
+
+// One member: its role (the keeper, chosen by the rules or by the user; or to remove), and what the user can do.
+function reviewed(group, number, member, keeper) {
+  const isKeeper = member.id === keeper;
+  const chosen = keeper !== group.members[0].id;
+  let caption;
+  if (isKeeper) caption = chosen ? "keeper · chosen by you" : `keeper · ${member.reason}`;
+  else if (member.missing) caption = "missing from disk · left alone";
+  else caption = chosen ? "to remove, if a duplicate of the keeper"
+    : `to remove · ${member.score.toFixed(3)} to the keeper`;
+  const item = result(member, caption);
+  item.classList.toggle("keeper", isKeeper);
+  item.dataset.role = isKeeper ? "keeper" : "remove";
+  if (isKeeper || member.missing) return item;
+  const keep = el("button", { type: "button", className: "secondary" }, ["Keep this one"]);
+  keep.addEventListener("click", () => { review.keepers.set(number, member.id); renderGroups(); });
+  const buttons = [keep];
+  if (group.kind !== "exact") {  // the same bytes can't be "not duplicates"
+    const distinct = el("button", { type: "button", className: "secondary" }, ["Not a duplicate"]);
+    distinct.addEventListener("click", () => notDuplicates(keeper, member));
+    buttons.push(distinct);
+  }
+  item.append(el("div", { className: "member-actions" }, buttons));
+  return item;
+}
+
+async function resolveGroups(numbers) {
+  const answer = review.answer;
+  const groups = numbers.map((number) => {
+    const keeper = review.keepers.get(number);
+    const remove = answer.groups[number].members.filter((m) => m.id !== keeper && !m.missing).map((m) => m.id);
+    return { keeper, remove };
+  });
+  clearMessages();
+  setStatus("Moving the duplicates…");
+  try {
+    const done = await act("POST", "/api/dupes/resolve",
+      { threshold: answer.threshold, k: answer.k, generation: answer.generation, groups });
+    await reloadDupes();
+    const left = done.left.map((l) => `${l.path}: ${l.why}`);
+    setStatus(`Moved ${plural(done.moved.length, "file")} to ${done.to}.` + (left.length ? ` Left alone: ${left.join("; ")}.` : "")
+      + (done.moved.length ? " Undo puts back what moved." : ""));
+  } catch (error) {
+    showError(`Could not resolve: ${error.message}`);
+  }
+}
+
+async function notDuplicates(keeper, member) {
+  clearMessages();
+  try {
+    await act("POST", "/api/distinct", { ids: [keeper, member.id] });
+    await reloadDupes();
+    setStatus(`${member.path} is marked as not a duplicate of the keeper; it won't be grouped with it again.`);
+  } catch (error) {
+    showError(`Could not record it: ${error.message}`);
+  }
+}
+
+async function undoLast() {
+  clearMessages();
+  setStatus("Putting the files back…");
+  try {
+    const done = await act("POST", "/api/undo");
+    await reloadDupes();
+    const kept = done.kept.map((k) => `${k.path}: ${k.why}`);
+    setStatus(`Put back ${plural(done.restored.length, "file")}.` + (kept.length ? ` Not put back: ${kept.join("; ")}.` : ""));
+  } catch (error) {
+    showError(`Could not undo: ${error.message}`);
+  }
+}
+
+async function reloadDupes() {
+  const answer = review.answer;
+  const query = new URLSearchParams({ threshold: answer.threshold, limit: $("dupes-limit").value });
+  review.answer = await api(`/api/dupes?${query}`);
+  review.keepers = new Map(review.answer.groups.map((group, number) => [number, group.members[0].id]));
+  renderGroups();
+  showSummary();  // the count of images changed
 }
 
 // ---- the store ----
