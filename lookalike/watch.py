@@ -8,18 +8,23 @@ takes them all: a copy of 10,000 photos is one run, not 10,000. A pass leaves an
 modified within the last ``settle`` seconds for the next one, so a file still being copied
 is never embedded half-written. Stopping (Ctrl-C, SIGTERM, ``stop``) happens between
 batches; a kill loses at most the batch in flight, and the next start catches up.
+
+Other writes to the store in the same process (``serve --watch`` resolving duplicates) go
+through ``call``: they run on the watcher's thread between passes, under the lock it holds.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, StoreLockedError
 from .featurize.options import EmbedOptions
 from .indexing import IndexSummary, index_folder
 from .store.layout import STORE_DIRNAME, store_folder
@@ -58,6 +63,23 @@ class Watcher:
         self._changed = threading.Event()
         self._last_event = 0.0
         self.ready = threading.Event()  # set once the catch-up pass is done and events are listened to
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._calls_lock = threading.Lock()
+        self._closed = False  # no more calls: the watcher has stopped
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the watcher's thread between passes, holding the store's lock; its result comes in the future.
+
+        The way for code in the same process to write to a store the watcher holds: any other
+        writer would be refused. Calls made after the watcher stops fail with ``StoreLockedError``.
+        """
+        future: Future = Future()
+        with self._calls_lock:
+            if self._closed:
+                future.set_exception(StoreLockedError(f"the watcher of {self.store} has stopped: nothing was written"))
+            else:
+                self._calls.put((fn, future))
+        return future
 
     def stop(self) -> None:
         """Ask the watcher to stop (between batches); ``run`` returns soon after."""
@@ -74,6 +96,12 @@ class Watcher:
             MissingDependencyError: watchdog is not installed.
             StoreLockedError: another process writes to the store.
         """
+        try:
+            self._watch()
+        finally:
+            self._close_calls()  # a call waiting now fails: it never waits for a watcher that is gone
+
+    def _watch(self) -> None:
         observer = _observer()
         self.store.mkdir(parents=True, exist_ok=True)
         with hold_store(self.store):
@@ -83,6 +111,7 @@ class Watcher:
             try:
                 self.ready.set()
                 while not self._stop.is_set():
+                    self._run_calls()
                     if self._due():
                         self._changed.clear()
                         summary = self._pass(first=False)
@@ -92,6 +121,29 @@ class Watcher:
             finally:
                 observer.stop()
                 observer.join()
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
+                    future.set_exception(error)
+
+    def _close_calls(self) -> None:
+        with self._calls_lock:
+            self._closed = True
+        while True:
+            try:
+                _, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(StoreLockedError(f"the watcher of {self.store} has stopped: nothing was written"))
 
     def _due(self) -> bool:
         return self._changed.is_set() and time.monotonic() - self._last_event >= self.settle

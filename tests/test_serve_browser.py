@@ -23,6 +23,7 @@ from lookalike.cli.options import shown
 from lookalike.featurize.options import EmbedOptions
 from lookalike.indexing import index_folder, open_store
 from lookalike.serve import BackgroundServer, create_app
+from lookalike.watch import Watcher
 
 BROWSER = "/usr/lib/chromium/chromium-headless-shell"
 expect.set_options(timeout=30_000)  # a first upload loads the model; a busy CI machine takes its time
@@ -315,3 +316,22 @@ def test_a_picked_keeper_is_kept_its_duplicate_moves_to_the_quarantine_and_undo_
         expect(page.locator(".group")).to_have_count(1)
         with open_store(library).catalog() as catalog:
             assert len(catalog.verdicts()) == 1
+
+
+def test_serve_watch_shows_a_photo_added_to_the_folder_without_a_restart(page, library, tmp_path):
+    watcher = Watcher(library, settle=0.5, options=EmbedOptions(device="cpu", workers=0))
+    app = create_app(open_store(library, device="cpu"), display_path=shown, warm_up=False, watcher=watcher)
+    with working_directory(library), BackgroundServer(app) as server:
+        assert watcher.ready.wait(60), "the watcher's catch-up pass never finished"
+        page.goto(server.url + "?view=dupes&threshold=0.8")
+        expect(page.locator(".group")).to_have_count(2)
+        (library / "chelsea-again.jpg").write_bytes((library / "chelsea.jpg").read_bytes())
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "api/info").json()["embedded"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        page.get_by_role("button", name="Find duplicates").click()
+        expect(page.locator(".group")).to_have_count(3)
+        expect(page.locator('.group [data-path="chelsea-again.jpg"]')).to_be_visible()
+        _all_thumbnails_loaded(page, ".group img")
+        page.screenshot(path=tmp_path / "watched.png", full_page=True)
+    assert not watcher.ready.is_set() or watcher.stopping  # the server's shutdown stopped the watcher

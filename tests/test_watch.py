@@ -135,3 +135,48 @@ def test_a_watcher_killed_mid_batch_catches_up_when_it_starts_again(tmp_path):
     names = sorted(p.name for p in folder.glob("*.jpg"))
     np.testing.assert_allclose(watched.get_vectors([folder / n for n in names]),
                                fresh.get_vectors([tmp_path / "fresh" / n for n in names]), atol=1e-5)
+
+
+def test_a_write_from_elsewhere_in_the_process_runs_on_the_watcher_s_thread_under_its_lock(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(folder, range(3))
+    aged(folder)
+    with Running(folder) as running:
+        store = open_store(folder)  # made by the watcher's first pass
+        with pytest.raises(StoreLockedError):
+            with store.writer(sync=False):  # any other writer is refused while the watcher holds the store
+                pass
+
+        def write():
+            with store.writer(sync=False) as writer:
+                writer.catalog.set_meta(note="written through the watcher")
+            return threading.current_thread()
+
+        assert running.watcher.call(write).result(timeout=30) is running.thread
+        with pytest.raises(ValueError, match="told"):
+            running.watcher.call(lambda: (_ for _ in ()).throw(ValueError("told"))).result(timeout=30)
+    with store.catalog() as catalog:
+        assert catalog.meta("note") == "written through the watcher"
+    with pytest.raises(StoreLockedError, match="has stopped"):  # after the watcher stops, a call is refused, not lost
+        running.watcher.call(write).result(timeout=5)
+
+
+def test_serve_watch_resolves_duplicates_through_the_watcher_that_holds_the_store(tmp_path):
+    from lookalike.serve.gallery import Gallery
+    from lookalike.serve.review import Decision, Review
+
+    folder = tmp_path / "photos"
+    make_images(folder, range(3))
+    shutil.copy(folder / "01.jpg", folder / "01-copy.jpg")
+    aged(folder)
+    with Running(folder) as running:
+        store = open_store(folder)
+        gallery = Gallery(store)
+        alone = Review(store, gallery, quarantine=tmp_path / "q")
+        through = Review(store, gallery, quarantine=tmp_path / "q", writes=lambda fn: running.watcher.call(fn).result(60))
+        generation, (group,) = gallery.groups(0.95, 10)
+        decision = [Decision(group.keeper.id, [m.id for m in group.members[1:]])]
+        with pytest.raises(StoreLockedError):
+            alone.resolve(0.95, 10, generation, decision)
+        moved = through.resolve(0.95, 10, generation, decision)["moved"]
+    assert len(moved) == 1 and len(list((tmp_path / "q").iterdir())) == 1 and len(paths(folder)) == 3

@@ -165,6 +165,17 @@ def warning_lines():
             note.setLevel(level)
 
 
+def seconds(ctx, param, value: str) -> float:
+    """A click callback: a duration such as ``2s``, ``500ms`` or ``1.5`` (seconds)."""
+    text = value.strip().lower()
+    try:
+        if text.endswith("ms"):
+            return float(text[:-2]) / 1000
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        raise click.BadParameter(f"a time such as 2s, 500ms or 1.5, not {value!r}") from None
+
+
 def check_writable(output: Path) -> None:
     tmp = output.with_name(output.name + ".tmp")
     try:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, shown, store_option
+from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, seconds, shown, store_option
 
 
 @click.command()
@@ -32,15 +33,21 @@ from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, shown, store_op
               help="Let the page resolve duplicate groups: the files it removes move here, their paths under the "
                    "indexed folder kept (as `lookalike dupes --move-to`).")
 @click.option("--trash", is_flag=True, help="Let the page resolve duplicate groups, sending the files it removes to the OS trash.")
+@click.option("--watch", is_flag=True,
+              help="Keep the store current while serving, as `lookalike watch` does: new photos show up in the page.")
+@click.option("--settle", default="2s", show_default=True, callback=seconds,
+              help="With --watch: index a burst of changes once nothing has changed for this long.")
 def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels, device, allow_actions, api_docs,
-          quarantine, trash):
+          quarantine, trash, watch, settle):
     """Browse the store in a web page: search by dropping an image, click through
     neighbours, review near-duplicates; and a JSON API (described at /openapi.json).
 
     The page reads the store: `lookalike index` may add images meanwhile, and they
     show up without a restart. With --quarantine DIR or --trash, the Duplicates view
     can also resolve groups (pick the keeper, move the rest, journal first) and undo
-    the last action; "not duplicates" and undo work without them. Stop with Ctrl-C.
+    the last action; "not duplicates" and undo work without them. With --watch the
+    server also keeps the store current (holding its write lock), so photos added to
+    the folder show up in the page. Stop with Ctrl-C.
     """
     from ..featurize.options import EmbedOptions
     from ..serve import require_extra
@@ -49,9 +56,15 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
     from ..serve import Server, create_app
     from ..serve.guard import is_loopback
 
-    opened = open_store_for(store, options=EmbedOptions(device=device, max_pixels=max_pixels))
+    options = EmbedOptions(device=device, max_pixels=max_pixels)
+    opened = open_store_for(store, options=options)
+    watcher = None
+    if watch:
+        from ..watch import Watcher
+
+        watcher = Watcher(opened.root, store=opened.directory, settle=settle, options=options, on_pass=_said_pass)
     app = create_app(opened, display_path=shown, classifier=classifier, max_upload_bytes=int(max_upload_mb * 1e6),
-                     allow_actions=allow_actions, api_docs=api_docs, quarantine=quarantine, trash=trash)
+                     allow_actions=allow_actions, api_docs=api_docs, quarantine=quarantine, trash=trash, watcher=watcher)
     server = Server(app, host, port)  # tells the app the address it is bound to
     if not is_loopback(server.address):
         click.secho(f"warning: listening on {host}: anyone who can reach this machine on the network can see "
@@ -70,7 +83,14 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
         server.run()
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
-        sys.exit(EXIT_INTERRUPTED)  # Ctrl-C, as every command reports it; the store was only read
+        sys.exit(EXIT_INTERRUPTED)  # Ctrl-C, as every command reports it; actions are journaled, the watcher stopped between batches
 
 
 COMMANDS = (serve,)
+
+
+def _said_pass(summary, first: bool) -> None:
+    """One line for each pass of --watch that changed something."""
+    if summary.added or summary.updated or summary.removed or summary.moved or summary.failed:
+        click.echo(f"{time.strftime('%H:%M:%S')} watch: {summary.added} added, {summary.updated} updated, "
+                   f"{summary.moved} moved, {summary.removed} removed, {summary.failed} failed", err=True)

@@ -9,23 +9,13 @@ from pathlib import Path
 
 import click
 
-from .options import Interrupted, embed_options, featurizer_options, store_option
-
-
-def _seconds(ctx, param, value: str) -> float:
-    text = value.strip().lower()
-    try:
-        if text.endswith("ms"):
-            return float(text[:-2]) / 1000
-        return float(text[:-1]) if text.endswith("s") else float(text)
-    except ValueError:
-        raise click.BadParameter(f"a time such as 2s, 500ms or 1.5, not {value!r}") from None
+from .options import Interrupted, embed_options, featurizer_options, seconds, store_option
 
 
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @store_option
-@click.option("--settle", default="2s", show_default=True, callback=_seconds,
+@click.option("--settle", default="2s", show_default=True, callback=seconds,
               help="Wait until nothing has changed for this long, then index what changed; a file is read only "
                    "once it has rested this long (a copy in progress is never read half-written).")
 @featurizer_options(None)

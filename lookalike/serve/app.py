@@ -47,6 +47,7 @@ def create_app(
     api_docs: bool = False,
     quarantine: str | os.PathLike | None = None,
     trash: bool = False,
+    watcher=None,
 ):
     """The web app over a store: the page at ``/``, the JSON API under ``/api``, its OpenAPI at ``/openapi.json``.
 
@@ -67,6 +68,9 @@ def create_app(
         quarantine: the folder the review moves resolved duplicates to (``review``); without
             it (or ``trash``) the page can't resolve, only say images are distinct and undo.
         trash: the review sends resolved duplicates to the OS trash instead.
+        watcher: a ``lookalike.watch.Watcher`` of the store's folder, run on a thread while the
+            app runs (``serve --watch``): new photos show up without a restart. The review's
+            writes then go through it, since it holds the store's lock.
 
     Whether the server is on loopback (which decides the ``Host`` check and whether anything
     may change) is read from the socket ``Server`` binds, never from a host name.
@@ -87,7 +91,8 @@ def create_app(
     max_pixels = getattr(getattr(store.embedder, "options", None), "max_pixels", DEFAULT_MAX_PIXELS)
     session = Session(allow_actions=allow_actions)  # a new token for each app, so each server start
     gallery = Gallery(store, display_path, labeller)
-    review = Review(store, gallery, quarantine, trash, display_path)
+    writes = (lambda fn: watcher.call(fn).result()) if watcher is not None else None
+    review = Review(store, gallery, quarantine, trash, display_path, writes)
     services = Services(
         gallery=gallery,
         queue=EmbedQueue(store.embedder),
@@ -104,9 +109,13 @@ def create_app(
         services.queue.start(_warm_up_image(folder) if warm_up else None)
         if warm_up:
             threading.Thread(target=services.gallery.warm, name="lookalike-warm-index", daemon=True).start()
+        watching = _start_watching(watcher) if watcher is not None else None
         try:
             yield
         finally:
+            if watching is not None:
+                watcher.stop()
+                watching.join(timeout=60)
             services.queue.close()
             services.spool.close()
 
@@ -193,6 +202,20 @@ def _add_error_answers(app) -> None:
     async def unexpected(request, error):
         logger.exception("%s %s failed", request.method, request.url.path)
         return answer(500, f"internal error ({type(error).__name__}); the server keeps running, see its log")
+
+
+def _start_watching(watcher) -> threading.Thread:
+    """Run the watcher on a thread; if it stops with an error, say so in the log (the server goes on)."""
+
+    def run() -> None:
+        try:
+            watcher.run()
+        except Exception as error:  # noqa: BLE001 - the page still serves what is stored
+            logger.warning("watching %s stopped: %s", watcher.root, error)
+
+    thread = threading.Thread(target=run, name="lookalike-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _warm_up_image(folder) -> str:

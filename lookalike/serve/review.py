@@ -15,7 +15,8 @@ another member the user picked) and the members to remove. Nothing is taken on t
   (``serve --trash``), never deleted.
 
 "Not duplicates" records a verdict, as ``lookalike distinct`` does; undo is ``lookalike undo``
-of the last action. One action runs at a time. The guard lets these requests through only
+of the last action. One action runs at a time; under ``serve --watch`` it runs on the
+watcher's thread (``Watcher.call``), which holds the store's lock. The guard lets these requests through only
 from the server's own page, with the session's token, on loopback or with ``--allow-actions``.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,16 +57,20 @@ class Review:
         quarantine: the folder resolved duplicates move to (their paths under the indexed folder kept).
         trash: send them to the OS trash instead.
         display_path: how paths appear in answers.
+        writes: runs a function that writes to the store and returns its result; by default
+            here and now, under ``serve --watch`` on the watcher's thread.
     """
 
     def __init__(self, store: Store, gallery: Gallery, quarantine: str | os.PathLike | None = None,
-                 trash: bool = False, display_path: Callable[[str], str] = str):
+                 trash: bool = False, display_path: Callable[[str], str] = str,
+                 writes: Callable[[Callable[[], Any]], Any] | None = None):
         if quarantine is not None and trash:
             raise DuplicatesError("choose one: --quarantine DIR or --trash")
         if quarantine is not None:  # a folder inside the store or the indexed folder itself is refused now
             actions.plan(store, [], to=quarantine)
         self.store, self.gallery, self.trash, self.display_path = store, gallery, trash, display_path
         self.quarantine = os.fspath(quarantine) if quarantine is not None else None
+        self.writes = writes or (lambda fn: fn())
         self._lock = threading.Lock()
 
     def where(self) -> str | None:
@@ -90,7 +95,7 @@ class Review:
                 raise DuplicatesError("the store changed since these groups were shown: reload them and decide again")
             groups, left = self._checked(found, decisions, threshold)
             planned = actions.plan(self.store, groups, to=self.quarantine, to_trash=self.trash)
-            outcome = actions.apply(self.store, planned, command=["lookalike serve", "resolve"])
+            outcome = self.writes(lambda: actions.apply(self.store, planned, command=["lookalike serve", "resolve"]))
         return {"journal": os.path.basename(outcome.journal), "to": self.where(),
                 "moved": [{"path": self.display_path(source)} for source, _ in outcome.moved],
                 "left": [{"path": self.display_path(path), "why": why} for path, why in [*left, *outcome.skipped]]}
@@ -104,7 +109,7 @@ class Review:
         """
         paths = [self.gallery.path_of(image_id) for image_id in ids]
         with self._lock:
-            pairs = verdicts.record(self.store, paths)
+            pairs = self.writes(lambda: verdicts.record(self.store, paths))
             self.gallery.forget_groups()  # a verdict leaves the store's generation as it was
         return {"pairs": pairs}
 
@@ -115,7 +120,7 @@ class Review:
             DuplicatesError: nothing to undo, or the last action is undone already.
         """
         with self._lock:
-            outcome = undo(self.store)
+            outcome = self.writes(lambda: undo(self.store))
         return {"journal": os.path.basename(outcome.journal),
                 "restored": [{"path": self.display_path(path)} for path in outcome.restored],
                 "kept": [{"path": self.display_path(path), "why": why} for path, why in outcome.kept]}

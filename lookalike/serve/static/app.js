@@ -241,6 +241,7 @@ async function showDupes(p) {
     review.answer = await api(`/api/dupes?${query}`, { signal });
     review.keepers = new Map(review.answer.groups.map((group, number) => [number, group.members[0].id]));
     renderGroups();
+    showSummary();  // a watching server may hold more images than when the page loaded
     const answer = review.answer;
     const shown = answer.total > answer.groups.length ? ` (the first ${answer.groups.length} shown)` : "";
     setStatus(answer.total ? `${plural(answer.total, "group")} of duplicates at similarity ${answer.threshold} or more${shown}`
