@@ -122,12 +122,16 @@ class Watcher:
                 observer.stop()
                 observer.join()
 
-    def _run_calls(self) -> None:
+    def _pending(self):
+        """The calls waiting, taken off the queue one by one."""
         while True:
             try:
-                fn, future = self._calls.get_nowait()
+                yield self._calls.get_nowait()
             except queue.Empty:
                 return
+
+    def _run_calls(self) -> None:
+        for fn, future in self._pending():
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn())
@@ -137,11 +141,7 @@ class Watcher:
     def _close_calls(self) -> None:
         with self._calls_lock:
             self._closed = True
-        while True:
-            try:
-                _, future = self._calls.get_nowait()
-            except queue.Empty:
-                return
+        for _, future in self._pending():
             if future.set_running_or_notify_cancel():
                 future.set_exception(StoreLockedError(f"the watcher of {self.store} has stopped: nothing was written"))
 
