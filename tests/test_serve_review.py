@@ -90,6 +90,9 @@ def test_decisions_are_checked_against_the_groups_the_server_finds(library, tmp_
         review.resolve(THRESHOLD, 10, generation, [Decision(ids["other.jpg"], [ids["a.jpg"]])])
     with pytest.raises(DuplicatesError, match="not in the group of image"):
         review.resolve(THRESHOLD, 10, generation, [Decision(ids["keeper.jpg"], [ids["copy.jpg"]])])
+    with pytest.raises(DuplicatesError, match="decided twice"):  # each keeper removing the other would lose both
+        review.resolve(THRESHOLD, 10, generation, [Decision(ids["twin.jpg"], [ids["copy.jpg"]]),
+                                                   Decision(ids["copy.jpg"], [ids["twin.jpg"]])])
     with pytest.raises(DuplicatesError, match="start it with --quarantine DIR or --trash"):
         Review(store, gallery).resolve(THRESHOLD, 10, generation, [Decision(ids["keeper.jpg"], [ids["a.jpg"]])])
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == sorted(ids)  # nothing moved

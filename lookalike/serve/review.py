@@ -128,11 +128,14 @@ class Review:
     def _checked(self, found: list[Group], decisions: list[Decision], threshold: float):
         """The groups to act on, each the keeper and the members that are its duplicates; and those left, with why."""
         group_of = {m.id: g for g in found for m in g.members}
-        groups, left = [], []
+        groups, left, decided = [], [], set()
         for decision in decisions:
             group = group_of.get(decision.keeper)
             if group is None:
                 raise DuplicatesError(f"image {decision.keeper} is in no duplicate group at {threshold}: reload the groups")
+            if group.keeper.id in decided:  # two keepers for one group could remove both copies
+                raise DuplicatesError(f"the group of image {decision.keeper} is decided twice: send one decision a group")
+            decided.add(group.keeper.id)
             members = {m.id: m for m in group.members}
             strangers = [i for i in decision.remove if i not in members]
             if strangers:
