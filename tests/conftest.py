@@ -38,7 +38,15 @@ def photos() -> dict[str, Image.Image]:
 
 @pytest.fixture(scope="session")
 def onnx_cache_dir(tmp_path_factory) -> Path:
-    """One ONNX export cache for the whole session: each network is exported once, not once per test."""
+    """One ONNX export cache for the whole session: each network is exported once, not once per test.
+
+    Under xdist the workers share it (the cache's export lock lets one export while the
+    others wait for its file), so the default network is exported once a run, not once a worker.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "lookalike_cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("lookalike_cache")
 
 

@@ -518,9 +518,17 @@ def test_ids_lists_every_id_an_index_holds(factory):
 # --- one query's lists shared among threads ------------------------------------------------
 
 
+@pytest.mark.parametrize("wait", ["ACTIVE", "PASSIVE"])
 @pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2], ids=["ip", "l2"])
 @pytest.mark.parametrize("workers", [2, 3, 7])
-def test_lists_shared_among_workers_give_faiss_s_own_answer(small, workers, metric):
+def test_lists_shared_among_workers_give_faiss_s_own_answer(small, workers, metric, wait, monkeypatch):
+    """Shared by this module's sleeping threads, or (passive OpenMP waits) by FAISS's own team."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", wait)
+    used = []
+    for name in ("_search_team", "_search_shared"):
+        real = getattr(fi, name)
+        monkeypatch.setattr(fi, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
+    threads = faiss.omp_get_max_threads()
     vectors, ids, queries = small
     index = faiss.index_factory(DIM, "IVF16,Flat", metric)
     index.train(vectors)
@@ -535,6 +543,8 @@ def test_lists_shared_among_workers_give_faiss_s_own_answer(small, workers, metr
             np.testing.assert_array_equal(shared[1], expected[1])
             np.testing.assert_allclose(shared[0], expected[0], rtol=1e-6)
     assert not np.isin(fi.search(index, queries[0], 50, exclude=stale, workers=workers)[1], stale).any()
+    assert set(used) == {"_search_team" if wait == "PASSIVE" else "_search_shared"}
+    assert faiss.extract_index_ivf(index).parallel_mode == 0 and faiss.omp_get_max_threads() == threads  # as before
 
 
 def test_lists_shared_among_workers_pad_with_minus_one_beyond_ntotal():

@@ -87,6 +87,18 @@ def test_the_store_is_found_upward_as_other_commands_find_it(store, no_serving, 
     assert result.stdout.startswith(f"Serving {store} (7 images) at http://127.0.0.1:")
 
 
+def test_serve_asks_openmp_for_passive_waits_before_faiss_runs(store, monkeypatch):
+    """A lone query's scan goes to FAISS's OpenMP team only where its threads sleep while they wait (ann.index)."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    seen = []
+    monkeypatch.setattr(Server, "run", lambda self: seen.append(os.environ.get("OMP_WAIT_POLICY")))
+    assert _serve("--store", store, "--port", "0").exit_code == 0 and seen == ["PASSIVE"]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own choice stays
+    assert _serve("--store", store, "--port", "0").exit_code == 0 and seen == ["PASSIVE", "ACTIVE"]
+    loaded = "import sys, lookalike.cli.serve; print('faiss' in sys.modules)"  # set before FAISS's OpenMP starts
+    assert subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True).stdout.strip() == "False"
+
+
 def test_a_taken_port_is_one_line(store, no_serving):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -49,6 +50,9 @@ def serve(store, host, port, classifier, open_browser, max_upload_mb, max_pixels
     server also keeps the store current (holding its write lock), so photos added to
     the folder show up in the page. Stop with Ctrl-C.
     """
+    # A lone query's scan is shared by FAISS's OpenMP team, whose threads must sleep while they
+    # wait, or a busy core makes them spin (ann.index.waits_passively); OpenMP reads this once, at start.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..featurize.options import EmbedOptions
     from ..serve import require_extra
 
