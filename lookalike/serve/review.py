@@ -47,10 +47,6 @@ class Decision(NamedTuple):
 class Review:
     """Actions on the store's duplicates, for the web app.
 
-    Raises:
-        DuplicatesError: both ``quarantine`` and ``trash``, or a quarantine folder that is the
-            indexed folder itself or inside the store.
-
     Args:
         store: the store the gallery reads.
         gallery: whose groups the decisions are checked against.
@@ -59,6 +55,10 @@ class Review:
         display_path: how paths appear in answers.
         writes: runs a function that writes to the store and returns its result; by default
             here and now, under ``serve --watch`` on the watcher's thread.
+
+    Raises:
+        DuplicatesError: both ``quarantine`` and ``trash``, or a quarantine folder that is the
+            indexed folder itself or inside the store.
     """
 
     def __init__(self, store: Store, gallery: Gallery, quarantine: str | os.PathLike | None = None,
