@@ -162,21 +162,25 @@ def test_a_write_from_elsewhere_in_the_process_runs_on_the_watcher_s_thread_unde
 
 
 def test_serve_watch_resolves_duplicates_through_the_watcher_that_holds_the_store(tmp_path):
-    from lookalike.serve.gallery import Gallery
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve import create_app
     from lookalike.serve.review import Decision, Review
 
     folder = tmp_path / "photos"
     make_images(folder, range(3))
     shutil.copy(folder / "01.jpg", folder / "01-copy.jpg")
     aged(folder)
-    with Running(folder) as running:
-        store = open_store(folder)
-        gallery = Gallery(store)
-        alone = Review(store, gallery, quarantine=tmp_path / "q")
-        through = Review(store, gallery, quarantine=tmp_path / "q", writes=lambda fn: running.watcher.call(fn).result(60))
+    index_folder(folder, options=OPTIONS)
+    watcher = Watcher(folder, settle=SETTLE, options=OPTIONS)
+    app = create_app(open_store(folder, device="cpu"), warm_up=False, quarantine=tmp_path / "q", watcher=watcher)
+    with TestClient(app, base_url="http://127.0.0.1"):  # the app's start runs the watcher, as `serve --watch` does
+        assert watcher.ready.wait(120), "the watcher's catch-up pass never finished"
+        store, gallery = app.services.gallery.store, app.services.gallery
+        alone = Review(store, gallery, quarantine=tmp_path / "q")  # a writer beside the watcher's
         generation, (group,) = gallery.groups(0.95, 10)
         decision = [Decision(group.keeper.id, [m.id for m in group.members[1:]])]
         with pytest.raises(StoreLockedError):
             alone.resolve(0.95, 10, generation, decision)
-        moved = through.resolve(0.95, 10, generation, decision)["moved"]
+        moved = app.services.review.resolve(0.95, 10, generation, decision)["moved"]
     assert len(moved) == 1 and len(list((tmp_path / "q").iterdir())) == 1 and len(paths(folder)) == 3
