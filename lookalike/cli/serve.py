@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from .options import DEFAULTS, EXIT_INTERRUPTED, open_store_for, seconds, shown, store_option
+from .watch import changed, pass_line
 
 
 @click.command()
@@ -94,7 +94,6 @@ COMMANDS = (serve,)
 
 
 def _said_pass(summary, first: bool) -> None:
-    """One line for each pass of --watch that changed something."""
-    if summary.added or summary.updated or summary.removed or summary.moved or summary.failed:
-        click.echo(f"{time.strftime('%H:%M:%S')} watch: {summary.added} added, {summary.updated} updated, "
-                   f"{summary.moved} moved, {summary.removed} removed, {summary.failed} failed", err=True)
+    """One line for each pass of --watch that changed something, as `lookalike watch` says it."""
+    if changed(summary):
+        click.echo(f"watch: {pass_line(summary)}", err=True)

@@ -32,11 +32,8 @@ def watch(folder, store, settle, model, layer, weights, **options):
     terminal = sys.stderr.isatty()
 
     def on_pass(summary, first):
-        if first or summary.embedded or summary.removed or summary.moved or summary.failed:
-            moved = f"{summary.moved} moved, " if summary.moved else ""
-            click.echo(f"{time.strftime('%H:%M:%S')} {summary.added} added, {summary.updated} updated, {moved}"
-                       f"{summary.removed} removed, {summary.failed} failed ({summary.embedded} embedded)"
-                       + (" -- watching (Ctrl-C stops)" if first else ""))
+        if first or changed(summary):
+            click.echo(pass_line(summary) + (" -- watching (Ctrl-C stops)" if first else ""))
 
     def on_batch(done):
         if not terminal:
@@ -58,6 +55,18 @@ def watch(folder, store, settle, model, layer, weights, **options):
     except KeyboardInterrupt:
         raise Interrupted("interrupted: every batch committed is kept; the next start catches up") from None
     click.echo("stopped", err=True)
+
+
+def changed(summary) -> bool:
+    """Whether a pass of the watcher changed the store."""
+    return bool(summary.embedded or summary.removed or summary.moved or summary.failed)
+
+
+def pass_line(summary) -> str:
+    """A pass of the watcher in one line, with the time of day."""
+    moved = f"{summary.moved} moved, " if summary.moved else ""
+    return (f"{time.strftime('%H:%M:%S')} {summary.added} added, {summary.updated} updated, {moved}"
+            f"{summary.removed} removed, {summary.failed} failed ({summary.embedded} embedded)")
 
 
 COMMANDS = (watch,)
